@@ -1,0 +1,18 @@
+"""WINGS: multimodal LLMs without text-only forgetting (NeurIPS 2024), on Hugging Face transformers."""
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+from .config import WingsConfig
+from .modeling import WingsCache, WingsForConditionalGeneration
+
+
+def register_auto_classes() -> None:
+    """Make `AutoConfig` / `AutoModel...` resolve model_type "wings" (HF's documented extension hook)."""
+    AutoConfig.register("wings", WingsConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(WingsConfig, WingsForConditionalGeneration, exist_ok=True)
+    AutoModelForCausalLM.register(WingsConfig, WingsForConditionalGeneration, exist_ok=True)
+
+
+register_auto_classes()
+
+__all__ = ["WingsCache", "WingsConfig", "WingsForConditionalGeneration", "register_auto_classes"]

@@ -1,0 +1,116 @@
+"""`WingsConfig`: a composite config (text LLM + vision encoder + WINGS settings), shaped like HF LLaVA's."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Decoder families whose layers have the Llama block layout the WINGS wrapper runs itself:
+# input_layernorm -> self_attn(q/k/v/o_proj, RoPE) -> residual -> post_attention_layernorm -> mlp -> residual.
+SUPPORTED_TEXT_MODEL_TYPES = ("llama", "qwen2", "mistral")
+SUPPORTED_VISION_MODEL_TYPES = ("siglip_vision_model", "clip_vision_model")
+ROUTERS = ("segment", "positional")
+LEARNER_MODES = ("routed", "visual_only")
+
+
+class WingsConfig(PreTrainedConfig):
+    r"""Configuration of a WINGS multimodal LLM.
+
+    Args:
+        text_config: config of the Llama-family causal LM (Qwen2, Llama, Mistral).
+        vision_config: config of the vision encoder (SigLIP or CLIP vision model).
+        image_token_id: id of the image placeholder token; `image_seq_length` consecutive copies stand
+            for one image in `input_ids` (the HF LLaVA contract).
+        image_seq_length: image tokens per image (= patch tokens of the encoder).
+        vision_feature_layer: hidden-state index of the vision tower whose patch tokens are used.
+        projector_hidden_act: activation of the `mlp2x_gelu` projector.
+        learner_rank: rank r of the LoRRA low-rank projections.
+        learner_layers: decoder layer indices that get learners; `None` means every layer.
+        router: "segment" (per-head attention mass on image vs text tokens; length-independent) or
+            "positional" (the released code's Linear over the head-summed attention row).
+        router_max_positions: input width of the positional router (its maximum sequence length).
+        learner_mode: "routed" (both learners mixed by the router, stage 2 and inference) or
+            "visual_only" (stage 1: h <- h + visual_out, no router, textual learner unused).
+        learner_init_std: std of the truncated-normal init of the LoRRA down-projections A.
+    """
+
+    model_type = "wings"
+    attribute_map = {"image_token_index": "image_token_id"}
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 151646
+    image_seq_length: int | None = None
+    vision_feature_layer: int = -2
+    projector_hidden_act: str = "gelu"
+    learner_rank: int = 64
+    learner_layers: list[int] | None = None
+    router: Literal["segment", "positional"] = "segment"
+    router_max_positions: int = 4096
+    learner_mode: Literal["routed", "visual_only"] = "routed"
+    learner_init_std: float = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+        if self.image_seq_length is None:
+            self.image_seq_length = default_image_seq_length(self.vision_config)
+        self.check()
+
+    def check(self) -> None:
+        """Raise a `ValueError` naming the first inconsistent setting."""
+        text, vision = self.text_config, self.vision_config
+        if text.model_type not in SUPPORTED_TEXT_MODEL_TYPES:
+            raise ValueError(
+                f"WingsConfig: text model type '{text.model_type}' is not supported; WINGS wraps Llama-family "
+                f"decoders ({', '.join(SUPPORTED_TEXT_MODEL_TYPES)})."
+            )
+        if vision.model_type not in SUPPORTED_VISION_MODEL_TYPES:
+            raise ValueError(
+                f"WingsConfig: vision model type '{vision.model_type}' is not supported "
+                f"({', '.join(SUPPORTED_VISION_MODEL_TYPES)})."
+            )
+        heads = text.num_attention_heads
+        if text.hidden_size % heads:
+            raise ValueError(f"WingsConfig: hidden_size {text.hidden_size} is not divisible by {heads} heads.")
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        if head_dim != text.hidden_size // heads:
+            raise ValueError(
+                f"WingsConfig: LoRRA learners split hidden_size {text.hidden_size} into {heads} heads of "
+                f"{text.hidden_size // heads}, but the LLM's RoPE head_dim is {head_dim}."
+            )
+        if self.router not in ROUTERS:
+            raise ValueError(f"WingsConfig: router must be one of {ROUTERS}, got '{self.router}'.")
+        if self.learner_mode not in LEARNER_MODES:
+            raise ValueError(f"WingsConfig: learner_mode must be one of {LEARNER_MODES}, got '{self.learner_mode}'.")
+        if self.learner_rank < 1:
+            raise ValueError(f"WingsConfig: learner_rank must be >= 1, got {self.learner_rank}.")
+        n_layers = text.num_hidden_layers
+        for i in self.learner_layers or []:
+            if not 0 <= i < n_layers:
+                raise ValueError(f"WingsConfig: learner layer {i} is outside the LLM's {n_layers} layers.")
+        if self.image_seq_length != default_image_seq_length(vision):
+            raise ValueError(
+                f"WingsConfig: image_seq_length={self.image_seq_length}, but the vision encoder yields "
+                f"{default_image_seq_length(vision)} patch tokens per image."
+            )
+        if not 0 <= self.image_token_id:
+            raise ValueError(f"WingsConfig: image_token_id must be a token id, got {self.image_token_id}.")
+
+    @property
+    def layers_with_learners(self) -> list[int]:
+        n = self.text_config.num_hidden_layers
+        return sorted(set(range(n) if self.learner_layers is None else self.learner_layers))
+
+
+def default_image_seq_length(vision_config: PreTrainedConfig) -> int:
+    """Patch tokens per image: (image_size / patch_size)^2 (the CLS token of CLIP is dropped)."""
+    return (vision_config.image_size // vision_config.patch_size) ** 2

@@ -1,0 +1,17 @@
+"""WINGS modeling: LoRRA learners, routers, the decoder-layer wrapper, learner cache, vision side, model."""
+
+from .cache import WingsCache
+from .decoder_layer import WingsDecoderLayer
+from .lorra import LoRRA
+from .model import WingsForConditionalGeneration, WingsPreTrainedModel
+from .router import PositionalRouter, SegmentRouter
+
+__all__ = [
+    "LoRRA",
+    "PositionalRouter",
+    "SegmentRouter",
+    "WingsCache",
+    "WingsDecoderLayer",
+    "WingsForConditionalGeneration",
+    "WingsPreTrainedModel",
+]

@@ -1,0 +1,119 @@
+"""The main self-attention of a wrapped Llama-family layer, returning what the router reads.
+
+WINGS' router needs, per query token, either the attention mass on image tokens (segment router) or
+the whole attention row (positional router). The HF decoder layer discards attention weights, so the
+wrapper runs the attention itself from the original `self_attn` module's projections:
+
+- segment router: one extra value channel holding "is this key an image token" makes the same
+  attention kernel (SDPA, flash, ...) return the image mass next to the output: no T x T weights.
+- positional router / explicit request: eager attention with weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .lorra import apply_rope
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, H_kv, S, d] -> [B, H_kv * n_rep, S, d] (grouped-query attention)."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def additive_mask(
+    mask: torch.Tensor | None, q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Turn an HF layer mask (None = plain causal, bool, or additive float) into an additive float mask."""
+    if mask is None:
+        offset = kv_len - q_len
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=offset)
+        mask = allowed[None, None]
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask[..., :kv_len].to(dtype)
+
+
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with explicit weights. query [B, H, T, d], key/value [B, H_kv, S, d_v].
+
+    Returns output [B, T, H, d_v] and weights [B, H, T, S] (float32 softmax, as HF eager does).
+    """
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scores = scores + additive_mask(attention_mask, query.shape[2], key.shape[2], scores.dtype, scores.device)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def main_attention(
+    self_attn: nn.Module,
+    x: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    cache,
+    key_is_image: torch.Tensor | None,
+    need_weights: bool,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Run a Llama-family `self_attn` on normed input x [B, T, d].
+
+    key_is_image: [B, S] flags of all keys (cached + current); when given, also returns the per-head
+    image mass [B, T, H]. need_weights: run eager attention and return weights [B, H, T, S].
+    Returns (output after o_proj [B, T, d], image_mass or None, weights or None).
+    """
+    input_shape = x.shape[:-1]
+    hidden_shape = (*input_shape, -1, self_attn.head_dim)
+    q = self_attn.q_proj(x).view(hidden_shape).transpose(1, 2)
+    k = self_attn.k_proj(x).view(hidden_shape).transpose(1, 2)
+    v = self_attn.v_proj(x).view(hidden_shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+        k, v = cache.update(k, v, self_attn.layer_idx)
+
+    head_dim = v.shape[-1]
+    common = dict(
+        dropout=0.0 if not self_attn.training else self_attn.attention_dropout,
+        scaling=self_attn.scaling,
+        sliding_window=getattr(self_attn, "sliding_window", None),
+        **kwargs,
+    )
+    implementation = self_attn.config._attn_implementation or "sdpa"
+    weights = image_mass = None
+    if need_weights or implementation == "eager":
+        out, weights = eager_attention(self_attn, q, k, v, attention_mask, **common)
+        if key_is_image is not None:
+            image_mass = torch.einsum("bhts,bs->bth", weights, key_is_image[:, -k.shape[2] :].to(weights.dtype))
+        if not need_weights:
+            weights = None
+    else:
+        attend = ALL_ATTENTION_FUNCTIONS[implementation]
+        if key_is_image is not None and implementation == "sdpa":
+            # One extra value channel: the output's last channel is the attention mass on image keys.
+            flags = key_is_image[:, None, -k.shape[2] :, None].to(v.dtype).expand(-1, v.shape[1], -1, 1)
+            out, _ = attend(self_attn, q, k, torch.cat([v, flags], dim=-1), attention_mask, **common)
+            out, image_mass = out[..., :head_dim], out[..., head_dim]
+        else:
+            out, _ = attend(self_attn, q, k, v, attention_mask, **common)
+            if key_is_image is not None:
+                # Kernels that need equal q/v head dims get the flags in a value tensor of their own.
+                flags = torch.zeros_like(v)
+                flags[..., 0] = key_is_image[:, None, -k.shape[2] :].to(v.dtype)
+                image_mass = attend(self_attn, q, k, flags, attention_mask, **common)[0][..., 0]
+    out = out.reshape(*input_shape, -1).contiguous()
+    return self_attn.o_proj(out), image_mass, weights

@@ -1,0 +1,332 @@
+"""`WingsForConditionalGeneration`: vision tower + projector + a Llama-family LLM whose layers carry learners.
+
+Module tree (print the model to see it):
+
+    vision_tower            SiglipVisionModel / CLIPVisionModel (frozen in the paper's recipes)
+    multi_modal_projector   mlp2x_gelu
+    language_model          the HF *ForCausalLM; chosen decoder layers are replaced by
+                            WingsDecoderLayer(decoder_layer, visual_learner, textual_learner, router)
+
+Inputs follow the HF LLaVA contract: `input_ids` hold `image_seq_length` consecutive `image_token_id`
+tokens per image, images in the order of `pixel_values`, any number per sample, anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionModel,
+    DynamicCache,
+    GenerationMixin,
+    PreTrainedModel,
+    SiglipVisionModel,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..config import WingsConfig
+from .cache import LEARNER_KINDS, LearnerInputs, LearnerKeys, WingsCache, select_keys
+from .decoder_layer import WingsDecoderLayer
+from .vision import WingsMultiModalProjector, patch_features
+
+VISION_MODEL_CLASSES = {
+    "siglip": SiglipVisionModel,
+    "siglip_vision_model": SiglipVisionModel,
+    "clip": CLIPVisionModel,
+    "clip_vision_model": CLIPVisionModel,
+}
+
+
+class WingsPreTrainedModel(PreTrainedModel):
+    config_class = WingsConfig
+    config: WingsConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["WingsDecoderLayer"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+
+
+class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
+    """A WINGS multimodal LLM.
+
+    Args:
+        config: the `WingsConfig`.
+        language_model, vision_tower: already-built modules to use instead of building them from the
+            config (how `from_llm_and_vision` keeps pretrained weights without a second copy).
+    """
+
+    def __init__(
+        self,
+        config: WingsConfig,
+        language_model: PreTrainedModel | None = None,
+        vision_tower: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        text = config.text_config
+        # Building a WingsConfig resets the sub-configs' attention implementation to None; give them the
+        # one resolved for the whole model so the LLM and tower dispatch to a real kernel.
+        for sub in (config.text_config, config.vision_config):
+            if sub._attn_implementation is None:
+                sub._attn_implementation_internal = config._attn_implementation
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = WingsMultiModalProjector(
+            config.vision_config.hidden_size, text.hidden_size, config.projector_hidden_act
+        )
+        self.language_model = (
+            language_model if language_model is not None else AutoModelForCausalLM.from_config(text)
+        )
+        layers = self.decoder_layers
+        for i in config.layers_with_learners:
+            layers[i] = WingsDecoderLayer(
+                layers[i],
+                text.hidden_size,
+                text.num_attention_heads,
+                config.learner_rank,
+                config.router,
+                config.router_max_positions,
+            )
+        self.post_init()
+        # post_init lets the LLM's own initialiser touch the new learner modules (they sit in its tree),
+        # so the WINGS init (B = 0: learners start as a no-op) is applied explicitly afterwards.
+        self.reset_learners()
+
+    # ----------------------------------------------------------------------------------------------
+    # construction
+    @classmethod
+    def from_llm_and_vision(
+        cls,
+        llm: str | PreTrainedModel,
+        vision: str | PreTrainedModel,
+        tokenizer: Any | None = None,
+        image_token_id: int | None = None,
+        image_token: str = "<image>",
+        **wings_settings,
+    ) -> WingsForConditionalGeneration:
+        """Build a WINGS model from a causal LM and a vision encoder (local dir, hub id or built model).
+
+        The learners start at zero, so the result computes exactly what the LLM computes. Without
+        `image_token_id`, the tokenizer's `image_token` is used; a tokenizer without it gets it added
+        (in place) and the LLM's embeddings are resized. `wings_settings` are `WingsConfig` fields
+        (`learner_rank`, `learner_layers`, `router`, ...).
+        """
+        if isinstance(llm, str):
+            if tokenizer is None and image_token_id is None:
+                tokenizer = AutoTokenizer.from_pretrained(llm)
+            llm = AutoModelForCausalLM.from_pretrained(llm)
+        if isinstance(vision, str):
+            model_type = AutoConfig.from_pretrained(vision).model_type
+            if model_type not in VISION_MODEL_CLASSES:
+                raise ValueError(f"vision encoder '{vision}' has model type '{model_type}'; expected SigLIP or CLIP.")
+            vision = VISION_MODEL_CLASSES[model_type].from_pretrained(vision)
+        if image_token_id is None:
+            if tokenizer is None:
+                raise ValueError("from_llm_and_vision: pass `tokenizer` or `image_token_id` to locate the image token.")
+            image_token_id = ensure_image_token(tokenizer, image_token)
+            if image_token_id >= llm.get_input_embeddings().num_embeddings:
+                llm.resize_token_embeddings(len(tokenizer))
+        config = WingsConfig(
+            text_config=llm.config, vision_config=vision.config, image_token_id=image_token_id, **wings_settings
+        )
+        model = cls(config, language_model=llm, vision_tower=vision)
+        model.generation_config = llm.generation_config
+        return model.to(llm.dtype)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        inner = getattr(self.language_model, "model", None)
+        layers = getattr(inner, "layers", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise TypeError(
+                f"{type(self.language_model).__name__} has no `model.layers`: WINGS needs a Llama-family causal LM."
+            )
+        return layers
+
+    @property
+    def wings_layers(self) -> list[WingsDecoderLayer]:
+        return [layer for layer in self.decoder_layers if isinstance(layer, WingsDecoderLayer)]
+
+    def reset_learners(self) -> None:
+        """Re-initialise every learner (A truncated normal, B zero) and router."""
+        with torch.no_grad():
+            for layer in self.wings_layers:
+                layer.reset_learners(self.config.learner_init_std)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # ----------------------------------------------------------------------------------------------
+    # forward
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [n_images, 3, H, W] -> projected patch features [n_images, image_seq_length, hidden]."""
+        features = patch_features(self.vision_tower, pixel_values, self.config.vision_feature_layer)
+        return self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings with image features scattered into the image-token slots.
+
+        Returns inputs_embeds [B, T, d] and is_image [B, T] bool.
+        """
+        is_image = input_ids == self.config.image_token_id
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        n_slots = int(is_image.sum())
+        if image_features is None and pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+        n_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if n_slots != n_features:
+            n_images = 0 if image_features is None else image_features.shape[0]
+            raise ValueError(
+                f"input_ids hold {n_slots} image tokens (id {self.config.image_token_id}) but {n_images} image(s) "
+                f"give {n_features} features ({self.config.image_seq_length} tokens per image): every image needs "
+                "exactly image_seq_length consecutive image tokens."
+            )
+        if n_features:
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_features.to(embeds.dtype))
+        return embeds, is_image
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: WingsCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        image_features: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """input_ids [B, T]; attention_mask [B, past + T] (1 = real token); pixel_values [n_images, 3, H, W].
+
+        `image_features` [n_images, image_seq_length, d] may replace `pixel_values`. `labels` [B, T] give
+        the shifted next-token loss (-100 ignored). Returns the LLM's `CausalLMOutputWithPast`.
+        """
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds, is_image = self.embed_inputs(input_ids, pixel_values, image_features)
+        else:
+            if pixel_values is not None or image_features is not None:
+                raise ValueError("with inputs_embeds, merge image features yourself; pass input_ids to give images")
+            is_image = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+
+        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = WingsCache(config=self.config.text_config)
+        if cache is not None and not isinstance(cache, WingsCache):
+            raise TypeError(
+                f"WINGS keeps learner state in a WingsCache; got {type(cache).__name__}. "
+                "Pass wings.WingsCache(config=model.config.text_config) or let the model create one."
+            )
+        batch, length = inputs_embeds.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, batch, length, past, inputs_embeds.device)
+        valid = (
+            attention_mask[:, -length:].bool()
+            if attention_mask is not None and attention_mask.dim() == 2
+            else torch.ones(batch, length, dtype=torch.bool, device=inputs_embeds.device)
+        )
+        learner_inputs = self._learner_inputs(inputs_embeds, is_image, valid, position_ids, cache)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            learner_inputs=learner_inputs,
+            **kwargs,
+        )
+
+    def _learner_inputs(
+        self,
+        source: torch.Tensor,
+        is_image: torch.Tensor,
+        valid: torch.Tensor,
+        position_ids: torch.LongTensor,
+        cache: WingsCache | None,
+    ) -> LearnerInputs | None:
+        """Key selection and visibility for both learners, computed once per forward for all layers."""
+        if not self.wings_layers:
+            return None
+        positions = position_ids.expand(source.shape[0], -1)
+        keys = {}
+        for kind in LEARNER_KINDS:
+            selected = (is_image if kind == "visual" else ~is_image) & valid
+            index, key_valid = select_keys(selected)
+            key_pos = torch.gather(positions, 1, index)
+            if cache is not None:
+                key_pos, key_valid = cache.append_key_meta(kind, key_pos, key_valid)
+            # Strictly causal by original position: a token at position i sees keys at positions <= i.
+            visible = (key_pos.unsqueeze(1) <= positions.unsqueeze(2)) & key_valid.unsqueeze(1)
+            keys[kind] = LearnerKeys(index=index, visible=visible)
+        key_is_image = is_image.to(source.dtype)
+        if cache is not None:
+            key_is_image = cache.append_key_is_image(key_is_image)
+        return LearnerInputs(
+            source=source, keys=keys, key_is_image=key_is_image, mode=self.config.learner_mode, cache=cache
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # generation
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and inputs.get("use_cache", True):
+            # Image K/V are in the cache after prefill; decode steps carry no images.
+            inputs.pop("image_features", None)
+        return inputs
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        if type(model_kwargs.get("cache")) is DynamicCache and model_kwargs["cache"].get_seq_length() == 0:
+            model_kwargs["cache"] = WingsCache(config=self.config.text_config)
+
+
+def default_position_ids(
+    attention_mask: torch.Tensor | None, batch: int, length: int, past: int, device: torch.device
+) -> torch.LongTensor:
+    """Positions that skip left padding: cumsum of the 2D mask (past + current), else past..past+T."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return positions[:, -length:]
+    return torch.arange(past, past + length, device=device).unsqueeze(0).expand(batch, -1)
+
+
+def ensure_image_token(tokenizer, image_token: str = "<image>") -> int:
+    """Id of `image_token` in the tokenizer, adding it as a special token when missing."""
+    token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+        token_id = tokenizer.convert_tokens_to_ids(image_token)
+    return token_id

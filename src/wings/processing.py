@@ -1,0 +1,108 @@
+"""`WingsProcessor`: tokenizer + image processor; expands each `<image>` into `image_seq_length` image tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import BatchFeature, ProcessorMixin
+
+from .modeling.model import ensure_image_token
+
+
+def flatten_content(content: str | list[dict]) -> str:
+    """HF content parts -> one string; each image part becomes an `<image>` marker on its own line."""
+    if isinstance(content, str):
+        return content
+    pieces = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "image":
+            pieces.append("<image>\n")
+        elif kind == "text":
+            pieces.append(part["text"])
+        else:
+            raise ValueError(f"unsupported content part type {kind!r} (expected 'image' or 'text')")
+    return "".join(pieces)
+
+
+class WingsProcessor(ProcessorMixin):
+    """Prepare text (with `<image>` markers) and images for `WingsForConditionalGeneration`.
+
+    Args:
+        image_processor: a SigLIP/CLIP image processor.
+        tokenizer: the LLM tokenizer; it must know `image_token` (added if missing).
+        image_seq_length: image tokens per image (the model config's value).
+        image_token: the marker users write in text, one per image.
+        chat_template: optional template; by default the tokenizer's own is used.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        image_seq_length: int = 576,
+        image_token: str = "<image>",
+        chat_template: str | None = None,
+        **kwargs,
+    ):
+        self.image_seq_length = image_seq_length
+        self.image_token = image_token
+        self.image_token_id = ensure_image_token(tokenizer, image_token)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    def expand_image_tokens(self, text: str) -> str:
+        """Replace each `<image>` marker by `image_seq_length` copies of it."""
+        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        images: Any | None = None,
+        padding: bool | str = True,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize `text` (one string or a batch) whose `<image>` markers match `images` in order.
+
+        Returns input_ids [B, T], attention_mask [B, T] and, with images, pixel_values [n_images, 3, H, W].
+        """
+        if text is None:
+            raise ValueError("WingsProcessor needs text (use '<image>' markers where images go)")
+        texts = [text] if isinstance(text, str) else list(text)
+        image_list = [] if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])
+        n_markers = sum(t.count(self.image_token) for t in texts)
+        if n_markers != len(image_list):
+            raise ValueError(
+                f"the text has {n_markers} '{self.image_token}' marker(s) but {len(image_list)} image(s) were given; "
+                "each image needs exactly one marker."
+            )
+        encoded = self.tokenizer(
+            [self.expand_image_tokens(t) for t in texts],
+            padding=padding,
+            return_tensors=return_tensors,
+            add_special_tokens=False,
+            **kwargs,
+        )
+        data = dict(encoded)
+        if image_list:
+            data["pixel_values"] = self.image_processor(image_list, return_tensors=return_tensors)["pixel_values"]
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """Render HF chat messages (string or content-part lists) to a prompt string with `<image>` markers."""
+        messages = [{**m, "content": flatten_content(m["content"])} for m in conversation]
+        template = kwargs.pop("chat_template", None) or self.chat_template
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=template,
+            **kwargs,
+        )
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+

@@ -13,6 +13,7 @@ tokens per image, images in the order of `pixel_values`, any number per sample, 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -98,6 +99,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         # post_init lets the LLM's own initialiser touch the new learner modules (they sit in its tree),
         # so the WINGS init (B = 0: learners start as a no-op) is applied explicitly afterwards.
         self.reset_learners()
+        if self.generation_config is not None and not self.generation_config.suppress_tokens:
+            # The image token is an input placeholder, never an output.
+            self.generation_config.suppress_tokens = [config.image_token_id]
 
     # ----------------------------------------------------------------------------------------------
     # construction
@@ -137,7 +141,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             text_config=llm.config, vision_config=vision.config, image_token_id=image_token_id, **wings_settings
         )
         model = cls(config, language_model=llm, vision_tower=vision)
-        model.generation_config = llm.generation_config
+        suppress = model.generation_config.suppress_tokens
+        model.generation_config = copy.deepcopy(llm.generation_config)
+        model.generation_config.suppress_tokens = suppress
         return model.to(llm.dtype)
 
     @property
@@ -306,6 +312,18 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             # Image K/V are in the cache after prefill; decode steps carry no images.
             inputs.pop("image_features", None)
         return inputs
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **kwargs):
+        # The default repeats every tensor row-wise, which would mis-assign images when a sample has
+        # several: repeat each sample's block of images instead.
+        images = {key: kwargs.pop(key) for key in ("pixel_values", "image_features") if kwargs.get(key) is not None}
+        if images and expand_size > 1 and input_ids is not None:
+            per_row = ((input_ids == self.config.image_token_id).sum(1) // self.config.image_seq_length).tolist()
+            for key, value in images.items():
+                blocks = torch.split(value, per_row)
+                images[key] = torch.cat([block for block in blocks for _ in range(expand_size)])
+        input_ids, kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **kwargs)
+        return input_ids, {**kwargs, **images}
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

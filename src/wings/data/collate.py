@@ -1,0 +1,138 @@
+"""`LlavaDataset` (records -> token ids, labels, pixel values) and `LlavaCollator` (padding + image batching).
+
+Batches follow the HF LLaVA contract of `WingsForConditionalGeneration.forward`: `pixel_values` hold
+every image of the batch, in sample order and, within a sample, in `<image>` marker order, which is
+the order their image tokens appear in the flattened `input_ids`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from ..processing import WingsProcessor
+from .conversation import IGNORE_INDEX, tokenize_conversation
+from .images import ImageMode, ImageTransform
+from .llava import LlavaRecord, SampleTooLongError
+
+logger = logging.getLogger(__name__)
+
+
+class LlavaDataset(Dataset):
+    """Validated LLaVA records as training samples.
+
+    Args:
+        records: from `load_llava_records`.
+        processor: tokenizer, chat template, image processor and `image_seq_length`.
+        max_length: longest sequence; see `tokenize_conversation` for what happens beyond it.
+        image_mode: "pad" (LLaVA-1.5) or "resize"; see `ImageTransform`.
+        drop_too_long: tokenise every record now and drop (with a warning each, and a total) those
+            that do not fit `max_length`, instead of raising `SampleTooLongError` during training.
+
+    Each item: input_ids [T] (long), labels [T] (long), pixel_values [n_images, 3, H, W] or None.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[LlavaRecord],
+        processor: WingsProcessor,
+        max_length: int | None,
+        image_mode: ImageMode = "pad",
+        drop_too_long: bool = False,
+    ):
+        self.processor = processor
+        self.max_length = max_length
+        self.transform = ImageTransform(processor, image_mode)
+        self.records = list(records)
+        if drop_too_long:
+            self.records = drop_too_long_records(self.records, processor, max_length)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        tokens = tokenize_conversation(record, self.processor, self.max_length)
+        pixel_values = torch.stack([self.transform(p) for p in record.images]) if record.images else None
+        return {
+            "input_ids": torch.tensor(tokens["input_ids"], dtype=torch.long),
+            "labels": torch.tensor(tokens["labels"], dtype=torch.long),
+            "pixel_values": pixel_values,
+        }
+
+    @property
+    def lengths(self) -> list[int]:
+        """Estimated token counts (no tokenisation) for length-grouped sampling."""
+        return [r.num_tokens_estimate(self.processor.image_seq_length) for r in self.records]
+
+
+def drop_too_long_records(
+    records: Sequence[LlavaRecord], processor: WingsProcessor, max_length: int | None
+) -> list[LlavaRecord]:
+    """Records that tokenise within `max_length`; each dropped one is logged, then the total."""
+    kept = []
+    for record in records:
+        try:
+            tokenize_conversation(record, processor, max_length)
+        except SampleTooLongError as err:
+            logger.warning("dropping sample: %s", err)
+            continue
+        kept.append(record)
+    if len(kept) < len(records):
+        dropped = len(records) - len(kept)
+        logger.warning("dropped %d of %d samples longer than max_length %s", dropped, len(records), max_length)
+    return kept
+
+
+class LlavaCollator:
+    """Pad a list of `LlavaDataset` items into a batch.
+
+    Args:
+        pad_token_id: id written into padded input positions.
+        padding_side: "right" (training) or "left".
+        pad_to_multiple_of: round the padded length up to a multiple of this (None: no rounding).
+
+    Returns from `__call__`: input_ids [B, T], attention_mask [B, T] (1 = real token), labels [B, T]
+    (IGNORE_INDEX on padding) and, when any sample has images, pixel_values [sum n_i, 3, H, W].
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        padding_side: Literal["right", "left"] = "right",
+        pad_to_multiple_of: int | None = None,
+    ):
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features]
+        labels = [torch.as_tensor(f["labels"], dtype=torch.long) for f in features]
+        length = max(len(x) for x in ids)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": self._pad(ids, length, self.pad_token_id),
+            "attention_mask": self._pad([torch.ones_like(x) for x in ids], length, 0),
+            "labels": self._pad(labels, length, IGNORE_INDEX),
+        }
+        images = [f["pixel_values"] for f in features if f.get("pixel_values") is not None]
+        if images:
+            batch["pixel_values"] = torch.cat(images, dim=0)
+        return batch
+
+    def _pad(self, rows: list[torch.Tensor], length: int, value: int) -> torch.Tensor:
+        out = torch.full((len(rows), length), value, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if self.padding_side == "right":
+                out[i, : len(row)] = row
+            else:
+                out[i, length - len(row) :] = row
+        return out

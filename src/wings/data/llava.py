@@ -1,0 +1,257 @@
+"""Load and validate LLaVA-format conversation data before any compute is spent.
+
+A LLaVA data file is a JSON list (or JSONL, one sample per line) of samples such as
+
+    {"id": "000000033471",
+     "image": "coco/train2017/000000033471.jpg",          # optional; a string or a list of strings
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is on the bus?"},
+                       {"from": "gpt", "value": "An advertisement."}]}
+
+Each `<image>` marker in a human turn takes the next image of `image`, in order. Samples without
+`image` are text-only and may be mixed with image samples. `load_llava_records` checks every sample
+up front and raises a `DataError` that names the file, the sample and the problem, or, with
+`skip_bad_samples=True`, logs each bad sample and keeps the good ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MARKER = "<image>"
+# LLaVA/ShareGPT speaker names -> Hugging Face chat roles.
+ROLE_MAP = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+class DataError(ValueError):
+    """A data file or sample is unusable; the message names the file, the sample and the problem."""
+
+
+class SampleTooLongError(DataError):
+    """A sample does not fit `max_length` without cutting an image or losing every assistant token."""
+
+
+Failure = Callable[[str], DataError]  # builds the error for one sample from a problem description
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One conversation turn with a Hugging Face role ("system", "user" or "assistant")."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class LlavaRecord:
+    """One validated sample.
+
+    Attributes:
+        source: name of the data file, for messages.
+        index: position of the sample in the file (0-based; the line number minus one for JSONL).
+        id: the sample's "id" field (None when absent).
+        turns: the conversation with HF roles; `<image>` markers only in user turns.
+        images: resolved image paths, one per `<image>` marker, in marker order.
+    """
+
+    source: str
+    index: int
+    id: str | None
+    turns: tuple[Turn, ...]
+    images: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        """`data.json: sample 12 (id 'abc')` - how errors refer to this sample."""
+        return sample_name(self.source, self.index, self.id)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def messages(self) -> list[dict[str, str]]:
+        """HF chat messages: [{"role": ..., "content": ...}, ...] with `<image>` markers kept."""
+        return [{"role": t.role, "content": t.content} for t in self.turns]
+
+    def num_tokens_estimate(self, image_seq_length: int, chars_per_token: float = 4.0) -> int:
+        """Cheap length estimate (no tokenizer) for length-grouped sampling: text chars / 4 + image tokens."""
+        chars = sum(len(t.content) for t in self.turns) - len(IMAGE_MARKER) * self.num_images
+        return int(chars / chars_per_token) + image_seq_length * self.num_images
+
+
+def sample_name(source: str, index: int, sample_id: Any | None) -> str:
+    return f"{source}: sample {index}" + (f" (id {str(sample_id)!r})" if sample_id is not None else "")
+
+
+def load_llava_records(
+    path: str | os.PathLike,
+    image_folder: str | os.PathLike | None,
+    check_images: bool = True,
+    skip_bad_samples: bool = False,
+) -> list[LlavaRecord]:
+    """Read and validate a LLaVA-format JSON or JSONL file.
+
+    Args:
+        path: the data file; `.jsonl` files are read line by line, anything else as one JSON list.
+        image_folder: folder the samples' image paths are relative to (None: data without images).
+        check_images: also open every image with PIL and `verify()` it (slower; a missing file is
+            always reported).
+        skip_bad_samples: log each bad sample and skip it instead of raising.
+
+    Raises:
+        DataError: the file is unreadable, malformed or not a list, a sample is invalid (unless
+            skipped), or no valid sample remains.
+    """
+    path = Path(path)
+    source = path.name
+    records: list[LlavaRecord] = []
+    skipped = 0
+    total = 0
+    for index, sample, problem in _read_samples(path):
+        total += 1
+        try:
+            if problem is not None:
+                raise DataError(f"{sample_name(source, index, None)}: {problem}")
+            records.append(parse_sample(sample, source, index, image_folder, check_images))
+        except DataError as err:
+            if not skip_bad_samples:
+                raise
+            skipped += 1
+            logger.warning("skipping bad sample: %s", err)
+    if skipped:
+        logger.warning("%s: skipped %d of %d samples (skip_bad_samples=True)", source, skipped, total)
+    if not records:
+        raise DataError(f"{source}: no valid samples (read {total}, skipped {skipped})")
+    return records
+
+
+def _read_samples(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield (index, sample, problem) per sample; `problem` describes a sample that failed to parse."""
+    source = path.name
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{source}: cannot read data file '{path}': {err}") from err
+    if path.suffix == ".jsonl":
+        index = 0
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield index, json.loads(line), None
+            except json.JSONDecodeError as err:
+                yield index, None, f"malformed JSON on line {line_number}: {err.msg} (column {err.colno})"
+            index += 1
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{source}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+    if not isinstance(data, list):
+        raise DataError(
+            f"{source}: expected a JSON list of samples, got {type(data).__name__} "
+            "(use .jsonl for one sample per line)"
+        )
+    for index, sample in enumerate(data):
+        yield index, sample, None
+
+
+def parse_sample(
+    sample: Any,
+    source: str,
+    index: int,
+    image_folder: str | os.PathLike | None,
+    check_images: bool = True,
+) -> LlavaRecord:
+    """Validate one raw sample and turn it into a `LlavaRecord`; raises `DataError` naming the sample."""
+    if not isinstance(sample, dict):
+        raise DataError(f"{sample_name(source, index, None)}: expected an object, got {type(sample).__name__}")
+    sample_id = sample.get("id")
+    where = sample_name(source, index, sample_id)
+
+    def fail(problem: str) -> DataError:
+        return DataError(f"{where}: {problem}")
+
+    if "conversations" not in sample:
+        raise fail(f"missing key 'conversations' (keys: {sorted(sample)})")
+    turns = _parse_turns(sample["conversations"], fail)
+    images = _parse_image_field(sample.get("image"), fail)
+    n_markers = sum(t.content.count(IMAGE_MARKER) for t in turns)
+    if n_markers != len(images):
+        raise fail(
+            f"{n_markers} '{IMAGE_MARKER}' marker(s) in the conversation but {len(images)} image(s) "
+            "in 'image'; each image needs exactly one marker"
+        )
+    resolved = tuple(_resolve_image(rel, image_folder, check_images, fail) for rel in images)
+    return LlavaRecord(
+        source=source,
+        index=index,
+        id=None if sample_id is None else str(sample_id),
+        turns=turns,
+        images=resolved,
+    )
+
+
+def _parse_turns(conversations: Any, fail: Failure) -> tuple[Turn, ...]:
+    if not isinstance(conversations, list):
+        raise fail(f"'conversations' must be a list of turns, got {type(conversations).__name__}")
+    if not conversations:
+        raise fail("empty conversations")
+    turns = []
+    for k, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise fail(f"turn {k} must be an object with 'from' and 'value', got {type(turn).__name__}")
+        for key in ("from", "value"):
+            if key not in turn:
+                raise fail(f"turn {k} is missing key '{key}'")
+        speaker, value = turn["from"], turn["value"]
+        if speaker not in ROLE_MAP:
+            raise fail(f"turn {k} has unknown role {speaker!r} (expected one of {sorted(ROLE_MAP)})")
+        if not isinstance(value, str):
+            raise fail(f"turn {k} ({speaker}) has a non-string value ({type(value).__name__})")
+        if not value.strip():
+            raise fail(f"turn {k} ({speaker}) has an empty value")
+        if speaker != "human" and IMAGE_MARKER in value:
+            raise fail(f"'{IMAGE_MARKER}' marker in a {speaker} turn (turn {k}); images belong in human turns")
+        turns.append(Turn(ROLE_MAP[speaker], value))
+    if not any(t.role == "assistant" for t in turns):
+        # Training labels only assistant turns: such a sample would contribute no loss at all.
+        raise fail("no gpt turn (nothing to learn from)")
+    return tuple(turns)
+
+
+def _parse_image_field(image: Any, fail: Failure) -> list[str]:
+    if image is None:
+        return []
+    images = [image] if isinstance(image, str) else image
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        raise fail(f"'image' must be a path or a list of paths, got {image!r}")
+    return images
+
+
+def _resolve_image(
+    rel: str, image_folder: str | os.PathLike | None, check_images: bool, fail: Failure
+) -> Path:
+    if image_folder is None:
+        raise fail(f"has image {rel!r} but no image folder was given")
+    # Messages show the folder as the user spelled it, so it can be matched against their command line.
+    image_folder = os.fspath(image_folder)
+    path = Path(image_folder) / rel
+    if not path.is_file():
+        raise fail(f"image {rel!r} not found under image folder '{image_folder}'")
+    if check_images:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as err:  # PIL raises many types for corrupt files
+            raise fail(f"image {rel!r} under image folder '{image_folder}' is unreadable: {err}") from err
+    return path

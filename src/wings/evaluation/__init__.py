@@ -1,0 +1,1 @@
+"""Evaluation: IIT benchmark, multiple-choice pools, scoring and analysis."""

@@ -245,7 +245,11 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 raise ValueError("with inputs_embeds, merge image features yourself; pass input_ids to give images")
             is_image = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
 
-        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        if use_cache is None:
+            use_cache = self.config.text_config.use_cache and not self.training
+        if use_cache and self.training and self.is_gradient_checkpointing:
+            # The checkpointed layers are re-run in backward, which would append to the cache twice.
+            use_cache = False
         if use_cache and cache is None:
             cache = WingsCache(config=self.config.text_config)
         if cache is not None and not isinstance(cache, WingsCache):

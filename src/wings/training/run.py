@@ -1,0 +1,185 @@
+"""`train()`: one stage of one recipe, from a fresh LLM + encoder or from a previous stage's output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data.collate import LlavaCollator, LlavaDataset
+from ..data.conversation import tokenize_conversation
+from ..data.llava import SampleTooLongError, load_llava_records
+from ..modeling.model import WingsForConditionalGeneration
+from ..processing import WingsProcessor
+from .groups import set_trainable
+from .lora import add_lora, merge_lora
+from .recipe import Recipe, RecipeError
+
+logger = logging.getLogger(__name__)
+
+# Settings that fix the model's shape: they can be chosen when a model is built, not changed later.
+STRUCTURAL_SETTINGS = ("learner_rank", "learner_layers", "router", "router_max_positions")
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    global_step: int
+    train_loss: float
+    seconds: float
+    trainable: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+
+
+def build_model_and_processor(
+    recipe: Recipe, llm: str | None, vision: str | None, init: str | None
+) -> tuple[WingsForConditionalGeneration, WingsProcessor]:
+    """Load a previous stage's output (`init`) or build a new model from an LLM and a vision encoder."""
+    settings = dict(recipe.model)
+    if init is not None:
+        model = WingsForConditionalGeneration.from_pretrained(init)
+        processor = WingsProcessor.from_pretrained(init)
+        for key in STRUCTURAL_SETTINGS:
+            if key in settings and settings[key] != getattr(model.config, key):
+                raise RecipeError(
+                    f"recipe '{recipe.name}': model.{key}={settings[key]!r} differs from the stage-1 model in "
+                    f"'{init}' ({getattr(model.config, key)!r}); shape settings are fixed when a model is built."
+                )
+        for key, value in settings.items():
+            if key not in STRUCTURAL_SETTINGS:
+                setattr(model.config, key, value)
+        model.config.check()
+        return model, processor
+    if llm is None or vision is None:
+        raise RecipeError(f"recipe '{recipe.name}': pass --llm and --vision, or --init with a previous stage's output")
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    model = WingsForConditionalGeneration.from_llm_and_vision(llm, vision, tokenizer=tokenizer, **settings)
+    processor = WingsProcessor(
+        image_processor=AutoImageProcessor.from_pretrained(vision),
+        tokenizer=tokenizer,
+        image_seq_length=model.config.image_seq_length,
+    )
+    return model, processor
+
+
+def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
+    """Tokenise every sample once before training so that an over-long one is reported up front."""
+    kept = []
+    for record in tqdm(dataset.records, desc="checking sample lengths", leave=False):
+        try:
+            tokenize_conversation(record, dataset.processor, dataset.max_length)
+        except SampleTooLongError as err:
+            if not skip:
+                raise
+            logger.warning("skipping sample: %s", err)
+            continue
+        kept.append(record)
+    if len(kept) < len(dataset.records):
+        logger.warning("skipped %d over-long samples", len(dataset.records) - len(kept))
+    dataset.records = kept
+
+
+def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> TrainingArguments:
+    o = recipe.optim
+    return TrainingArguments(
+        output_dir=output,
+        per_device_train_batch_size=o.batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps,
+        num_train_epochs=o.epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        learning_rate=max(recipe.train.values()),
+        lr_scheduler_type=o.lr_scheduler,
+        warmup_steps=o.warmup_ratio,
+        weight_decay=o.weight_decay,
+        max_grad_norm=o.max_grad_norm,
+        bf16=o.bf16,
+        gradient_checkpointing=o.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
+        seed=o.seed,
+        data_seed=o.seed,
+        save_strategy="steps",
+        save_steps=o.save_steps,
+        save_total_limit=o.save_total_limit,
+        logging_steps=o.logging_steps,
+        report_to=o.report_to,
+        remove_unused_columns=False,
+        dataloader_num_workers=o.dataloader_num_workers,
+        # Text-only batches leave the visual learners without gradients.
+        ddp_find_unused_parameters=True,
+        use_cpu=not _has_accelerator(),
+        disable_tqdm=False,
+    )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train(
+    recipe: Recipe,
+    data: str,
+    output: str,
+    image_folder: str | None = None,
+    llm: str | None = None,
+    vision: str | None = None,
+    init: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    skip_bad_samples: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainResult:
+    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`."""
+    from .trainer import WingsTrainer
+
+    start = time.time()
+    records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
+    model, processor = build_model_and_processor(recipe, llm, vision, init)
+    dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode)
+    check_lengths(dataset, skip_bad_samples)
+    if recipe.method == "lora":
+        add_lora(model, recipe.lora)
+    trainable = set_trainable(model, list(recipe.train))
+    logger.info("trainable parameters per group: %s", trainable)
+
+    os.makedirs(output, exist_ok=True)
+    recipe.save(Path(output) / "recipe.yaml")
+    pad_id = processor.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = processor.tokenizer.eos_token_id
+    trainer = WingsTrainer(
+        model=model,
+        args=training_arguments(recipe, output, max_steps),
+        train_dataset=dataset,
+        data_collator=LlavaCollator(pad_token_id=pad_id, padding_side="right"),
+        group_lrs=recipe.train,
+        callbacks=callbacks,
+    )
+    checkpoint = None
+    if resume:
+        checkpoint = get_last_checkpoint(output)
+        if checkpoint is None:
+            logger.warning("--resume: no checkpoint in '%s' yet, starting from the beginning", output)
+        else:
+            logger.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if recipe.method == "lora":
+        merge_lora(model)
+    trainer.save_model(output)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(output)
+    return TrainResult(
+        output_dir=output,
+        global_step=result.global_step,
+        train_loss=float(result.training_loss),
+        seconds=time.time() - start,
+        trainable=trainable,
+        samples=len(dataset),
+    )

@@ -1,0 +1,93 @@
+"""`WingsTrainer`: Hugging Face `Trainer` with per-group learning rates, atomic checkpoints and a NaN guard.
+
+Everything else (DDP / FSDP / DeepSpeed through `accelerate`, gradient accumulation, bf16, gradient
+checkpointing, logging integrations, RNG and data-position restore on resume) is the stock Trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
+
+from .groups import parameter_groups
+
+STAGING_DIR = ".staging"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the last checkpoint on disk is the last good state."""
+
+
+class WingsTrainer(Trainer):
+    """A `Trainer` whose optimizer gives each parameter group (projector, learners, LLM, ...) its own lr.
+
+    Args:
+        group_lrs: group name -> learning rate, for the groups that train (see `training.groups`).
+        Other arguments are those of `transformers.Trainer`.
+    """
+
+    def __init__(self, *args, group_lrs: dict[str, float], **kwargs):
+        self.group_lrs = dict(group_lrs)
+        self._staging = False
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = parameter_groups(self.accelerator.unwrap_model(opt_model))
+        param_groups = []
+        for name, lr in self.group_lrs.items():
+            params = [(n, p) for n, p in groups[name] if p.requires_grad]
+            for with_decay in (True, False):
+                chosen = [p for n, p in params if (n in decay) == with_decay]
+                if chosen:
+                    weight_decay = self.args.weight_decay if with_decay else 0.0
+                    param_groups.append({"params": chosen, "lr": lr, "weight_decay": weight_decay, "group": name})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            step = self.state.global_step + 1
+            raise NonFiniteLossError(
+                f"training step {step}: the loss is {loss.item()}; stopping before the optimizer step. "
+                f"The last good checkpoint in '{self.args.output_dir}' is intact (resume with --resume after "
+                "lowering the learning rate or checking the data)."
+            )
+        return loss
+
+    def _get_output_dir(self, trial) -> str:
+        root = super()._get_output_dir(trial)
+        return os.path.join(root, STAGING_DIR) if self._staging else root
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write the checkpoint under `.staging/`, then rename it into place: a kill leaves no half checkpoint."""
+        root = self._get_output_dir(trial)
+        staging = os.path.join(root, STAGING_DIR)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            name = f"checkpoint-{self.state.global_step}"
+            final = os.path.join(root, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(root, self.args.save_total_limit, use_mtime=True)
+        self.accelerator.wait_for_everyone()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config, Qwen2Config, SiglipVisionConfig
 
-from conftest import IMAGE_TOKEN_ID, image_prompt, tiny_vision, tiny_wings
+from tiny import IMAGE_TOKEN_ID, image_prompt, tiny_vision, tiny_wings
 from wings import WingsConfig, WingsForConditionalGeneration
 
 
@@ -57,7 +57,7 @@ def test_marker_feature_mismatch_is_a_clear_error():
 
 def test_from_llm_and_vision_adds_image_token_to_tokenizer():
     from wings.data.tokenizer import train_chat_tokenizer
-    from conftest import tiny_llm
+    from tiny import tiny_llm
 
     tok = train_chat_tokenizer(["hello world"] * 5, vocab_size=270)
     tok.add_special_tokens({"additional_special_tokens": []})

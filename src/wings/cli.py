@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -24,6 +25,8 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         skip_bad_samples=args.skip_bad_samples,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun / accelerate launch, one summary is enough
     print(
         f"[wings train] {recipe.name}: {result.global_step} steps on {result.samples} samples in "
         f"{result.seconds:.0f}s, mean loss {result.train_loss:.4f}; trainable {result.trainable}; "

@@ -140,8 +140,8 @@ def test_too_long_samples_raise_or_are_dropped_up_front(records, processor, capl
 
 def test_batch_runs_through_the_model(records, processor):
     """The collated batch satisfies WingsForConditionalGeneration's input contract."""
-    from conftest import IMAGE_SIZE as MODEL_IMAGE_SIZE
-    from conftest import PATCH, tiny_vision
+    from tiny import IMAGE_SIZE as MODEL_IMAGE_SIZE
+    from tiny import PATCH, tiny_vision
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from wings import WingsForConditionalGeneration

@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import IMAGE_TOKEN_ID, image_prompt, randomize_learners, tiny_wings
+from tiny import IMAGE_TOKEN_ID, image_prompt, randomize_learners, tiny_wings
 
 
 def _model(llm_family):

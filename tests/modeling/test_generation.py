@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import image_prompt, randomize_learners, tiny_wings
+from tiny import image_prompt, randomize_learners, tiny_wings
 from wings import WingsCache
 
 NEW = 8

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import IMAGE_TOKEN_ID, image_prompt, tiny_llm, tiny_vision
+from tiny import IMAGE_TOKEN_ID, image_prompt, tiny_llm, tiny_vision
 from wings import WingsForConditionalGeneration
 
 

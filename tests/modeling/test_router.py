@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from conftest import image_prompt, randomize_learners, tiny_wings
+from tiny import image_prompt, randomize_learners, tiny_wings
 from wings.modeling.router import PositionalRouter, SegmentRouter
 
 

@@ -5,7 +5,7 @@ import json
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from conftest import image_prompt, randomize_learners, tiny_wings
+from tiny import image_prompt, randomize_learners, tiny_wings
 from wings import WingsConfig, WingsForConditionalGeneration
 
 

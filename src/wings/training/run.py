@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments
+from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.collate import LlavaCollator, LlavaDataset
@@ -99,8 +99,8 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         weight_decay=o.weight_decay,
         max_grad_norm=o.max_grad_norm,
         bf16=o.bf16,
-        gradient_checkpointing=o.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
+        activation_checkpointing=o.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
         seed=o.seed,
         data_seed=o.seed,
         save_strategy="steps",
@@ -141,6 +141,7 @@ def train(
 
     start = time.time()
     records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
+    set_seed(recipe.optim.seed)  # the fresh learners' init is part of the run's reproducibility
     model, processor = build_model_and_processor(recipe, llm, vision, init)
     dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode)
     check_lengths(dataset, skip_bad_samples)

@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 
 from .config import WingsConfig
 from .modeling import WingsCache, WingsForConditionalGeneration
+from .processing import WingsProcessor
 
 
 def register_auto_classes() -> None:
@@ -15,4 +16,10 @@ def register_auto_classes() -> None:
 
 register_auto_classes()
 
-__all__ = ["WingsCache", "WingsConfig", "WingsForConditionalGeneration", "register_auto_classes"]
+__all__ = [
+    "WingsCache",
+    "WingsConfig",
+    "WingsForConditionalGeneration",
+    "WingsProcessor",
+    "register_auto_classes",
+]

@@ -1,0 +1,68 @@
+"""Recipes are data: the shipped ones load, overrides apply, mistakes are named."""
+
+import pytest
+
+from tiny import tiny_wings
+from wings.training.groups import parameter_groups, set_trainable
+from wings.training.recipe import RecipeError, load_recipe, recipe_from_dict
+
+SHIPPED = ["wings_stage1", "wings_stage2", "llava_stage1", "llava_stage2", "lora_stage2"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name and recipe.train
+
+
+def test_paper_learning_rates():
+    s1, s2 = load_recipe("wings_stage1"), load_recipe("wings_stage2")
+    assert s1.train == {"projector": 2e-5, "visual_learners": 2e-5} and s1.model["learner_mode"] == "visual_only"
+    assert s2.train["llm"] == s2.train["textual_learners"] == s2.train["router"] == 2e-6
+    assert s2.train["projector"] == 1e-5
+    assert load_recipe("llava_stage1").train == {"projector": 1e-3}
+    assert load_recipe("llava_stage2").train == {"llm": 2e-5, "projector": 2e-5}
+
+
+def test_overrides_are_parsed_as_yaml():
+    recipe = load_recipe("wings_stage1", ["optim.batch_size=3", "train.projector=1e-4", "model.learner_rank=8"])
+    assert recipe.optim.batch_size == 3 and recipe.train["projector"] == 1e-4 and recipe.model["learner_rank"] == 8
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"name": "x", "train": {"brain": 1e-3}}, "unknown parameter group"),
+        ({"name": "x", "train": {}}, "nothing would train"),
+        ({"name": "x", "train": {"llm": -1}}, "positive learning rate"),
+        ({"name": "x", "method": "llava", "train": {"router": 1e-3}}, "no learners or router"),
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": {"batchsize": 2}}, r"unknown key\(s\) \['batchsize'\] in 'optim'"),
+        ({"name": "x", "trian": {}}, "unknown key"),
+    ],
+)
+def test_recipe_mistakes_are_named(raw, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(raw, "my.yaml")
+
+
+def test_bad_override_and_missing_recipe():
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe("wings_stage1", ["optim.batch_size"])
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("no_such_recipe")
+
+
+def test_parameter_groups_partition_the_model():
+    model = tiny_wings(learner_layers=[0, 1])
+    groups = parameter_groups(model)
+    names = [n for params in groups.values() for n, _ in params]
+    assert len(names) == len(set(names)) == len(list(model.parameters()))
+    assert all(".visual_learner." in n for n, _ in groups["visual_learners"])
+    assert all(n.startswith("multi_modal_projector.") for n, _ in groups["projector"])
+    assert groups["lora"] == []
+    counts = set_trainable(model, ["projector", "visual_learners"])
+    assert set(counts) == {"projector", "visual_learners"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for g in ("projector", "visual_learners") for n, _ in groups[g]}
+    with pytest.raises(ValueError, match="empty"):
+        set_trainable(model, ["lora"])

@@ -63,12 +63,15 @@ __all__ = [
     "accuracy_with_ci",
     "build_iit",
     "dialogue_messages",
+    "evaluate_iit",
     "format_question",
+    "iit_table",
     "is_correct",
     "load_iit",
     "load_pool",
     "parse_choice",
     "parse_setting",
+    "plot_iit",
     "summarize_iit",
     "write_iit",
 ]
@@ -605,3 +608,137 @@ def summarize_iit(
     for setting, correct in results:
         by_setting.setdefault(_canonical(setting), []).append(correct)
     return {s: accuracy_with_ci(c, confidence) for s, c in by_setting.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluating a model
+# --------------------------------------------------------------------------------------------
+
+
+def _per_setting(summary: Mapping[str, Any]) -> Mapping[str, Mapping[str, float | int]]:
+    """Accept an :func:`evaluate_iit` result or its ``"settings"`` part."""
+    return summary["settings"] if "settings" in summary else summary
+
+
+def evaluate_iit(
+    model: Any,
+    processor: Any,
+    dialogues: Iterable[Mapping[str, Any]],
+    image_folder: str | Path | None = None,
+    batch_size: int = 8,
+    method: str = "generate",
+    *,
+    max_new_tokens: int = 8,
+    normalize: str = "mean",
+    image_mode: str = "pad",
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Score a model on IIT dialogues: earlier turns are context with their gold replies, the
+    last turn is asked and scored.
+
+    Args:
+        model: a WINGS model or any HF causal LM (text-only settings only, with a tokenizer).
+        processor: a `WingsProcessor` (or a tokenizer with a chat template, for text-only dialogues).
+        dialogues: as :func:`load_iit` returns them.
+        image_folder: where relative image paths of V turns are resolved; every image is checked
+            before any compute.
+        method: "generate" (greedy reply, read with :func:`parse_choice`; the paper's protocol) or
+            "loglik" (the most likely option letter as the reply).
+        max_new_tokens, normalize, image_mode: see `wings.evaluation.scoring`.
+
+    Returns:
+        ``{"method": str, "settings": {setting: {"acc", "low", "high", "n"}}, "records": [...]}``;
+        one record per dialogue: ``{"id", "setting", "item_id", "answer", "prediction",
+        "correct"}`` plus ``"output"`` (the reply) with ``method="generate"``.
+    """
+    # Imported here: scoring uses this module's parse_choice and format_question.
+    from wings.evaluation.scoring import chat_prompt, generate_answers, resolve_image_paths, score_choices_loglik
+
+    if method not in ("generate", "loglik"):
+        raise ValueError(f"method must be 'generate' or 'loglik', got {method!r}")
+    dialogues = list(dialogues)
+    if not dialogues:
+        raise ValueError("evaluate_iit: no dialogues")
+    problems = [
+        f"{describe_location(f'dialogue {i}', d)}: {e}" for i, d in enumerate(dialogues) for e in dialogue_problems(d)
+    ]
+    if problems:
+        raise IITFormatError("evaluate_iit", problems)
+    image_token = getattr(processor, "image_token", IMAGE_TOKEN)
+    prompts, images, scored = [], [], []
+    for dialogue in dialogues:
+        messages, paths, turn = dialogue_messages(dialogue, image_token=image_token)
+        images.append(resolve_image_paths(paths, image_folder, f"IIT dialogue {dialogue['id']!r}"))
+        prompts.append(chat_prompt(processor, messages))
+        scored.append(turn)
+    has_images = any(images)
+    outputs: list[str | None] = [None] * len(dialogues)
+    if method == "generate":
+        outputs = list(
+            generate_answers(
+                model, processor, prompts, images if has_images else None, batch_size, max_new_tokens, image_mode
+            )
+        )
+        predictions: list[int | None] = [
+            parse_choice(o, len(t["choices"]), t["choices"]) for o, t in zip(outputs, scored, strict=True)
+        ]
+    else:
+        letters = [list(LETTERS[: len(t["choices"])]) for t in scored]
+        predictions = list(
+            score_choices_loglik(
+                model, processor, prompts, letters, images if has_images else None, batch_size, normalize, image_mode
+            )
+        )
+    records = []
+    for dialogue, turn, prediction, output in zip(dialogues, scored, predictions, outputs, strict=True):
+        record = {
+            "id": dialogue["id"],
+            "setting": dialogue["setting"],
+            "item_id": turn["item_id"],
+            "answer": turn["answer"],
+            "prediction": prediction,
+            "correct": prediction == turn["answer"],
+        }
+        if output is not None:
+            record["output"] = output
+        records.append(record)
+    summary = summarize_iit(((r["setting"], r["correct"]) for r in records), confidence)
+    for setting, stats in summary.items():
+        logger.info("IIT %s: acc %.3f [%.3f, %.3f] (n=%d)", setting, stats["acc"], stats["low"], stats["high"], stats["n"])
+    return {"method": method, "settings": summary, "records": records}
+
+
+def iit_table(summary: Mapping[str, Any]) -> str:
+    """Markdown table of per-setting accuracy with its interval (an :func:`evaluate_iit` result,
+    or its ``"settings"`` part)."""
+    lines = ["| setting | accuracy | interval | n |", "|---|---|---|---|"]
+    for setting, stats in _per_setting(summary).items():
+        acc = "-" if math.isnan(stats["acc"]) else f"{stats['acc']:.3f}"
+        lines.append(f"| {setting} | {acc} | [{stats['low']:.3f}, {stats['high']:.3f}] | {stats['n']} |")
+    return "\n".join(lines)
+
+
+def plot_iit(summary: Mapping[str, Any], path: str | Path, title: str | None = "IIT accuracy by setting") -> Path:
+    """Bar plot of per-setting accuracy with interval error bars and n above each bar; writes ``path``."""
+    from wings.evaluation.plots import bar_with_intervals, new_figure, save_figure
+
+    per_setting = _per_setting(summary)
+    if not per_setting:
+        raise ValueError("plot_iit: the summary has no settings")
+    settings = list(per_setting)
+    stats = [per_setting[s] for s in settings]
+    fig, ax = new_figure(max(4.0, 1.0 + 0.9 * len(settings)), 3.5)
+    bar_with_intervals(
+        ax,
+        [f"({s})" for s in settings],
+        [float(s["acc"]) for s in stats],
+        [float(s["low"]) for s in stats],
+        [float(s["high"]) for s in stats],
+        annotations=[f"n={s['n']}" for s in stats],
+    )
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accuracy (last turn)")
+    ax.set_xlabel("setting")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)

@@ -1,0 +1,833 @@
+"""MLLM-LAWS: layer-wise attention on the text before and after an image, and the attention shift.
+
+WINGS (paper section on MLLM-LAWS; project notes WINGS.md section 1) measures, per decoder layer l, the attention mass a token span S
+receives from the whole sequence:
+
+    a^l(S) = sum over all query tokens i, sum over key tokens j in S, of attn^l[i, j]    (heads averaged)
+
+LAWS(S) = [a^1(S), ..., a^L(S)]. For a sample with one image, three spans are measured:
+
+- ``before``: real (non-padding) tokens before the first image token. The chat template's tokens and
+  any system prompt the template renders are *text before the image* and are included, unless their
+  ids are given in ``exclude_special_tokens`` (they are then left out of ``before`` and ``after``).
+- ``image``: the first image's tokens. Later images of the same sample are in no span at all.
+- ``after``: real tokens after the first image's last token (later images' tokens excluded).
+
+Every real token is a query, including image tokens; padding tokens are neither queries nor keys.
+For each sample the Pearson correlation of the before and after curves over layers is taken, and
+
+    attention_shift = 1 - mean over samples of pearson(LAWS(before), LAWS(after))      (0..2)
+
+A sample whose before or after curve is constant (an empty span, or a one-layer model) has no
+correlation: it is skipped from the mean, counted in ``n_skipped`` and reported with a warning.
+
+How the weights are obtained: a forward pre-hook on every decoder layer of the language model takes
+the layer's input hidden states, RoPE tables and attention mask, recomputes that layer's main
+self-attention weights from the original HF ``self_attn`` (q/k projections, rotate-half RoPE, GQA,
+causal + padding mask, float32 softmax) and reduces them at once to the three span masses. At most
+one layer's weights [batch, heads, T, T] exist at a time, whatever attention kernel the model runs
+(``output_attentions`` is never used). For a `WingsDecoderLayer` the wrapped layer's own
+``input_layernorm`` / ``self_attn`` are used: LAWS measures the main attention, not the learners.
+Works for `WingsForConditionalGeneration`, HF `LlavaForConditionalGeneration` and plain
+Llama-family causal LMs (Llama, Qwen2, Mistral).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import itertools
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from wings.modeling.attention import repeat_kv
+from wings.modeling.decoder_layer import WingsDecoderLayer, check_llama_family_layer
+from wings.modeling.lorra import apply_rope
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SPANS",
+    "LawsRecorder",
+    "LawsResult",
+    "SpanMasses",
+    "attention_shift",
+    "attention_weights",
+    "compute_laws",
+    "decoder_layers",
+    "find_spans",
+    "laws_for_sample",
+    "llava_laws_samples",
+    "load_model_and_processor",
+    "pearson_per_sample",
+    "plot_laws",
+    "plot_laws_compare",
+    "run_laws",
+    "run_laws_compare",
+    "write_laws",
+]
+
+SPANS = ("before", "image", "after")
+SPAN_COLORS = {"before": "tab:blue", "image": "tab:orange", "after": "tab:green"}
+
+
+# --------------------------------------------------------------------------------------------------
+# model access
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of the model's language model (WINGS, HF LLaVA, or a plain causal LM)."""
+    paths = (
+        ("language_model", "model", "layers"),  # WINGS: language_model is the *ForCausalLM
+        ("model", "language_model", "layers"),  # HF LLaVA (transformers 5): model.model.language_model
+        ("language_model", "layers"),
+        ("model", "layers"),  # a plain *ForCausalLM
+    )
+    for path in paths:
+        module = model
+        for name in path:
+            module = getattr(module, name, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise TypeError(
+        f"{type(model).__name__}: no decoder layers found (looked for language_model.model.layers, "
+        "model.language_model.layers, language_model.layers, model.layers); LAWS needs a Llama-family decoder."
+    )
+
+
+def _attention_parts(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(input_layernorm, self_attn) of a decoder layer; a WingsDecoderLayer's come from its wrapped layer."""
+    inner = layer.decoder_layer if isinstance(layer, WingsDecoderLayer) else layer
+    return inner.input_layernorm, inner.self_attn
+
+
+def image_token_id_of(model: nn.Module) -> int:
+    config = model.config
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(f"{type(model).__name__}.config has no image_token_id: LAWS needs a multimodal model")
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+# --------------------------------------------------------------------------------------------------
+# spans
+def find_spans(
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+    tokens_per_image: Sequence[int | None] | int | None = None,
+    exclude_special_tokens: Iterable[int] | None = None,
+) -> torch.Tensor:
+    """Span masks of (before, image, after) per sample.
+
+    Args:
+        input_ids: [B, T]; attention_mask: [B, T] (1 = real token; None = all real).
+        tokens_per_image: image tokens per image (one value, or one per row); the first image is
+            the first run of consecutive image tokens, cut after this many. None: the whole run.
+        exclude_special_tokens: token ids left out of ``before`` and ``after`` (e.g. template tokens).
+
+    Returns:
+        bool [B, 3, T]. Raises ValueError naming the row when a row has no image token.
+    """
+    batch, length = input_ids.shape
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    is_image = (input_ids == image_token_id) & valid
+    text = valid & ~is_image
+    if exclude_special_tokens:
+        excluded = torch.tensor(sorted(set(exclude_special_tokens)), device=input_ids.device)
+        text &= ~torch.isin(input_ids, excluded)
+    if not isinstance(tokens_per_image, Sequence):
+        tokens_per_image = [tokens_per_image] * batch
+    position = torch.arange(length, device=input_ids.device)
+    spans = torch.zeros(batch, 3, length, dtype=torch.bool, device=input_ids.device)
+    for row in range(batch):
+        flags = is_image[row].tolist()
+        if not any(flags):
+            raise ValueError(f"row {row}: no image token (id {image_token_id}); LAWS needs an image in every sample")
+        start = flags.index(True)
+        end = start  # inclusive
+        limit = tokens_per_image[row]
+        while end + 1 < length and flags[end + 1] and (limit is None or end + 1 - start < limit):
+            end += 1
+        spans[row, 0] = text[row] & (position < start)
+        spans[row, 1] = (position >= start) & (position <= end)
+        spans[row, 2] = text[row] & (position > end)
+    return spans
+
+
+# --------------------------------------------------------------------------------------------------
+# attention weights of one layer, and their reduction
+def _additive_mask(
+    mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, device: torch.device
+) -> torch.Tensor:
+    """The layer's attention mask as a float32 additive bias [B or 1, 1, T, S].
+
+    Accepts what HF passes to a decoder layer: None (plain causal, e.g. SDPA without padding), a 2D
+    padding mask (flash attention), a 4D bool mask (SDPA) or a 4D additive float mask (eager).
+    """
+    if mask is not None and mask.dim() == 4 and mask.dtype != torch.bool:
+        return mask[..., :kv_len].float()
+    allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)[None, None]
+    if mask is not None and mask.dim() == 2:
+        allowed = allowed & mask[:, None, None, -kv_len:].bool()
+    elif mask is not None:
+        allowed = mask[..., :kv_len]
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device)
+    return bias.masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
+def attention_weights(
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Recompute a decoder layer's self-attention weights from its inputs, as HF eager attention does.
+
+    Args:
+        layer: an HF Llama-family decoder layer or a `WingsDecoderLayer`.
+        hidden_states: the layer's input [B, T, d] (before input_layernorm).
+        position_embeddings: RoPE (cos, sin), each [B or 1, T, d_h].
+        attention_mask: what the layer received (None, [B, T], or [B, 1, T, S]).
+
+    Returns:
+        float32 weights [B, H, T, T] (rows sum to 1).
+    """
+    norm, attn = _attention_parts(layer)
+    x = norm(hidden_states)
+    batch, length = x.shape[:2]
+    shape = (batch, length, -1, attn.head_dim)
+    q = attn.q_proj(x).view(shape).transpose(1, 2)
+    k = attn.k_proj(x).view(shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    q, k = apply_rope(q, cos, sin).float(), apply_rope(k, cos, sin).float()
+    k = repeat_kv(k, q.shape[1] // k.shape[1])
+    scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
+    scores = scores + _additive_mask(attention_mask, batch, length, k.shape[2], x.device)
+    return F.softmax(scores, dim=-1, dtype=torch.float32)
+
+
+def reduce_to_spans(weights: torch.Tensor, spans: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    """weights [B, H, T, S], spans bool [B, 3, S], query_mask [B, T] -> span masses [B, 3] (float64).
+
+    Sum over the real queries, sum over the span's keys, mean over heads.
+    """
+    per_key = torch.einsum("bhts,bt->bs", weights, query_mask.to(weights.dtype)) / weights.shape[1]
+    return torch.einsum("bs,bks->bk", per_key.double(), spans.double())
+
+
+class LawsRecorder:
+    """Forward pre-hooks on every decoder layer that turn the layer's attention into span masses.
+
+    Use as a context manager around forward passes; before each forward, `prepare` the span masks.
+    Between layers only the reduced masses ([B, 3] per layer) are kept:
+
+        with LawsRecorder(model) as recorder:
+            recorder.prepare(spans, query_mask)
+            model(input_ids=..., pixel_values=..., attention_mask=...)
+            masses = recorder.masses()            # [B, L, 3]
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = decoder_layers(model)
+        for index, layer in enumerate(self.layers):
+            inner = layer.decoder_layer if isinstance(layer, WingsDecoderLayer) else layer
+            check_llama_family_layer(inner, index)
+        self.records: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._spans: torch.Tensor | None = None
+        self._query_mask: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def __enter__(self) -> LawsRecorder:
+        for index, layer in enumerate(self.layers):
+            hook = functools.partial(self._hook, index)
+            self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._spans = self._query_mask = None
+
+    def prepare(self, spans: torch.Tensor, query_mask: torch.Tensor) -> None:
+        """spans bool [B, 3, T] (see `find_spans`), query_mask [B, T] (1 = real token) for the next forward."""
+        self._spans, self._query_mask = spans, query_mask
+        self.records = [None] * len(self.layers)
+
+    def masses(self) -> np.ndarray:
+        """[B, L, 3] span masses of the last forward."""
+        missing = [i for i, r in enumerate(self.records) if r is None]
+        if missing:
+            raise RuntimeError(f"LAWS: decoder layers {missing} did not run in the last forward")
+        return torch.stack(self.records, dim=1).numpy()
+
+    def _hook(self, index: int, layer: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._spans is None:
+            raise RuntimeError("LawsRecorder: call prepare(spans, query_mask) before the forward")
+        hidden = args[0] if args else kwargs["hidden_states"]
+        position_embeddings = kwargs.get("position_embeddings")
+        if position_embeddings is None:
+            raise TypeError(
+                f"decoder layer {index} ({type(layer).__name__}) was called without position_embeddings; "
+                "LAWS recomputes attention from the RoPE tables the decoder passes to its layers."
+            )
+        if hidden.shape[1] != self._spans.shape[-1]:
+            raise RuntimeError(
+                f"decoder layer {index}: got {hidden.shape[1]} tokens but spans cover {self._spans.shape[-1]}; "
+                "LAWS runs one full forward per batch (no cache)"
+            )
+        with torch.no_grad():
+            weights = attention_weights(layer, hidden, position_embeddings, kwargs.get("attention_mask"))
+            masses = reduce_to_spans(weights, self._spans.to(hidden.device), self._query_mask.to(hidden.device))
+            del weights  # only [B, 3] leaves the hook
+        self.records[index] = masses.cpu()
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+@dataclass(frozen=True)
+class SpanMasses:
+    """LAWS of one sample: a^l(S) for l = 1..L per span, and each span's size in tokens."""
+
+    before: np.ndarray  # [L]
+    image: np.ndarray  # [L]
+    after: np.ndarray  # [L]
+    n_tokens: tuple[int, int, int] = (0, 0, 0)  # (before, image, after)
+
+    @classmethod
+    def from_array(cls, curves: np.ndarray, n_tokens: Sequence[int] = (0, 0, 0)) -> SpanMasses:
+        """curves [L, 3] in SPANS order."""
+        return cls(curves[:, 0].copy(), curves[:, 1].copy(), curves[:, 2].copy(), tuple(int(n) for n in n_tokens))
+
+    def as_array(self) -> np.ndarray:
+        """[L, 3] in SPANS order."""
+        return np.stack([self.before, self.image, self.after], axis=1)
+
+    @property
+    def pearson(self) -> float:
+        """Pearson correlation of the before and after curves (NaN when one of them is constant)."""
+        return float(pearson_per_sample(self.as_array()[None])[0])
+
+
+def pearson_per_sample(curves: np.ndarray) -> np.ndarray:
+    """curves [N, L, 3] -> [N] Pearson correlation of before vs after over layers; NaN where undefined."""
+    before, after = curves[:, :, 0].astype(np.float64), curves[:, :, 2].astype(np.float64)
+    before = before - before.mean(axis=1, keepdims=True)
+    after = after - after.mean(axis=1, keepdims=True)
+    norm = np.sqrt((before**2).sum(axis=1) * (after**2).sum(axis=1))
+    out = np.full(curves.shape[0], np.nan)
+    # A curve that is constant up to rounding has no direction to correlate.
+    scale = np.maximum(np.abs(curves[:, :, [0, 2]]).max(axis=(1, 2)), 1e-30)
+    defined = (norm > (1e-12 * scale) ** 2) & (curves.shape[1] >= 2)
+    out[defined] = np.clip((before * after).sum(axis=1)[defined] / norm[defined], -1.0, 1.0)
+    return out
+
+
+def attention_shift(pearsons: Iterable[float]) -> float:
+    """1 - mean of the finite Pearson correlations, in [0, 2]; NaN when none is finite."""
+    values = np.asarray(list(pearsons), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan
+    return float(np.clip(1.0 - np.clip(values, -1.0, 1.0).mean(), 0.0, 2.0))
+
+
+@dataclass
+class LawsResult:
+    """LAWS over a set of samples.
+
+    Attributes:
+        curves: [N, L, 3] a^l(S) per sample, layer and span (SPANS order).
+        sample_ids: one name per sample.
+        span_tokens: [N, 3] span sizes in tokens.
+    """
+
+    curves: np.ndarray
+    sample_ids: list[str]
+    span_tokens: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.curves.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.curves.shape[1])
+
+    @property
+    def layers(self) -> list[int]:
+        """Layer numbers 1..L (a^1 .. a^L), the x axis of the plots."""
+        return list(range(1, self.num_layers + 1))
+
+    @property
+    def mean(self) -> np.ndarray:
+        """[L, 3] mean over samples."""
+        return self.curves.mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        """[L, 3] standard deviation over samples (population, ddof 0)."""
+        return self.curves.std(axis=0)
+
+    @property
+    def pearson(self) -> np.ndarray:
+        """[N] per-sample Pearson(before, after); NaN for skipped samples."""
+        return pearson_per_sample(self.curves)
+
+    @property
+    def n_skipped(self) -> int:
+        return int(np.isnan(self.pearson).sum())
+
+    @property
+    def attention_shift(self) -> float:
+        return attention_shift(self.pearson)
+
+    def sample(self, index: int) -> SpanMasses:
+        return SpanMasses.from_array(self.curves[index], self.span_tokens[index])
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary; NaN values become null."""
+        mean, std = self.mean, self.std
+        shift = self.attention_shift
+        return {
+            "layers": self.layers,
+            "spans": list(SPANS),
+            "mean": {span: mean[:, k].tolist() for k, span in enumerate(SPANS)},
+            "std": {span: std[:, k].tolist() for k, span in enumerate(SPANS)},
+            "pearson": [None if math.isnan(p) else float(p) for p in self.pearson],
+            "attention_shift": None if math.isnan(shift) else shift,
+            "n_samples": self.n_samples,
+            "n_skipped": self.n_skipped,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# computing
+@dataclass
+class _Prepared:
+    name: str
+    input_ids: torch.Tensor  # [T]
+    attention_mask: torch.Tensor  # [T]
+    pixel_values: torch.Tensor | None  # [n_images, 3, H, W]
+
+
+def _as_1d(value: Any, what: str, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    if tensor.dim() == 2 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 1:
+        raise ValueError(f"{name}: {what} must hold one sequence, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _load_images(images: Sequence[Any], processor: Any, image_mode: str) -> list[Any]:
+    from PIL import Image
+
+    from wings.data.images import load_image, mean_color, pad_to_square
+
+    loaded = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
+    if image_mode == "pad":
+        background = mean_color(getattr(processor, "image_processor", processor))
+        loaded = [pad_to_square(image.convert("RGB"), background) for image in loaded]
+    elif image_mode != "resize":
+        raise ValueError(f"image_mode must be 'pad' or 'resize', got {image_mode!r}")
+    return loaded
+
+
+def _prepare(sample: Mapping[str, Any], index: int, processor: Any, image_mode: str) -> _Prepared:
+    name = str(sample.get("id", f"sample {index}"))
+    if "input_ids" in sample:
+        ids = _as_1d(sample["input_ids"], "input_ids", name).long()
+        mask = sample.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else _as_1d(mask, "attention_mask", name).long()
+        pixel_values = sample.get("pixel_values")
+        return _Prepared(name, ids, mask, None if pixel_values is None else torch.as_tensor(pixel_values))
+    if "text" not in sample:
+        raise ValueError(f"{name}: a LAWS sample needs 'input_ids' (+ 'pixel_values') or 'text' (+ 'images')")
+    if processor is None:
+        raise ValueError(f"{name}: has 'text'; pass a processor (WingsProcessor / LlavaProcessor) to render it")
+    images = _load_images(sample.get("images") or [], processor, image_mode)
+    encoded = processor(text=sample["text"], images=images or None, return_tensors="pt")
+    pixel_values = encoded.get("pixel_values")
+    return _Prepared(name, encoded["input_ids"][0], encoded["attention_mask"][0], pixel_values)
+
+
+def _tokens_per_image(ids: torch.Tensor, n_images: int, image_token_id: int, default: int | None) -> int | None:
+    count = int((ids == image_token_id).sum())
+    if n_images and count % n_images == 0:
+        return count // n_images
+    return default
+
+
+def _run_batch(
+    model: nn.Module,
+    recorder: LawsRecorder,
+    batch: list[_Prepared],
+    exclude_special_tokens: Iterable[int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One forward over right-padded samples -> masses [B, L, 3] and span sizes [B, 3]."""
+    device, dtype = _model_device_dtype(model)
+    image_token_id = image_token_id_of(model)
+    pad_id = 0 if image_token_id != 0 else 1
+    length = max(int(p.input_ids.shape[0]) for p in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, prepared in enumerate(batch):
+        n = prepared.input_ids.shape[0]
+        input_ids[row, :n], attention_mask[row, :n] = prepared.input_ids, prepared.attention_mask
+    default_per_image = getattr(model.config, "image_seq_length", None)
+    per_image = [
+        _tokens_per_image(
+            p.input_ids[p.attention_mask.bool()],
+            0 if p.pixel_values is None else int(p.pixel_values.shape[0]),
+            image_token_id,
+            default_per_image,
+        )
+        for p in batch
+    ]
+    for prepared in batch:
+        if not bool(((prepared.input_ids == image_token_id) & prepared.attention_mask.bool()).any()):
+            raise ValueError(
+                f"{prepared.name}: no image token (id {image_token_id}); LAWS needs an image in every sample"
+            )
+    spans = find_spans(input_ids, image_token_id, attention_mask, per_image, exclude_special_tokens)
+    pixels = [p.pixel_values for p in batch if p.pixel_values is not None]
+    pixel_values = torch.cat(pixels).to(device=device, dtype=dtype) if pixels else None
+    recorder.prepare(spans.to(device), attention_mask.to(device))
+    with torch.no_grad():
+        model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            pixel_values=pixel_values,
+            use_cache=False,
+            logits_to_keep=1,
+        )
+    return recorder.masses(), spans.sum(-1).numpy()
+
+
+def laws_for_sample(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+    exclude_special_tokens: Iterable[int] | None = None,
+) -> np.ndarray:
+    """LAWS of one sample: input_ids [T] or [1, T], pixel_values [n_images, 3, H, W] -> [L, 3] (SPANS order)."""
+    prepared = _Prepared(
+        "sample",
+        _as_1d(input_ids, "input_ids", "sample").long(),
+        torch.ones(torch.as_tensor(input_ids).shape[-1], dtype=torch.long)
+        if attention_mask is None
+        else _as_1d(attention_mask, "attention_mask", "sample").long(),
+        pixel_values,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with LawsRecorder(model) as recorder:
+            masses, _ = _run_batch(model, recorder, [prepared], exclude_special_tokens)
+    finally:
+        model.train(was_training)
+    return masses[0]
+
+
+def compute_laws(
+    model: nn.Module,
+    processor: Any | None,
+    samples: Iterable[Mapping[str, Any]],
+    batch_size: int = 1,
+    limit: int | None = None,
+    progress: bool = True,
+    exclude_special_tokens: Iterable[int] | None = None,
+    image_mode: str = "resize",
+) -> LawsResult:
+    """LAWS of every sample.
+
+    Args:
+        samples: dicts with `input_ids` ([T]) and `pixel_values` ([n, 3, H, W]), optionally
+            `attention_mask`; or with `text` (prompt with `<image>` markers) and `images` (PIL images
+            or paths), rendered by `processor(text=..., images=...)`. An optional `id` names the sample.
+        batch_size: samples per forward (right-padded; padding is neither query nor key).
+        limit: use only the first `limit` samples.
+        exclude_special_tokens: token ids left out of the before/after spans.
+        image_mode: for `images`: "resize" leaves them to the image processor; "pad" pads each to a
+            square with the processor's mean colour first (as LLaVA-1.5 training does).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    total = len(samples) if hasattr(samples, "__len__") else None
+    if limit is not None:
+        samples = itertools.islice(samples, limit)
+        total = limit if total is None else min(total, limit)
+    curves, names, sizes = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with LawsRecorder(model) as recorder, tqdm(total=total, desc="LAWS", disable=not progress) as bar:
+            batch: list[_Prepared] = []
+            for index, sample in enumerate(samples):
+                batch.append(_prepare(sample, index, processor, image_mode))
+                if len(batch) == batch_size:
+                    _collect(model, recorder, batch, exclude_special_tokens, curves, names, sizes, bar)
+                    batch = []
+            if batch:
+                _collect(model, recorder, batch, exclude_special_tokens, curves, names, sizes, bar)
+    finally:
+        model.train(was_training)
+    if not curves:
+        raise ValueError("compute_laws: no samples")
+    result = LawsResult(np.concatenate(curves), names, np.concatenate(sizes))
+    if result.n_skipped:
+        logger.warning(
+            "LAWS: %d of %d samples have a constant before or after curve (an empty span?) and no Pearson "
+            "correlation; they are left out of the attention shift",
+            result.n_skipped,
+            result.n_samples,
+        )
+    return result
+
+
+def _collect(model, recorder, batch, exclude, curves, names, sizes, bar) -> None:
+    masses, span_sizes = _run_batch(model, recorder, batch, exclude)
+    curves.append(masses)
+    sizes.append(span_sizes)
+    names.extend(p.name for p in batch)
+    bar.update(len(batch))
+
+
+# --------------------------------------------------------------------------------------------------
+# plots and files
+def _figure(width: float = 7.0, height: float = 4.2):
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _format_shift(result: LawsResult) -> str:
+    shift = result.attention_shift
+    text = "n/a" if math.isnan(shift) else f"{shift:.3f}"
+    return f"attention shift {text} (n={result.n_samples - result.n_skipped}" + (
+        f", {result.n_skipped} skipped)" if result.n_skipped else ")"
+    )
+
+
+def plot_laws(result: LawsResult, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Mean a^l(S) per layer for the three spans, shaded +-1 std over samples; the shift in the title."""
+    fig, ax = _figure()
+    x = np.asarray(result.layers)
+    labels = {"before": "text before image", "image": "image", "after": "text after image"}
+    for k, span in enumerate(SPANS):
+        mean, std = result.mean[:, k], result.std[:, k]
+        ax.plot(x, mean, marker="o", markersize=3, color=SPAN_COLORS[span], label=labels[span])
+        ax.fill_between(x, mean - std, mean + std, color=SPAN_COLORS[span], alpha=0.2, linewidth=0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("attention mass received (sum over queries)")
+    ax.set_title(f"{title or 'MLLM-LAWS'}: {_format_shift(result)}")
+    if len(x) > 1:
+        ax.set_xlim(x[0], x[-1])
+    ax.grid(alpha=0.3)
+    ax.legend(title="mean ± std", loc="best")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def plot_laws_compare(results: Mapping[str, LawsResult], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Before (solid) and after (dashed) curves of several models, one colour per model, shifts in the legend.
+
+    Models with different depths are drawn against relative depth (layer - 1) / (L - 1).
+    """
+    if not results:
+        raise ValueError("plot_laws_compare: no results")
+    fig, ax = _figure(7.5, 4.5)
+    depths = {r.num_layers for r in results.values()}
+    relative = len(depths) > 1
+    colors = [f"C{i % 10}" for i in range(len(results))]
+    for color, (name, result) in zip(colors, results.items()):
+        x = np.asarray(result.layers, dtype=float)
+        if relative:
+            x = (x - 1) / max(result.num_layers - 1, 1)
+        shift = result.attention_shift
+        shift_text = "n/a" if math.isnan(shift) else f"{shift:.3f}"
+        for k, style in ((0, "-"), (2, "--")):
+            mean, std = result.mean[:, k], result.std[:, k]
+            label = f"{name} (shift {shift_text})" if k == 0 else None
+            ax.plot(x, mean, linestyle=style, color=color, label=label)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.1, linewidth=0)
+    # Style key: which line is which span, independent of the model colours.
+    ax.plot([], [], "-", color="gray", label="text before image")
+    ax.plot([], [], "--", color="gray", label="text after image")
+    ax.set_xlabel("relative depth" if relative else "layer")
+    ax.set_ylabel("attention mass received (sum over queries)")
+    ax.set_title(title or "MLLM-LAWS: text before vs after the image")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def write_laws(result: LawsResult, output_dir: str | os.PathLike, title: str | None = None) -> dict[str, Path]:
+    """Write `laws.json` (`LawsResult.to_json`) and `laws.png` (`plot_laws`) into output_dir."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / "laws.json"
+    json_path.write_text(json.dumps(result.to_json(), indent=2))
+    return {"json": json_path, "png": plot_laws(result, output_dir / "laws.png", title=title)}
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end: saved model + LLaVA-format data
+def load_model_and_processor(model_dir: str | os.PathLike, device: str | torch.device | None = None):
+    """A saved WINGS model (or HF LLaVA model) and its processor, in eval mode on `device` (default: cuda if any)."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"--model '{model_dir}': no config.json (expected a saved WINGS model directory)")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type == "llava":
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(model_dir)
+        processor = AutoProcessor.from_pretrained(model_dir)
+    else:
+        from wings.modeling.model import WingsForConditionalGeneration
+        from wings.processing import WingsProcessor
+
+        model = WingsForConditionalGeneration.from_pretrained(model_dir)
+        processor = WingsProcessor.from_pretrained(model_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor
+
+
+def llava_laws_samples(
+    data_file: str | os.PathLike,
+    image_folder: str | os.PathLike | None,
+    processor: Any,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """LAWS samples from LLaVA-format data: the conversation up to the first assistant reply, rendered
+    with `processor.apply_chat_template(..., add_generation_prompt=True)`, with its images.
+
+    Samples without images, or whose images only appear after the first assistant reply, are
+    skipped (and counted in the log). Returns dicts with `id`, `text` and `images` (paths).
+    """
+    from wings.data.llava import IMAGE_MARKER, load_llava_records
+
+    records = load_llava_records(data_file, image_folder)
+    samples, late = [], 0
+    for record in records:
+        if record.num_images == 0:
+            continue
+        messages = record.messages()
+        first_reply = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+        prompt = messages[:first_reply]
+        text = processor.apply_chat_template(prompt, add_generation_prompt=True) if prompt else ""
+        n_markers = text.count(IMAGE_MARKER)
+        if n_markers == 0:
+            late += 1
+            continue
+        samples.append({"id": record.name, "text": text, "images": list(record.images[:n_markers])})
+        if limit is not None and len(samples) >= limit:
+            break
+    n_text = sum(1 for r in records if r.num_images == 0)
+    logger.info("LAWS: %d image samples from %s (%d text-only skipped)", len(samples), data_file, n_text)
+    if late:
+        logger.warning("LAWS: %d samples have no image before the first assistant reply; skipped", late)
+    if not samples:
+        raise ValueError(f"{data_file}: no sample with an image in its first user turn(s); LAWS needs image samples")
+    return samples
+
+
+def run_laws(
+    model_dir: str | os.PathLike,
+    data_file: str | os.PathLike,
+    image_folder: str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    limit: int | None = None,
+    batch_size: int = 1,
+    image_mode: str = "pad",
+    exclude_special_tokens: Iterable[int] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> LawsResult:
+    """Load a saved model + processor, compute LAWS on LLaVA-format data, write laws.json and laws.png."""
+    model, processor = load_model_and_processor(model_dir, device)
+    samples = llava_laws_samples(data_file, image_folder, processor, limit)
+    result = compute_laws(
+        model, processor, samples, batch_size=batch_size, progress=progress,
+        exclude_special_tokens=exclude_special_tokens, image_mode=image_mode,
+    )
+    write_laws(result, output_dir, title=Path(model_dir).name)
+    return result
+
+
+def run_laws_compare(
+    model_dirs: Sequence[str | os.PathLike],
+    data_file: str | os.PathLike,
+    image_folder: str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    limit: int | None = None,
+    batch_size: int = 1,
+    image_mode: str = "pad",
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, LawsResult]:
+    """LAWS of several saved models on the same data; writes laws_compare.json ({name: summary}) and
+    laws_compare.png. Models are loaded one at a time; each renders the prompts with its own processor.
+    """
+    names = _unique_names(model_dirs)
+    results: dict[str, LawsResult] = {}
+    for name, model_dir in zip(names, model_dirs):
+        model, processor = load_model_and_processor(model_dir, device)
+        samples = llava_laws_samples(data_file, image_folder, processor, limit)
+        results[name] = compute_laws(
+            model, processor, samples, batch_size=batch_size, progress=progress, image_mode=image_mode
+        )
+        del model, processor
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {name: {"model_dir": str(d), **r.to_json()} for (name, r), d in zip(results.items(), model_dirs)}
+    (output_dir / "laws_compare.json").write_text(json.dumps(summary, indent=2))
+    plot_laws_compare(results, output_dir / "laws_compare.png")
+    return results
+
+
+def _unique_names(model_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    names: list[str] = []
+    for model_dir in model_dirs:
+        base = Path(model_dir).name or str(model_dir)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    SiglipImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
     LlamaConfig,
@@ -15,6 +16,7 @@ from transformers import (
 )
 
 from wings import WingsForConditionalGeneration
+from wings.data.tokenizer import train_chat_tokenizer
 
 IMAGE_TOKEN_ID = 5
 VOCAB = 120
@@ -79,3 +81,29 @@ def image_prompt(text_before: list[int], text_after: list[int], n_images: int = 
     for _ in range(n_images):
         ids += [IMAGE_TOKEN_ID] * seq + [7]
     return ids + list(text_after)
+
+
+HUB_COLOURS = ("red", "green", "blue", "yellow")
+
+
+def make_tiny_hub(root):
+    """Save a tiny Qwen2 LLM (with an offline tokenizer) and a SigLIP tower (with its image processor)."""
+    corpus = [f"what colour is the image? {c}. hello how are you? fine thanks." for c in HUB_COLOURS] * 10
+    tokenizer = train_chat_tokenizer(corpus, vocab_size=300)
+    torch.manual_seed(0)
+    llm = Qwen2ForCausalLM(
+        Qwen2Config(
+            hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+            intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    vision = SiglipVisionModel(
+        SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16)
+    )
+    vision.save_pretrained(root / "vision")
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
+    return root

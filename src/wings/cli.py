@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -35,6 +36,79 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _laws(args: argparse.Namespace) -> int:
+    from .evaluation.laws import run_laws, run_laws_compare
+
+    if args.compare:
+        results = run_laws_compare(args.compare, args.data, args.image_folder, args.output, limit=args.limit)
+        for name, result in results.items():
+            print(f"[wings laws] {name}: attention shift {result.attention_shift:.4f} ({result.n_samples} samples)")
+    elif args.model:
+        result = run_laws(args.model, args.data, args.image_folder, args.output, limit=args.limit)
+        print(f"[wings laws] attention shift {result.attention_shift:.4f} over {result.n_samples} samples "
+              f"({result.n_skipped} skipped); wrote {args.output}/laws.json and laws.png")
+    else:
+        raise SystemExit("wings laws: pass --model DIR or --compare DIR1 DIR2 ...")
+    return 0
+
+
+def _iit_build(args: argparse.Namespace) -> int:
+    from .evaluation.iit import DEFAULT_SETTINGS, build_iit, load_pool, write_iit
+
+    text = load_pool(args.text_pool, "text")
+    visual = load_pool(args.visual_pool, "visual") if args.visual_pool else None
+    dialogues = build_iit(text, visual, settings=args.settings or DEFAULT_SETTINGS, per_setting=args.per_setting,
+                          seed=args.seed)
+    write_iit(dialogues, args.output)
+    print(f"[wings iit build] {len(dialogues)} dialogues -> {args.output}")
+    return 0
+
+
+def _iit_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.iit import evaluate_iit, iit_table, load_iit, plot_iit
+    from .evaluation.scoring import load_model_and_processor
+
+    model, processor = load_model_and_processor(args.model)
+    result = evaluate_iit(model, processor, load_iit(args.data), image_folder=args.image_folder,
+                          batch_size=args.batch_size, method=args.method)
+    print(iit_table(result))
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        plot_iit(result, Path(args.output) / "iit.png")
+        (Path(args.output) / "iit.json").write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation.forgetting import EvalData, evaluate_models
+
+    data = EvalData(text_pool=args.text_pool, visual_pool=args.visual_pool, vqa=args.vqa, iit=args.iit,
+                    laws=args.laws_data, image_folder=args.image_folder, limit=args.limit,
+                    batch_size=args.batch_size)
+    _, _, report = evaluate_models(args.model, data, args.output, base_llm=args.base_llm)
+    print(report)
+    if args.lm_eval_tasks:
+        from .evaluation.scoring import lm_eval_accuracies, lm_eval_text_tasks
+
+        for model_dir in args.model:
+            result = lm_eval_text_tasks(model_dir, args.lm_eval_tasks.split(","), include_path=args.lm_eval_include,
+                                        limit=args.limit)
+            print(f"[wings eval] lm-eval {model_dir}: {lm_eval_accuracies(result)}")
+    return 0
+
+
+def lm_eval_main(argv: list[str]) -> int:
+    """`wings lm-eval ARGS`: lm-evaluation-harness's CLI with model type "wings" registered."""
+    import wings  # noqa: F401  (registers the Auto classes in this process)
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -63,6 +137,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("laws", help="MLLM-LAWS: attention on text before vs after the image, per layer")
+    p.add_argument("--model", help="a saved WINGS (or HF LLaVA) model directory")
+    p.add_argument("--compare", nargs="+", metavar="DIR", help="several model directories to overlay")
+    p.add_argument("--data", required=True, help="LLaVA-format JSON/JSONL with image samples")
+    p.add_argument("--image-folder", help="folder the data's image paths are relative to")
+    p.add_argument("--output", required=True)
+    p.add_argument("--limit", type=int, help="use at most this many samples")
+    p.set_defaults(func=_laws)
+
+    iit = sub.add_parser("iit", help="the Interleaved Image-Text benchmark").add_subparsers(dest="iit", required=True)
+    p = iit.add_parser("build", help="build IIT dialogues from multiple-choice pools")
+    p.add_argument("--text-pool", required=True)
+    p.add_argument("--visual-pool")
+    p.add_argument("--output", required=True)
+    p.add_argument("--per-setting", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", nargs="+", help="settings such as T T,T T,V V,T (default: the paper's six)")
+    p.set_defaults(func=_iit_build)
+    p = iit.add_parser("eval", help="score a model on IIT dialogues (last turn scored)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--image-folder")
+    p.add_argument("--method", choices=["generate", "loglik"], default="generate")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--output", help="folder for iit.json and iit.png")
+    p.set_defaults(func=_iit_eval)
+
+    p = sub.add_parser("eval", help="forgetting report: text-only vs base LLM, multimodal, IIT, attention shift")
+    p.add_argument("--model", nargs="+", required=True, help="saved model directories")
+    p.add_argument("--base-llm", help="the LLM the models were built from (for the retention ratio)")
+    p.add_argument("--text-pool", help="text-only multiple-choice items (JSONL)")
+    p.add_argument("--visual-pool", help="multimodal multiple-choice items (JSONL)")
+    p.add_argument("--vqa", help="LLaVA-format open-ended VQA data")
+    p.add_argument("--iit", help="IIT dialogues (from `wings iit build`)")
+    p.add_argument("--laws-data", help="LLaVA-format image samples for the attention shift")
+    p.add_argument("--image-folder")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks (text-only)")
+    p.add_argument("--lm-eval-include", help="folder with extra lm-eval task YAMLs")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=_eval)
+
+    sub.add_parser("lm-eval", help="lm-evaluation-harness CLI with WINGS models loadable (args passed through)")
+
     p = sub.add_parser("demo", help="build a tiny WINGS model offline and chat with it about a generated image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=150, help="training steps of the tiny demo model")
@@ -71,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:
+        return lm_eval_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse cannot collect positionals that follow options: recipe overrides (key=value) may come last.

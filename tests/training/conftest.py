@@ -7,37 +7,16 @@ import random
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
-from wings.data.tokenizer import train_chat_tokenizer
+from tiny import make_tiny_hub
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
 
 
 @pytest.fixture(scope="session")
 def tiny_hub(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hub")
-    corpus = [f"what colour is the image? {c}. hello how are you? fine thanks." for c in COLORS] * 10
-    tokenizer = train_chat_tokenizer(corpus, vocab_size=300)
-    torch.manual_seed(0)
-    llm = Qwen2ForCausalLM(
-        Qwen2Config(
-            hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-            intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-    )
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16)
-    )
-    vision.save_pretrained(root / "vision")
-    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
-    return root
+    return make_tiny_hub(tmp_path_factory.mktemp("hub"))
 
 
 def write_dataset(folder, n_image=12, n_text=4, seed=0, name="data.json"):

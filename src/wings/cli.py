@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -109,6 +110,16 @@ def lm_eval_main(argv: list[str]) -> int:
     return 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from .lab.pipeline import DEFAULT_MODELS, LabConfig, run_lab
+
+    config = LabConfig(output=args.output, quick=args.quick, seeds=args.seeds,
+                       models=tuple(args.models or DEFAULT_MODELS), threads=args.threads)
+    run_lab(config)
+    print((Path(args.output) / "report.md").read_text())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -181,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     sub.add_parser("lm-eval", help="lm-evaluation-harness CLI with WINGS models loadable (args passed through)")
+
+    p = sub.add_parser("lab", help="the offline forgetting experiment: LLaVA vs WINGS on a tiny LLM (main job)")
+    p.add_argument("--output", default="runs/lab", help="where steps, report.md and metrics.json go")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: proves the pipeline in about 3 minutes")
+    p.add_argument("--seeds", type=int, default=1, help="repeat the recipes over this many seeds")
+    p.add_argument("--models", nargs="+", help="llava llava_low_lr wings [lora llava_text_share]")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 holds up best on shared machines)")
+    p.set_defaults(func=_lab)
 
     p = sub.add_parser("demo", help="build a tiny WINGS model offline and chat with it about a generated image")
     p.add_argument("--seed", type=int, default=0)

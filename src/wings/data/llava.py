@@ -116,12 +116,13 @@ def load_llava_records(
     records: list[LlavaRecord] = []
     skipped = 0
     total = 0
+    verified: set[Path] = set()
     for index, sample, problem in _read_samples(path):
         total += 1
         try:
             if problem is not None:
                 raise DataError(f"{sample_name(source, index, None)}: {problem}")
-            records.append(parse_sample(sample, source, index, image_folder, check_images))
+            records.append(parse_sample(sample, source, index, image_folder, check_images, verified))
         except DataError as err:
             if not skip_bad_samples:
                 raise
@@ -171,8 +172,13 @@ def parse_sample(
     index: int,
     image_folder: str | os.PathLike | None,
     check_images: bool = True,
+    verified: set[Path] | None = None,
 ) -> LlavaRecord:
-    """Validate one raw sample and turn it into a `LlavaRecord`; raises `DataError` naming the sample."""
+    """Validate one raw sample and turn it into a `LlavaRecord`; raises `DataError` naming the sample.
+
+    `verified` collects images already opened and verified, so that an image shared by many samples
+    (VQA sets ask many questions per image) is decoded once per load.
+    """
     if not isinstance(sample, dict):
         raise DataError(f"{sample_name(source, index, None)}: expected an object, got {type(sample).__name__}")
     sample_id = sample.get("id")
@@ -191,7 +197,7 @@ def parse_sample(
             f"{n_markers} '{IMAGE_MARKER}' marker(s) in the conversation but {len(images)} image(s) "
             "in 'image'; each image needs exactly one marker"
         )
-    resolved = tuple(_resolve_image(rel, image_folder, check_images, fail) for rel in images)
+    resolved = tuple(_resolve_image(rel, image_folder, check_images, fail, verified) for rel in images)
     return LlavaRecord(
         source=source,
         index=index,
@@ -239,7 +245,11 @@ def _parse_image_field(image: Any, fail: Failure) -> list[str]:
 
 
 def _resolve_image(
-    rel: str, image_folder: str | os.PathLike | None, check_images: bool, fail: Failure
+    rel: str,
+    image_folder: str | os.PathLike | None,
+    check_images: bool,
+    fail: Failure,
+    verified: set[Path] | None = None,
 ) -> Path:
     if image_folder is None:
         raise fail(f"has image {rel!r} but no image folder was given")
@@ -248,10 +258,12 @@ def _resolve_image(
     path = Path(image_folder) / rel
     if not path.is_file():
         raise fail(f"image {rel!r} not found under image folder '{image_folder}'")
-    if check_images:
+    if check_images and (verified is None or path not in verified):
         try:
             with Image.open(path) as img:
                 img.verify()
         except Exception as err:  # PIL raises many types for corrupt files
             raise fail(f"image {rel!r} under image folder '{image_folder}' is unreadable: {err}") from err
+        if verified is not None:
+            verified.add(path)
     return path

@@ -35,6 +35,7 @@ class TrainResult:
     seconds: float
     trainable: dict[str, int] = field(default_factory=dict)
     samples: int = 0
+    train_runtime: float = 0.0  # the optimisation loop alone (no data checks, model building or saving)
 
 
 def build_model_and_processor(
@@ -183,4 +184,5 @@ def train(
         seconds=time.time() - start,
         trainable=trainable,
         samples=len(dataset),
+        train_runtime=float(result.metrics.get("train_runtime", 0.0)),
     )

@@ -347,6 +347,10 @@ def generate_answers(
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=pad_id,
+                # A model whose generation config names no eos (e.g. one built from a config) stops at the
+                # tokenizer's end-of-turn token.
+                eos_token_id=getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+                or tokenizer.eos_token_id,
             )
             new_tokens = output[:, input_ids.shape[1] :]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -626,42 +626,16 @@ def pretrain_llm(
     return PretrainResult(losses=losses, seconds=seconds)
 
 
-@torch.no_grad()
 def generate_answers(
     model, tokenizer: PreTrainedTokenizerBase, items: Sequence[TextSample], batch_size: int = 64,
     max_new_tokens: int = 12,
 ) -> list[str]:  # fmt: skip
-    """Greedy answers to each item's prompt, stripped, in the order of `items`.
+    """Greedy answers to each item's chat-rendered prompt, stripped, in the order of `items`
+    (batched and left-padded by `wings.evaluation.scoring.generate_answers`)."""
+    from ..evaluation.scoring import generate_answers as generate
 
-    Prompts are left-padded and batched by length (sorted) so little compute goes to padding.
-    `model` needs only ``generate(input_ids=..., attention_mask=..., ...)`` returning ``[batch,
-    prompt + new]`` ids and a ``device`` attribute (any `PreTrainedModel`).
-    """
-    prompts = prompt_texts(items, tokenizer)
-    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(items)), key=lambda i: len(ids[i]))
-    answers: list[str] = [""] * len(items)
-    device = getattr(model, "device", torch.device("cpu"))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-            attention_mask[row, width - len(ids[i]) :] = 1
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        for i, text in zip(chunk, texts):
-            answers[i] = text.strip()
-    return answers
+    return generate(model, tokenizer, prompt_texts(items, tokenizer), batch_size=batch_size,
+                    max_new_tokens=max_new_tokens)
 
 
 def evaluate_text(

@@ -55,6 +55,12 @@ def test_line_verdict_from_numbers():
     assert "on the LLaVA line" in on and abs(gap) < 1e-9
     below, _ = line_verdict({"llava": m(0.8, 0.6), "llava_low_lr": m(0.6, 1.0), "wings": m(0.6, 0.7)})
     assert "below" in below
+    # The full lab's case: both LLaVA models at nearly the same VQA; WINGS ties the low-LR one.
+    tie, gap = line_verdict({"llava": m(0.857, 0.418), "llava_low_lr": m(0.854, 0.997), "wings": m(0.862, 0.997)})
+    assert "on the LLaVA line" in tie and gap == pytest.approx(0.0) and "`llava_low_lr`" in tie
+    # Beyond every LLaVA model's VQA, with their best retention: above.
+    ahead, _ = line_verdict({"llava": m(0.80, 0.5), "llava_low_lr": m(0.70, 0.99), "wings": m(0.90, 0.99)})
+    assert "above" in ahead
 
 
 def test_unknown_model_is_refused():

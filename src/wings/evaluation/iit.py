@@ -628,6 +628,7 @@ def evaluate_iit(
     batch_size: int = 8,
     method: str = "generate",
     *,
+    with_letters: bool = True,
     max_new_tokens: int = 8,
     normalize: str = "mean",
     image_mode: str = "pad",
@@ -644,6 +645,9 @@ def evaluate_iit(
             before any compute.
         method: "generate" (greedy reply, read with :func:`parse_choice`; the paper's protocol) or
             "loglik" (the most likely option letter as the reply).
+        with_letters: options lettered "A. ..." and answered with a letter (the paper's format), or
+            listed as text and answered with the option's text (for small models that never learned
+            lettered multiple choice; "loglik" then scores each option's text as the reply).
         max_new_tokens, normalize, image_mode: see `wings.evaluation.scoring`.
 
     Returns:
@@ -667,7 +671,7 @@ def evaluate_iit(
     image_token = getattr(processor, "image_token", IMAGE_TOKEN)
     prompts, images, scored = [], [], []
     for dialogue in dialogues:
-        messages, paths, turn = dialogue_messages(dialogue, image_token=image_token)
+        messages, paths, turn = dialogue_messages(dialogue, with_letters, image_token=image_token)
         images.append(resolve_image_paths(paths, image_folder, f"IIT dialogue {dialogue['id']!r}"))
         prompts.append(chat_prompt(processor, messages))
         scored.append(turn)
@@ -683,10 +687,10 @@ def evaluate_iit(
             parse_choice(o, len(t["choices"]), t["choices"]) for o, t in zip(outputs, scored, strict=True)
         ]
     else:
-        letters = [list(LETTERS[: len(t["choices"])]) for t in scored]
+        replies = [list(LETTERS[: len(t["choices"])]) if with_letters else list(t["choices"]) for t in scored]
         predictions = list(
             score_choices_loglik(
-                model, processor, prompts, letters, images if has_images else None, batch_size, normalize, image_mode
+                model, processor, prompts, replies, images if has_images else None, batch_size, normalize, image_mode
             )
         )
     records = []

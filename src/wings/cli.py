@@ -73,7 +73,7 @@ def _iit_eval(args: argparse.Namespace) -> int:
 
     model, processor = load_model_and_processor(args.model)
     result = evaluate_iit(model, processor, load_iit(args.data), image_folder=args.image_folder,
-                          batch_size=args.batch_size, method=args.method, with_letters=args.answer_format == "letter")
+                          batch_size=args.batch_size, method=args.method, answer_format=args.answer_format)
     print(iit_table(result))
     if args.output:
         Path(args.output).mkdir(parents=True, exist_ok=True)
@@ -171,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--image-folder")
     p.add_argument("--method", choices=["generate", "loglik"], default="generate")
-    p.add_argument("--answer-format", choices=["letter", "text"], default="letter",
-                   help="lettered options answered by letter (the paper), or options answered by their text")
+    p.add_argument("--answer-format", choices=["letter", "text", "cloze"], default="letter",
+                   help="lettered options answered by letter (the paper), options answered by their text, or "
+                        "the bare question with each option scored as the reply (cloze)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--output", help="folder for iit.json and iit.png")
     p.set_defaults(func=_iit_eval)

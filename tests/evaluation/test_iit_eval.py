@@ -126,20 +126,22 @@ def test_table_and_plot(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
 
 
+@pytest.mark.parametrize("answer_format", ["text", "cloze"])
 @pytest.mark.parametrize("method", ["generate", "loglik"])
-def test_text_answer_format(processor, iit, method):
-    """with_letters=False: options listed as text and answered with the option's text."""
+def test_text_answer_formats(processor, iit, method, answer_format):
+    """Options answered by their text: listed ("text") or not shown at all ("cloze")."""
     dialogues, folder, gold_letters = iit
     by_question = {t["question"]: t for d in dialogues for t in d["turns"]}
 
     def answer(prompt, row_images):
         lines = last_user_message(prompt).splitlines()
-        assert not any(line[:3] in ("A. ", "B. ") for line in lines)  # no letters in this format
+        assert not any(line[:3] in ("A. ", "B. ") for line in lines)  # no letters in these formats
+        assert any(line.startswith("- ") for line in lines) == (answer_format == "text")
         if lines[0] == COLOR_QUESTION:
             return pixels_to_color(row_images[-1])
         turn = by_question[lines[0]]
         return turn["choices"][turn["answer"]]
 
     result = evaluate_iit(OracleLM(processor, answer), processor, dialogues, folder, batch_size=4, method=method,
-                          with_letters=False)
+                          answer_format=answer_format)
     assert all(stats["acc"] == 1.0 for stats in result["settings"].values())

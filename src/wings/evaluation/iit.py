@@ -433,18 +433,25 @@ def _no_marker(text: str, image_token: str) -> str:
 
 
 def format_question(
-    turn: Mapping[str, Any] | MCItem, with_letters: bool = True, *, image_token: str = IMAGE_TOKEN
+    turn: Mapping[str, Any] | MCItem,
+    with_letters: bool = True,
+    *,
+    image_token: str = IMAGE_TOKEN,
+    list_choices: bool = True,
 ) -> str:
     """Render one turn as a user message.
 
     ``with_letters=True``: ``"<image>\\n" (V only) + question + "\\nA. c0\\nB. c1..." +
     "\\nAnswer with the option's letter."``; otherwise choices are listed as ``"- c"`` and the
-    model is asked for the option's text.
+    model is asked for the option's text. ``list_choices=False`` (text answers only) gives the bare
+    question, for scoring each option as a cloze continuation.
     """
     turn = _as_turn(turn)
     question = _no_marker(turn["question"].strip(), image_token)
     choices = [_no_marker(c, image_token) for c in turn["choices"]]
-    if with_letters:
+    if not list_choices and not with_letters:
+        lines = [question]
+    elif with_letters:
         lines = [
             question,
             *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)),
@@ -464,7 +471,11 @@ def gold_reply(turn: Mapping[str, Any] | MCItem, with_letters: bool = True) -> s
 
 
 def dialogue_messages(
-    dialogue: Mapping[str, Any], with_letters: bool = True, *, image_token: str = IMAGE_TOKEN
+    dialogue: Mapping[str, Any],
+    with_letters: bool = True,
+    *,
+    image_token: str = IMAGE_TOKEN,
+    list_choices: bool = True,
 ) -> tuple[list[dict[str, str]], list[str], dict[str, Any]]:
     """Chat messages for a dialogue, ending with the scored user turn.
 
@@ -481,7 +492,7 @@ def dialogue_messages(
         messages.append(
             {
                 "role": "user",
-                "content": format_question(turn, with_letters, image_token=image_token),
+                "content": format_question(turn, with_letters, image_token=image_token, list_choices=list_choices),
             }
         )
         if turn["kind"] == "V":
@@ -628,7 +639,7 @@ def evaluate_iit(
     batch_size: int = 8,
     method: str = "generate",
     *,
-    with_letters: bool = True,
+    answer_format: str = "letter",
     max_new_tokens: int = 8,
     normalize: str = "mean",
     image_mode: str = "pad",
@@ -645,9 +656,10 @@ def evaluate_iit(
             before any compute.
         method: "generate" (greedy reply, read with :func:`parse_choice`; the paper's protocol) or
             "loglik" (the most likely option letter as the reply).
-        with_letters: options lettered "A. ..." and answered with a letter (the paper's format), or
-            listed as text and answered with the option's text (for small models that never learned
-            lettered multiple choice; "loglik" then scores each option's text as the reply).
+        answer_format: "letter" (options lettered "A. ...", answered with a letter: the paper's
+            format), "text" (options listed, answered with the option's text) or "cloze" (the bare
+            question; best with "loglik", which scores each option's text as the reply). The last two
+            suit small models that never learned lettered multiple choice.
         max_new_tokens, normalize, image_mode: see `wings.evaluation.scoring`.
 
     Returns:
@@ -660,6 +672,9 @@ def evaluate_iit(
 
     if method not in ("generate", "loglik"):
         raise ValueError(f"method must be 'generate' or 'loglik', got {method!r}")
+    if answer_format not in ("letter", "text", "cloze"):
+        raise ValueError(f"answer_format must be 'letter', 'text' or 'cloze', got {answer_format!r}")
+    with_letters = answer_format == "letter"
     dialogues = list(dialogues)
     if not dialogues:
         raise ValueError("evaluate_iit: no dialogues")
@@ -671,7 +686,9 @@ def evaluate_iit(
     image_token = getattr(processor, "image_token", IMAGE_TOKEN)
     prompts, images, scored = [], [], []
     for dialogue in dialogues:
-        messages, paths, turn = dialogue_messages(dialogue, with_letters, image_token=image_token)
+        messages, paths, turn = dialogue_messages(
+            dialogue, with_letters, image_token=image_token, list_choices=answer_format != "cloze"
+        )
         images.append(resolve_image_paths(paths, image_folder, f"IIT dialogue {dialogue['id']!r}"))
         prompts.append(chat_prompt(processor, messages))
         scored.append(turn)

@@ -196,9 +196,9 @@ def evaluate_lab_model(folder: Path, model_dir: str, data: dict, iit_file: str, 
     images = [[str(p) for p in r.images] for r in records]
     answers = generate_answers(model, processor, prompts, images, batch_size=sizes.eval_batch, max_new_tokens=6)
     vqa = sum(vqa_exact_match(a, r.messages()[1]["content"]) for a, r in zip(answers, records)) / len(records)
-    # The tiny models never learned lettered multiple choice: score each option's text as the reply.
+    # The tiny models never learned multiple-choice prompts: ask the bare question, score each option as the reply.
     iit = evaluate_iit(model, processor, load_iit(iit_file), image_folder=data["image_folder"],
-                       batch_size=sizes.eval_batch, method="loglik", with_letters=False)
+                       batch_size=sizes.eval_batch, method="loglik", answer_format="cloze")
     plot_iit(iit, folder / "iit.png", title=f"IIT: {Path(model_dir).parent.name}")
     samples = llava_laws_samples(data["vqa_test"], data["image_folder"], processor, limit=sizes.laws_samples)
     laws = compute_laws(model, processor, samples, progress=False)

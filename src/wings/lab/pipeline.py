@@ -17,6 +17,7 @@ interrupted run resumes where it stopped; training stages also resume from their
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +32,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-ALL_MODELS = ("llava", "llava_low_lr", "wings", "lora", "llava_text_share")
 DEFAULT_MODELS = ("llava", "llava_low_lr", "wings")
+# Optional rows: the other baselines, and the WINGS variants LAB_NOTES left untried (learner rank 64,
+# the textual learner 10x below the LLM's LR, twice the stage-2 steps).
+ALL_MODELS = (*DEFAULT_MODELS, "lora", "llava_text_share", "wings_r64", "wings_txt_low", "wings_long")
 
 
 @dataclass(frozen=True)
@@ -146,36 +149,47 @@ def _common_overrides(sizes: LabSizes, seed: int) -> list[str]:
             "optim.logging_steps=50", f"optim.seed={seed}", "data.max_length=160"]
 
 
-def stage_plan(model: str, sizes: LabSizes) -> tuple[tuple[str, list[str]], tuple[str, list[str]], str]:
-    """(stage-1 recipe + overrides, stage-2 recipe + overrides, stage-2 data key) for one lab model."""
+@dataclass(frozen=True)
+class Stage:
+    recipe: str
+    overrides: tuple[str, ...]
+    steps: int
+    data: str = "stage1"  # key of the lab's data files
+
+
+def stage_plan(model: str, sizes: LabSizes) -> tuple[Stage, Stage]:
+    """The two stages (shipped recipe + overrides scaled to the lab) of one lab model."""
     hi, lo = sizes.high_lr, sizes.low_lr
-    shape = ["model.vision_feature_layer=-1"]  # the encoder was trained on its last layer's tokens
-    llava1 = ("llava_stage1", [f"train.projector={hi}", *shape])
-    if model == "wings":
-        stage1 = ("wings_stage1", [f"train.projector={hi}", f"train.visual_learners={hi}",
-                                   f"model.learner_rank={sizes.learner_rank}", *shape])
-        stage2 = ("wings_stage2", [f"train.llm={lo}", f"train.textual_learners={lo}", f"train.visual_learners={hi}",
-                                   f"train.router={hi}", f"train.projector={hi}"])
-        return stage1, stage2, "stage2"
-    if model == "llava":
-        return llava1, ("llava_stage2", [f"train.llm={hi}", f"train.projector={hi}"]), "stage2"
-    if model == "llava_low_lr":
-        return llava1, ("llava_stage2", [f"train.llm={lo}", f"train.projector={hi}"]), "stage2"
-    if model == "llava_text_share":
-        return llava1, ("llava_stage2", [f"train.llm={hi}", f"train.projector={hi}"]), "stage2_text_share"
+    shape = ("model.vision_feature_layer=-1",)  # the encoder was trained on its last layer's tokens
+    llava1 = Stage("llava_stage1", (f"train.projector={hi}", *shape), sizes.stage1_steps)
+    if model.startswith("wings"):
+        rank = 64 if model == "wings_r64" else sizes.learner_rank
+        textual = lo / 10 if model == "wings_txt_low" else lo
+        steps = 2 * sizes.stage2_steps if model == "wings_long" else sizes.stage2_steps
+        stage1 = Stage("wings_stage1", (f"train.projector={hi}", f"train.visual_learners={hi}",
+                                        f"model.learner_rank={rank}", *shape), sizes.stage1_steps)
+        stage2 = Stage("wings_stage2", (f"train.llm={lo}", f"train.textual_learners={textual}",
+                                        f"train.visual_learners={hi}", f"train.router={hi}", f"train.projector={hi}"),
+                       steps, "stage2")
+        return stage1, stage2
+    llm_lr = {"llava": hi, "llava_low_lr": lo, "llava_text_share": hi}
+    if model in llm_lr:
+        data = "stage2_text_share" if model == "llava_text_share" else "stage2"
+        return llava1, Stage("llava_stage2", (f"train.llm={llm_lr[model]}", f"train.projector={hi}"),
+                             sizes.stage2_steps, data)
     if model == "lora":
-        return llava1, ("lora_stage2", [f"train.lora={hi}", f"train.projector={hi}", "lora.r=8", "lora.alpha=16",
-                                        "lora.dropout=0.0"]), "stage2"
+        return llava1, Stage("lora_stage2", (f"train.lora={hi}", f"train.projector={hi}", "lora.r=8", "lora.alpha=16",
+                                             "lora.dropout=0.0"), sizes.stage2_steps, "stage2")
     raise ValueError(model)
 
 
-def run_stage(folder: Path, recipe_name: str, overrides: list[str], data: str, image_folder: str,
-              steps: int, **sources) -> dict:
+def run_stage(folder: Path, stage: Stage, common: list[str], data: dict, **sources) -> dict:
     from ..training.recipe import load_recipe
     from ..training.run import train
 
-    result = train(load_recipe(recipe_name, overrides), data=data, output=str(folder / "model"),
-                   image_folder=image_folder, max_steps=steps, resume=True, **sources)
+    result = train(load_recipe(stage.recipe, [*common, *stage.overrides]), data=data[stage.data],
+                   output=str(folder / "model"), image_folder=data["image_folder"], max_steps=stage.steps,
+                   resume=True, **sources)
     return {"train_seconds": result.seconds, "steps": result.global_step, "loss": result.train_loss,
             "seconds_per_step": result.train_runtime / max(result.global_step, 1), "trainable": result.trainable}
 
@@ -246,18 +260,16 @@ def run_lab(config: LabConfig) -> dict:
     runs: dict[str, list[dict]] = {}
     for seed in range(config.seeds):
         for name in config.models:
-            (recipe1, over1), (recipe2, over2), data_key = stage_plan(name, sizes)
+            stage1_plan, stage2_plan = stage_plan(name, sizes)
             common = _common_overrides(sizes, seed)
-            # llava, llava_low_lr, lora and llava_text_share share one LLaVA stage 1 per seed.
-            s1_name = "llava_stage1" if recipe1 == "llava_stage1" else f"{name}_stage1"
+            # Models with the same stage 1 (every LLaVA-style row; WINGS rows of one rank) share it per seed.
+            s1_name = stage1_plan.recipe + "_" + hashlib.sha1(repr(stage1_plan).encode()).hexdigest()[:8]
             s1_folder = out / "runs" / f"seed{seed}" / s1_name
-            stage1 = cached_step(s1_folder, f"seed {seed}: {s1_name}", lambda f: run_stage(
-                f, recipe1, common + over1, data["stage1"], data["image_folder"], sizes.stage1_steps,
-                llm=llm_dir, vision=vision_dir))
+            stage1 = cached_step(s1_folder, f"seed {seed}: {name} stage 1", lambda f: run_stage(
+                f, stage1_plan, common, data, llm=llm_dir, vision=vision_dir))
             s2_folder = out / "runs" / f"seed{seed}" / name
             stage2 = cached_step(s2_folder / "train", f"seed {seed}: {name} stage 2", lambda f: run_stage(
-                f, recipe2, common + over2, data[data_key], data["image_folder"], sizes.stage2_steps,
-                init=str(s1_folder / "model")))
+                f, stage2_plan, common, data, init=str(s1_folder / "model")))
             metrics = cached_step(s2_folder / "eval", f"seed {seed}: evaluate {name}", lambda f: evaluate_lab_model(
                 f, str(s2_folder / "train" / "model"), data, iit["file"], sizes))
             runs.setdefault(name, []).append({

@@ -66,3 +66,17 @@ def test_from_llm_and_vision_adds_image_token_to_tokenizer():
     model = WingsForConditionalGeneration.from_llm_and_vision(llm, tiny_vision(), tokenizer=tok, image_token="<vision>")
     assert model.config.image_token_id == tok.convert_tokens_to_ids("<vision>")
     assert model.get_input_embeddings().num_embeddings >= len(tok)
+
+
+def test_wrapper_refuses_a_layer_without_llama_parts():
+    from torch import nn
+
+    from wings.modeling.decoder_layer import WingsDecoderLayer
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.Linear(4, 4)
+
+    with pytest.raises(TypeError, match="lacks input_layernorm, self_attn"):
+        WingsDecoderLayer(Block(), hidden_size=4, num_heads=2, rank=2, router="segment", router_max_positions=8)

@@ -81,39 +81,85 @@ def main_attention(
     q = self_attn.q_proj(x).view(hidden_shape).transpose(1, 2)
     k = self_attn.k_proj(x).view(hidden_shape).transpose(1, 2)
     v = self_attn.v_proj(x).view(hidden_shape).transpose(1, 2)
+    head_dim = v.shape[-1]
+    implementation = self_attn.config._attn_implementation or "sdpa"
+    eager = need_weights or implementation == "eager"
+    # Segment router through SDPA: one extra value channel holding the image flags makes the kernel return
+    # the attention mass on image keys beside the output. The fused kernels need equal q/k/v widths, so q
+    # and k get zero channels (their scores do not change; the scale is passed explicitly).
+    pad = 0
+    if key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] > 1:
+        pad = mass_channel_width(head_dim, v.device) - head_dim
     cos, sin = position_embeddings
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = apply_rope(q, cos, sin, pad=pad)
+    k = apply_rope(k, cos, sin, pad=pad if cache is None else 0)  # the cache keeps keys unpadded
     if cache is not None:
         k, v = cache.update(k, v, self_attn.layer_idx)
 
-    head_dim = v.shape[-1]
     common = dict(
         dropout=0.0 if not self_attn.training else self_attn.attention_dropout,
         scaling=self_attn.scaling,
         sliding_window=getattr(self_attn, "sliding_window", None),
         **kwargs,
     )
-    implementation = self_attn.config._attn_implementation or "sdpa"
+    flags = None if key_is_image is None else key_is_image[:, -k.shape[2] :]
     weights = image_mass = None
-    if need_weights or implementation == "eager":
+    if eager:
         out, weights = eager_attention(self_attn, q, k, v, attention_mask, **common)
-        if key_is_image is not None:
-            image_mass = torch.einsum("bhts,bs->bth", weights, key_is_image[:, -k.shape[2] :].to(weights.dtype))
+        if flags is not None:
+            image_mass = torch.einsum("bhts,bs->bth", weights, flags.to(weights.dtype))
         if not need_weights:
             weights = None
+    elif flags is not None and implementation == "sdpa" and q.shape[2] == 1:
+        # Decoding: the single query's weights are only [B, H, 1, S]; computing them explicitly reads the
+        # cached K/V once and copies nothing, where widening them for the kernel would copy them every step.
+        out, image_mass = single_query_attention(q, k, v, attention_mask, flags, self_attn.scaling)
     else:
         attend = ALL_ATTENTION_FUNCTIONS[implementation]
-        if key_is_image is not None and implementation == "sdpa":
-            # One extra value channel: the output's last channel is the attention mass on image keys.
-            flags = key_is_image[:, None, -k.shape[2] :, None].to(v.dtype).expand(-1, v.shape[1], -1, 1)
-            out, _ = attend(self_attn, q, k, torch.cat([v, flags], dim=-1), attention_mask, **common)
+        if pad:
+            if k.shape[-1] == head_dim:
+                k = F.pad(k, (0, pad))
+            flag_channel = flags[:, None, :, None].to(v.dtype).expand(-1, v.shape[1], -1, 1)
+            v = torch.cat([v, flag_channel, v.new_zeros((*v.shape[:3], pad - 1))], dim=-1)
+            out, _ = attend(self_attn, q, k, v, attention_mask, **common)
             out, image_mass = out[..., :head_dim], out[..., head_dim]
         else:
             out, _ = attend(self_attn, q, k, v, attention_mask, **common)
-            if key_is_image is not None:
+            if flags is not None:
                 # Kernels that need equal q/v head dims get the flags in a value tensor of their own.
-                flags = torch.zeros_like(v)
-                flags[..., 0] = key_is_image[:, None, -k.shape[2] :].to(v.dtype)
-                image_mass = attend(self_attn, q, k, flags, attention_mask, **common)[0][..., 0]
-    out = out.reshape(*input_shape, -1).contiguous()
+                flag_values = torch.zeros_like(v)
+                flag_values[..., 0] = flags[:, None].to(v.dtype)
+                image_mass = attend(self_attn, q, k, flag_values, attention_mask, **common)[0][..., 0]
+    out = out.reshape(*input_shape, -1)
     return self_attn.o_proj(out), image_mass, weights
+
+
+def mass_channel_width(head_dim: int, device: torch.device) -> int:
+    """Head width carrying the image-flag channel: d + 1 on CPU, else the next multiple of 8 (the
+    alignment the accelerator kernels need)."""
+    return head_dim + 1 if device.type == "cpu" else -(-(head_dim + 1) // 8) * 8
+
+
+def single_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    flags: torch.Tensor,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of one query per row with its image mass. q [B, H, 1, d], k/v [B, H_kv, S, d], flags [B, S].
+
+    Query heads are grouped onto their key/value head (no repeat of the cache). Returns output
+    [B, 1, H, d] and image mass [B, 1, H].
+    """
+    batch, heads, _, head_dim = q.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    scores = torch.matmul(grouped, k.transpose(2, 3)).view(batch, heads, 1, length) * scaling
+    if attention_mask is not None:
+        scores = scores + additive_mask(attention_mask, 1, length, scores.dtype, scores.device)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(weights.view(batch, kv_heads, heads // kv_heads, length), v)
+    image_mass = torch.matmul(weights.view(batch, heads, length), flags.to(weights.dtype).unsqueeze(-1))
+    return out.view(batch, 1, heads, head_dim), image_mass.view(batch, 1, heads)

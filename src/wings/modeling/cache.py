@@ -11,10 +11,12 @@ K/V grow by one key per generated token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
+
+from .lorra import CrossAttentionMask
 
 LEARNER_KINDS = ("visual", "textual")
 
@@ -45,10 +47,42 @@ class LearnerKeys:
 
     index: [B, n] positions in the chunk of the new keys; visible: [B, T, N] bool over all keys
     (cached + new), True where key position <= query position and the key is real (not padding).
+    Derived tensors that every layer needs (the SDPA mask, the keys' RoPE tables) are built on first
+    use and shared by all layers of the forward pass.
     """
 
     index: torch.Tensor
     visible: torch.Tensor
+    _mask: CrossAttentionMask | None = field(default=None, init=False, repr=False)
+    _rope: tuple | None = field(default=None, init=False, repr=False)
+    _features: tuple | None = field(default=None, init=False, repr=False)
+
+    @property
+    def mask(self) -> CrossAttentionMask:
+        """`visible` prepared for SDPA (built on first use, then shared by all layers)."""
+        if self._mask is None:
+            self._mask = CrossAttentionMask(self.visible)
+        return self._mask
+
+    def features(self, source: torch.Tensor) -> torch.Tensor:
+        """The new keys' rows of the chunk's layer-0 inputs source [B, T, d] -> [B, n, d].
+
+        Shared by all layers when no gradient flows to `source`; gathered per layer otherwise, so that
+        recomputation under gradient checkpointing rebuilds the path to the projector.
+        """
+        if torch.is_grad_enabled() and source.requires_grad:
+            return gather_tokens(source, self.index)
+        if self._features is None or self._features[0] is not source:
+            self._features = (source, gather_tokens(source, self.index))
+        return self._features[1]
+
+    def rope_tables(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new keys' rows of the chunk's RoPE tables cos, sin [B or 1, T, d_h] -> [B, n, d_h]."""
+        if self._rope is None or self._rope[0] is not cos or self._rope[1] is not sin:
+            batch = self.index.shape[0]
+            tables = tuple(gather_tokens(t.expand(batch, -1, -1), self.index) for t in (cos, sin))
+            self._rope = (cos, sin, tables)
+        return self._rope[2]
 
 
 @dataclass
@@ -75,6 +109,9 @@ class WingsCache(DynamicCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.learner_kv: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # Preallocated storage behind learner_kv (grown geometrically, so appending one text key per
+        # decode step is amortised O(1) instead of copying all cached keys every step).
+        self._learner_storage: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         # Per learner kind: key positions [B, N] (long) and validity [B, N] (bool), shared by all layers.
         self.learner_key_meta: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.key_is_image: torch.Tensor | None = None
@@ -102,13 +139,34 @@ class WingsCache(DynamicCache):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append new learner K/V [B, H, n, d_h] of one layer; return all cached [B, H, N, d_h]."""
         slot = (kind, layer_idx)
-        if slot in self.learner_kv:
-            old_k, old_v = self.learner_kv[slot]
+        if slot not in self.learner_kv:
+            self.learner_kv[slot] = (keys, values)
+            return keys, values
+        old_k, old_v = self.learner_kv[slot]
+        new = keys.shape[2]
+        if new == 0:  # e.g. the visual learner during text decoding: nothing to copy
+            return old_k, old_v
+        if torch.is_grad_enabled() and (keys.requires_grad or old_k.requires_grad):
+            # Writing into storage that autograd saved for an earlier step would invalidate it.
             keys, values = torch.cat([old_k, keys], dim=2), torch.cat([old_v, values], dim=2)
-        self.learner_kv[slot] = (keys, values)
-        return keys, values
+            self.learner_kv[slot] = (keys, values)
+            return keys, values
+        length = old_k.shape[2]
+        storage = self._learner_storage.get(slot)
+        if storage is None or storage[0].data_ptr() != old_k.data_ptr() or storage[0].shape[2] < length + new:
+            capacity = max(length + new, length + length // 2 + 64)
+            shape = (*old_k.shape[:2], capacity, old_k.shape[3])
+            storage = (old_k.new_empty(shape), old_v.new_empty((*shape[:3], old_v.shape[3])))
+            storage[0][:, :, :length] = old_k
+            storage[1][:, :, :length] = old_v
+            self._learner_storage[slot] = storage
+        storage[0][:, :, length : length + new] = keys
+        storage[1][:, :, length : length + new] = values
+        self.learner_kv[slot] = (storage[0][:, :, : length + new], storage[1][:, :, : length + new])
+        return self.learner_kv[slot]
 
     def _map_batch(self, fn) -> None:
+        self._learner_storage = {}
         self.learner_kv = {slot: (fn(k), fn(v)) for slot, (k, v) in self.learner_kv.items()}
         self.learner_key_meta = {kind: (fn(p), fn(m)) for kind, (p, m) in self.learner_key_meta.items()}
         if self.key_is_image is not None:
@@ -135,4 +193,5 @@ class WingsCache(DynamicCache):
     def reset(self) -> None:
         super().reset()
         self.learner_kv, self.learner_key_meta, self.key_is_image = {}, {}, None
+        self._learner_storage = {}
 

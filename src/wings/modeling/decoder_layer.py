@@ -15,7 +15,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import main_attention
-from .cache import LEARNER_KINDS, LearnerInputs, gather_tokens
+from .cache import LEARNER_KINDS, LearnerInputs
 from .lorra import LoRRA
 from .router import make_router
 
@@ -59,7 +59,7 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         router_max_positions: int,
     ):
         super().__init__()
-        check_llama_family_layer(decoder_layer, getattr(decoder_layer.self_attn, "layer_idx", -1))
+        check_llama_family_layer(decoder_layer, getattr(getattr(decoder_layer, "self_attn", None), "layer_idx", -1))
         self.decoder_layer = decoder_layer
         self.visual_learner = LoRRA(hidden_size, num_heads, rank)
         self.textual_learner = LoRRA(hidden_size, num_heads, rank)
@@ -106,7 +106,8 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             if routed:
                 textual = self._learner("textual", hidden, position_embeddings, learner_inputs)
                 w = self.router(weights if need_weights else image_mass).to(hidden.dtype)
-                hidden = hidden + w[..., :1] * visual + w[..., 1:] * textual
+                # hidden + w_v * visual + w_t * textual, without full-size temporaries for the products.
+                hidden = torch.addcmul(hidden, w[..., :1], visual).addcmul_(w[..., 1:], textual)
             else:
                 hidden = hidden + visual
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
@@ -121,15 +122,19 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         learner = self.visual_learner if kind == "visual" else self.textual_learner
         keys = inputs.keys[kind]
         cos, sin = position_embeddings
-        index = keys.index
-        # RoPE tables broadcast over the batch when all rows share positions; gather needs them per row.
-        cos_b, sin_b = cos.expand(hidden.shape[0], -1, -1), sin.expand(hidden.shape[0], -1, -1)
-        k, v = learner.keys_values(
-            gather_tokens(inputs.source, index), gather_tokens(cos_b, index), gather_tokens(sin_b, index)
-        )
-        if inputs.cache is not None:
-            k, v = inputs.cache.update_learner(kind, self.layer_idx, k, v)
-        return learner(hidden, cos_b, sin_b, k, v, keys.visible)
+        if keys.index.shape[1] or inputs.cache is None:
+            # K/V of this chunk's new keys only: image tokens once (when they arrive), text tokens once each.
+            key_cos, key_sin = keys.rope_tables(cos, sin)
+            k, v = learner.keys_values(keys.features(inputs.source), key_cos, key_sin)
+            if inputs.cache is not None:
+                k, v = inputs.cache.update_learner(kind, self.layer_idx, k, v)
+        else:  # decoding: nothing new for this learner (the visual one during text); its K/V are in the cache
+            none = hidden.new_zeros(hidden.shape[0], learner.num_heads, 0, learner.head_dim)
+            k, v = inputs.cache.learner_kv.get((kind, self.layer_idx), (none, none))
+        # RoPE tables broadcast over the batch when all rows share positions.
+        batch = hidden.shape[0]
+        cos_b, sin_b = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+        return learner(hidden, cos_b, sin_b, k, v, keys.mask)
 
 
 __all__ = ["WingsDecoderLayer", "check_llama_family_layer", "LEARNER_KINDS"]

@@ -20,9 +20,82 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in the Llama (rotate-half) convention. x: [B, H, N, d_h]; cos, sin: [B, N, d_h]."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """RoPE in the Llama (rotate-half) convention. x: [B, H, N, d_h]; cos, sin: [B, N, d_h].
+
+    x * cos + rotate_half(x) * sin, computed as x * cos followed by two in-place multiply-adds on its
+    halves (one full-size temporary instead of five). `pad` > 0 returns [B, H, N, d_h + pad] with zero
+    channels at the end (what the main attention feeds the kernel when it widens the values).
+    """
+    half = x.shape[-1] // 2
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    out = x * cos
+    if pad:
+        out = F.pad(out, (0, pad))
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half : 2 * half].addcmul_(x[..., :half], sin[..., half:])
+    return out
+
+
+def low_rank_residual(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """x + (x A^T) B^T for x [..., d], with the residual add fused into the up-projection (one addmm).
+
+    `down` may be x's down-projection already computed (x A^T, [..., r]); `up` is B [d, r].
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    return torch.addmm(flat, down.reshape(-1, down.shape[-1]), up.t()).view(x.shape)
+
+
+# Queries are attended in blocks of this many tokens; each block reads only the keys up to the last
+# one any of its queries may see (learner keys are in position order, so visibility is a staircase).
+QUERY_BLOCK = 256
+
+
+class CrossAttentionMask:
+    """A learner's visibility visible [B, T, N] bool, prepared once and shared by every layer.
+
+    A query that sees no key would give a NaN softmax row (and NaN gradients), so such rows see key 0
+    in the SDPA mask and `sees_any` [B, T, 1] zeroes their output afterwards.
+    """
+
+    def __init__(self, visible: torch.Tensor):
+        self.sees_any = visible.any(-1, keepdim=True)
+        self.allowed = visible.clone()
+        self.allowed[..., :1] |= ~self.sees_any
+        self._additive: dict[torch.dtype, torch.Tensor] = {}
+        self._blocks: list[tuple[int, int, int]] | None = None
+
+    def additive(self, dtype: torch.dtype) -> torch.Tensor:
+        """[B, 1, T, N] of `dtype`: 0 where allowed, -inf elsewhere (what SDPA makes of a bool mask)."""
+        if dtype not in self._additive:
+            mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            self._additive[dtype] = mask.masked_fill_(~self.allowed, float("-inf")).unsqueeze(1)
+        return self._additive[dtype]
+
+    def query_blocks(self) -> list[tuple[int, int, int]]:
+        """Spans (start, end, n_keys) of queries that need only keys [0, n_keys); built once (one host sync).
+
+        Adjacent blocks needing the same keys are merged, so a learner whose queries all see every key
+        runs one attention call.
+        """
+        if self._blocks is None:
+            _, length, n_keys = self.allowed.shape
+            if n_keys == 0 or length == 0:
+                self._blocks = [(0, length, n_keys)]
+                return self._blocks
+            index = torch.arange(1, n_keys + 1, device=self.allowed.device, dtype=torch.int32)
+            reach = (self.allowed * index).amax(-1).amax(0)  # [T]: 1 + last key any row's query sees
+            pad = -length % QUERY_BLOCK
+            per_block = F.pad(reach, (0, pad)).view(-1, QUERY_BLOCK).amax(-1).tolist()
+            blocks: list[tuple[int, int, int]] = []
+            for i, n in enumerate(per_block):
+                start, end = i * QUERY_BLOCK, min((i + 1) * QUERY_BLOCK, length)
+                if blocks and blocks[-1][2] == n:
+                    blocks[-1] = (blocks[-1][0], end, n)
+                else:
+                    blocks.append((start, end, n))
+            self._blocks = blocks
+        return self._blocks
 
 
 class LowRankResidual(nn.Module):
@@ -73,8 +146,12 @@ class LoRRA(nn.Module):
         self, features: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Project features [B, N, d] at positions with RoPE tables cos, sin [B, N, d_h] to K, V [B, H, N, d_h]."""
-        k = apply_rope(self._heads(self.k(features)), cos, sin)
-        return k, self._heads(self.v(features))
+        r = self.rank
+        # One down-projection for K and V (features are read once): [B, N, 2r].
+        down = F.linear(features, torch.cat((self.k.down.weight, self.v.down.weight)))
+        k = low_rank_residual(features, down[..., :r], self.k.up.weight)
+        v = low_rank_residual(features, down[..., r:], self.v.up.weight)
+        return apply_rope(self._heads(k), cos, sin), self._heads(v)
 
     def forward(
         self,
@@ -83,22 +160,32 @@ class LoRRA(nn.Module):
         sin: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        visible: torch.Tensor,
+        visible: torch.Tensor | CrossAttentionMask,
     ) -> torch.Tensor:
         """Attend from hidden [B, T, d] (RoPE tables cos, sin [B, T, d_h]) to keys/values [B, H, N, d_h].
 
-        visible: [B, T, N] bool, which keys each query may see. A query that sees no key gets a zero
-        output (not NaN). Returns [B, T, d].
+        visible: [B, T, N] bool, which keys each query may see, or the same prepared once as a
+        `CrossAttentionMask` (what the decoder layers pass: shared by every layer). A query that sees
+        no key gets a zero output (not NaN). Returns [B, T, d].
         """
         batch, length, _ = hidden.shape
         if keys.shape[2] == 0:
             return hidden.new_zeros(hidden.shape)
-        q = apply_rope(self._heads(self.q(hidden)), cos, sin)
-        sees_any = visible.any(-1)  # [B, T]
-        # A fully masked softmax row is NaN (and so are its gradients): let such rows see key 0, then zero them.
-        mask = visible.clone()
-        mask[..., 0] |= ~sees_any
-        out = F.scaled_dot_product_attention(q, keys, values.to(q.dtype), attn_mask=mask.unsqueeze(1))
-        out = out.transpose(1, 2).reshape(batch, length, self.hidden_size)
-        out = out * sees_any.unsqueeze(-1).to(out.dtype)
-        return self.o_up(self.o_down(out))
+        q = low_rank_residual(hidden, self.q.down(hidden), self.q.up.weight)
+        q = apply_rope(self._heads(q), cos, sin)
+        if not isinstance(visible, CrossAttentionMask):
+            visible = CrossAttentionMask(visible)
+        mask, values = visible.additive(q.dtype), values.to(q.dtype)
+        # Each block of queries reads only the keys its queries may see (keys are in position order).
+        blocks = [
+            F.scaled_dot_product_attention(
+                q[:, :, start:end], keys[:, :, :n], values[:, :, :n], attn_mask=mask[:, :, start:end, :n]
+            )
+            for start, end, n in visible.query_blocks()
+        ]
+        # [B, H, t, d_h] blocks -> [B, T, H, d_h] in one copy.
+        blocks = [block.transpose(1, 2) for block in blocks]
+        out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        out = out.reshape(batch, length, self.hidden_size)
+        # Zeroing rows that see nothing commutes with the bias-free down-projection: do it at width r.
+        return self.o_up(self.o_down(out) * visible.sees_any.to(out.dtype))

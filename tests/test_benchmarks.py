@@ -1,0 +1,46 @@
+"""Smoke test of benchmarks/run.py on a micro shape (seconds, no timing assertions) and its FLOP accounting."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("wings_benchmarks_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_row_runs_on_a_micro_shape(bench, tmp_path):
+    result = bench.run(bench.MICRO_SETTINGS, device="cpu", preset="micro", log=lambda msg: None)
+    names = [row["name"] for row in result["rows"]]
+    for prefix in ("memory@", "forward@48", "forward@96", "decode per token", "generate ", "router time@",
+                   "router memory@", "train step@"):
+        assert any(name.startswith(prefix) for name in names), prefix
+    for row in result["rows"]:
+        assert math.isfinite(row["measured"]) and row["measured"] > 0, row
+    table = bench.format_table(result)
+    assert "qwen1.5-7b@2048" in table
+    json.dumps(result)  # the --output file is plain JSON
+
+
+def test_flop_accounting(bench):
+    shape = bench.REALISTIC
+    plain = bench.forward_flops(shape, 1024, 256, wings=False)
+    wings = bench.forward_flops(shape, 1024, 256, wings=True)
+    assert set(plain) < set(wings) and all(plain[k] == wings[k] for k in plain)
+    d, r, layers = shape.hidden, shape.rank, shape.layers
+    assert wings["learner_k_v"] == layers * 2 * 1024 * 4 * d * r  # K and V once per key token, both learners
+    assert wings["learner_attention"] == layers * 4 * 1024 * 1024 * d  # T x N_img + T x N_text = T x T
+    assert plain["attn_scores_values"] == layers * 4 * (1024 * 1025 / 2) * d  # causal half
+    ratios = [bench.flop_ratio(bench.QWEN15_7B, t) for t in (1024, 2048, 4096)]
+    assert 1.0 < ratios[0] < ratios[1] < ratios[2] < 1.3  # learner attention grows with T

@@ -290,8 +290,13 @@ def interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> tuple[
     return {name: statistics.median(ts) for name, ts in times.items()}, statistics.median(ratios)
 
 
+def ratio_of(numerator: float, denominator: float) -> float:
+    """numerator / denominator, or NaN when the denominator was too small to measure (micro shapes)."""
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
 def row(name: str, measured: float, target: float | None, higher_is_better: bool = False, **details) -> dict:
-    if target is None:
+    if target is None or measured != measured:  # no target, or NaN (not measurable at this size)
         ok = None
     else:
         ok = measured >= target if higher_is_better else measured <= target
@@ -400,7 +405,7 @@ def bench_memory(s: Settings, preset: str, device: str) -> tuple[list[dict], dic
     rows = [
         row(
             f"memory@{s.memory_length}",
-            peaks["wings"] / peaks["plain"],
+            ratio_of(peaks["wings"], peaks["plain"]),
             1.3,
             wings_mib=peaks["wings"] / 2**20,
             plain_mib=peaks["plain"] / 2**20,
@@ -523,7 +528,7 @@ def bench_router(models: dict, s: Settings, peaks: dict[str, float], device: str
     return [
         row(f"router time@{s.memory_length} positional/segment", ratio, None,
             positional_s=t["positional"], segment_s=t["segment"]),
-        row(f"router memory@{s.memory_length} positional/segment", peaks["positional"] / peaks["wings"], None,
+        row(f"router memory@{s.memory_length} positional/segment", ratio_of(peaks["positional"], peaks["wings"]), None,
             positional_mib=peaks["positional"] / 2**20, segment_mib=peaks["wings"] / 2**20),
     ]
 

@@ -27,6 +27,10 @@ def test_every_row_runs_on_a_micro_shape(bench, tmp_path):
                    "router memory@", "train step@"):
         assert any(name.startswith(prefix) for name in names), prefix
     for row in result["rows"]:
+        if row["name"].startswith(("memory@", "router memory@")):
+            # A micro model's peak can fall below RSS resolution (0 or NaN): the row exists, its value is noise.
+            assert math.isnan(row["measured"]) or row["measured"] >= 0, row
+            continue
         assert math.isfinite(row["measured"]) and row["measured"] > 0, row
     table = bench.format_table(result)
     assert "qwen1.5-7b@2048" in table

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from wings.modeling.attention import repeat_kv
 from wings.modeling.decoder_layer import WingsDecoderLayer, check_llama_family_layer
 from wings.modeling.lorra import apply_rope
+from wings.evaluation.plots import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -620,13 +621,6 @@ def _collect(model, recorder, batch, exclude, curves, names, sizes, bar) -> None
 
 # --------------------------------------------------------------------------------------------------
 # plots and files
-def _figure(width: float = 7.0, height: float = 4.2):
-    from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.add_subplot()
-
-
 def _format_shift(result: LawsResult) -> str:
     shift = result.attention_shift
     text = "n/a" if math.isnan(shift) else f"{shift:.3f}"
@@ -637,7 +631,7 @@ def _format_shift(result: LawsResult) -> str:
 
 def plot_laws(result: LawsResult, path: str | os.PathLike, title: str | None = None) -> Path:
     """Mean a^l(S) per layer for the three spans, shaded +-1 std over samples; the shift in the title."""
-    fig, ax = _figure()
+    fig, ax = new_figure(7.0, 4.2)
     x = np.asarray(result.layers)
     labels = {"before": "text before image", "image": "image", "after": "text after image"}
     for k, span in enumerate(SPANS):
@@ -651,10 +645,7 @@ def plot_laws(result: LawsResult, path: str | os.PathLike, title: str | None = N
         ax.set_xlim(x[0], x[-1])
     ax.grid(alpha=0.3)
     ax.legend(title="mean ± std", loc="best")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_laws_compare(results: Mapping[str, LawsResult], path: str | os.PathLike, title: str | None = None) -> Path:
@@ -664,7 +655,7 @@ def plot_laws_compare(results: Mapping[str, LawsResult], path: str | os.PathLike
     """
     if not results:
         raise ValueError("plot_laws_compare: no results")
-    fig, ax = _figure(7.5, 4.5)
+    fig, ax = new_figure(7.5, 4.5)
     depths = {r.num_layers for r in results.values()}
     relative = len(depths) > 1
     colors = [f"C{i % 10}" for i in range(len(results))]
@@ -687,10 +678,7 @@ def plot_laws_compare(results: Mapping[str, LawsResult], path: str | os.PathLike
     ax.set_title(title or "MLLM-LAWS: text before vs after the image")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
+    return save_figure(fig, path)
 
 
 def write_laws(result: LawsResult, output_dir: str | os.PathLike, title: str | None = None) -> dict[str, Path]:

@@ -48,7 +48,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -61,11 +60,10 @@ from transformers import (
 )
 
 from wings.data.tokenizer import train_chat_tokenizer
-from wings.lab.vision_world import COLOURS, SHAPES
+from wings.lab.vision_world import COLOURS, SHAPES, Split
 
 logger = logging.getLogger(__name__)
 
-Split = Literal["train", "test"]
 
 SKILLS: tuple[str, ...] = (
     "add",

@@ -47,3 +47,17 @@ def test_learner_layers_subset():
     )
     assert [layer.layer_idx for layer in model.wings_layers] == [0, 2]
     assert not hasattr(model.decoder_layers[1], "visual_learner")
+
+
+def test_output_hidden_states_match_the_plain_llm(llm_family):
+    llm, reference = tiny_llm(llm_family), tiny_llm(llm_family)
+    model = WingsForConditionalGeneration.from_llm_and_vision(
+        llm, tiny_vision(), image_token_id=IMAGE_TOKEN_ID, learner_layers=[0, 2]
+    ).eval()
+    ids = torch.randint(10, 120, (2, 9))
+    with torch.no_grad():
+        ours = model(ids, output_hidden_states=True).hidden_states
+        theirs = reference(ids, output_hidden_states=True).hidden_states
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

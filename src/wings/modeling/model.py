@@ -13,6 +13,7 @@ tokens per image, images in the order of `pixel_values`, any number per sample, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -267,17 +268,24 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             else torch.ones(batch, length, dtype=torch.bool, device=inputs_embeds.device)
         )
         learner_inputs = self._learner_inputs(inputs_embeds, is_image, valid, position_ids, cache)
-        return self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            learner_inputs=learner_inputs,
-            **kwargs,
-        )
+        # HF records hidden states with hooks on its own decoder-layer class, which a wrapped layer does
+        # not run; so the model collects them itself, in HF's layout.
+        want_hidden = kwargs.pop("output_hidden_states", None) or self.config.text_config.output_hidden_states
+        with collect_hidden_states(self.language_model, inputs_embeds, enabled=bool(want_hidden)) as hidden:
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                labels=labels,
+                logits_to_keep=logits_to_keep,
+                learner_inputs=learner_inputs,
+                **kwargs,
+            )
+        if want_hidden:
+            outputs.hidden_states = tuple(hidden)
+        return outputs
 
     def _learner_inputs(
         self,
@@ -333,6 +341,28 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         if type(model_kwargs.get("cache")) is DynamicCache and model_kwargs["cache"].get_seq_length() == 0:
             model_kwargs["cache"] = WingsCache(config=self.config.text_config)
+
+
+@contextlib.contextmanager
+def collect_hidden_states(language_model: nn.Module, inputs_embeds: torch.Tensor, enabled: bool):
+    """Collect (embeddings, every decoder layer's output..., with the last one after the final norm).
+
+    That is HF's `output_hidden_states` layout for Llama-family models; yields the list being filled.
+    """
+    hidden: list[torch.Tensor] = []
+    if not enabled:
+        yield hidden
+        return
+    base = language_model.get_decoder()
+    hidden.append(inputs_embeds)
+    handles = [layer.register_forward_hook(lambda m, i, o: hidden.append(o[0] if isinstance(o, tuple) else o))
+               for layer in base.layers]
+    handles.append(base.norm.register_forward_hook(lambda m, i, o: hidden.__setitem__(-1, o)))
+    try:
+        yield hidden
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def default_position_ids(

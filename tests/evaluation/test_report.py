@@ -125,3 +125,10 @@ def test_plot_labels_every_model(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "labelled_scatter", spy)
     plot_retention_vs_vqa(entries(), tmp_path / "r.png", base_text_acc=0.6)
     assert seen == {"LLaVA-style": (0.70, pytest.approx(0.75)), "WINGS": (0.72, pytest.approx(0.95))}
+
+
+def test_pareto_front():
+    from wings.evaluation.report import pareto_front
+
+    points = [(0.857, 0.418), (0.854, 0.997), (0.866, 0.914), (0.80, 0.5)]
+    assert pareto_front(points) == [(0.854, 0.997), (0.866, 0.914)]

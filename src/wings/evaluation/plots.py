@@ -56,8 +56,16 @@ def bar_with_intervals(
 
 
 def labelled_scatter(ax: Axes, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str]) -> None:
-    """A scatter plot where every point carries its label."""
-    ax.scatter(xs, ys, s=40, zorder=3)
+    """One marker per point, named in the legend (points that coincide share one joined entry).
+
+    A legend instead of text beside each point: models often cluster within noise of each other.
+    """
+    merged: dict[tuple[float, float], list[str]] = {}
     for x, y, label in zip(xs, ys, labels, strict=True):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        merged.setdefault((round(x, 4), round(y, 4)), []).append(label)
+    markers = "osD^vP*Xh<>"
+    for k, ((x, y), names) in enumerate(merged.items()):
+        ax.scatter([x], [y], s=45, zorder=3, marker=markers[k % len(markers)], color=f"C{k % 10}",
+                   label=" / ".join(names))
+    ax.legend(loc="best", fontsize=8)
     ax.grid(True, alpha=0.3)

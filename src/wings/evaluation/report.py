@@ -151,14 +151,31 @@ def write_metrics_json(
     return path
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (x, y) points no other point beats on both coordinates, in increasing x."""
+    front, best_y = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return front[::-1]
+
+
 def plot_retention_vs_vqa(
     entries: Sequence[ModelEvaluation],
     path: str | os.PathLike,
     base_text_acc: float | None = None,
     title: str | None = "Text-only retention vs multimodal accuracy",
+    line_models: Sequence[str] = (),
+    min_span: float = 0.1,
 ) -> Path:
     """Scatter, one labelled point per model: x = multimodal (VQA) accuracy, y = text-only
     retention (text_acc / base_text_acc; a dashed line marks 1.0, no forgetting).
+
+    `line_models` (e.g. the LLaVA baselines): their Pareto front (no other of them has both more
+    multimodal accuracy and more retention) is drawn as a line; a model above it keeps more text at
+    the same multimodal accuracy. Each axis spans at least `min_span`, so that
+    differences within noise do not fill the whole plot.
 
     Without ``base_text_acc`` the y axis is the text-only accuracy itself. Models missing either
     value are left out (logged); at least one must remain.
@@ -175,7 +192,15 @@ def plot_retention_vs_vqa(
         raise ValueError("plot_retention_vs_vqa: no model has both a multimodal accuracy and a text-only score")
     fig, ax = new_figure(6.0, 4.5)
     xs, ys, labels = zip(*points, strict=True)
+    line = pareto_front([(x, y) for x, y, name in points if name in line_models])
+    if len(line) >= 2:
+        ax.plot(*zip(*line, strict=True), color="grey", linewidth=1, linestyle=":", label="baseline front",
+                zorder=2)
     labelled_scatter(ax, xs, ys, labels)
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        low, high = min(values), max(values)
+        pad = max(0.0, min_span - (high - low)) / 2 + 0.02
+        setter(low - pad, high + pad)
     if use_retention:
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_ylabel("text-only retention (acc / base LLM acc)")

@@ -62,6 +62,19 @@ def line_verdict(metrics: dict) -> tuple[str, float | None]:
     return f"{verdict} {versus}", gap
 
 
+def variant_lines(metrics: dict) -> list[str]:
+    """One line per WINGS variant (wings_*): its retention gap against the LLaVA line, as for `wings`."""
+    lines = []
+    for name in _model_names(metrics):
+        if name.startswith("wings_"):
+            _, gap = line_verdict({**metrics, "wings": metrics[name]})
+            if gap is not None:
+                m = metrics[name]
+                lines.append(f"- `{name}`: VQA {m['vqa_acc']:.3f}, retention {m['text_retention']:.3f}, gap to the "
+                             f"LLaVA line {gap:+.3f} ({'above' if gap > ABOVE_LINE_MARGIN else 'not above'}).")
+    return lines
+
+
 def _targets(metrics: dict) -> list[str]:
     lines = []
     for name, check, target in (
@@ -86,7 +99,8 @@ def write_report(out: Path, metrics: dict, config, sizes) -> Path:
         ModelEvaluation(name=n, text_acc=metrics[n]["text_acc"], vqa_acc=metrics[n]["vqa_acc"],
                         iit=metrics[n]["iit"], attention_shift=metrics[n]["attention_shift"]) for n in names]
     plot_retention_vs_vqa([e for e in entries if e.vqa_acc is not None], out / "retention_vs_vqa.png",
-                          base_text_acc=base, title="Text retention vs VQA accuracy (lab)")
+                          base_text_acc=base, title="Text retention vs VQA accuracy (lab)",
+                          line_models=[n for n in names if n.startswith(("llava", "lora"))])
     for name in names:  # one LAWS plot and one IIT chart per model, beside the report
         evaluation = out / "runs" / "seed0" / name / "eval"
         for src, dst in ((evaluation / "laws.png", out / f"laws_{name}.png"), (evaluation / "iit.png", out / f"iit_{name}.png")):
@@ -118,6 +132,9 @@ def write_report(out: Path, metrics: dict, config, sizes) -> Path:
     skill_table = "\n".join(["| model | " + " | ".join(skills) + " |", "|" + "---|" * (len(skills) + 1)] +
                             ["| " + " | ".join(r) + " |" for r in skill_rows])
     verdict, _ = line_verdict(metrics)
+    variants = variant_lines(metrics)
+    variants_text = ("\nVariants from LAB_NOTES' untried list (same verdict rule):\n" + "\n".join(variants) + "\n"
+                     if variants else "")
     per_seed = ""
     if spread:
         lines = [f"- `{n}`: " + ", ".join(f"seed {s['seed']}: retention {_fmt(s['text_retention'])}, VQA "
@@ -153,7 +170,7 @@ test questions (as multiple choice). Attention shift = 1 - mean Pearson(LAWS bef
 
 ## What the numbers say
 {verdict}
-
+{variants_text}
 Targets:
 {chr(10).join(_targets(metrics)) or '- (the target models were not run)'}
 

@@ -114,10 +114,17 @@ def _lab(args: argparse.Namespace) -> int:
     from .lab.pipeline import DEFAULT_MODELS, LabConfig, run_lab
 
     config = LabConfig(output=args.output, quick=args.quick, seeds=args.seeds,
-                       models=tuple(args.models or DEFAULT_MODELS), threads=args.threads)
+                       models=tuple(args.models or DEFAULT_MODELS), threads=args.threads or auto_threads())
     run_lab(config)
     print((Path(args.output) / "report.md").read_text())
     return 0
+
+
+def auto_threads() -> int:
+    """2 torch threads on an idle machine; 1 when it is busy, where a second thread contending with
+    another process made training about 10x slower (LAB_NOTES), while 1 thread only costs ~1.5x."""
+    busy = os.getloadavg()[0] >= 0.5 if hasattr(os, "getloadavg") else True
+    return 1 if busy else min(2, os.cpu_count() or 1)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the pipeline in about 3 minutes")
     p.add_argument("--seeds", type=int, default=1, help="repeat the recipes over this many seeds")
     p.add_argument("--models", nargs="+", help="llava llava_low_lr wings [lora llava_text_share]")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 holds up best on shared machines)")
+    p.add_argument("--threads", type=int, help="torch threads (default: 2 on an idle machine, 1 when it is busy)")
     p.set_defaults(func=_lab)
 
     p = sub.add_parser("demo", help="build a tiny WINGS model offline and chat with it about a generated image")

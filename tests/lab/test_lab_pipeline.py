@@ -66,3 +66,15 @@ def test_line_verdict_from_numbers():
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model"):
         LabConfig(models=("gpt",))
+
+
+def test_auto_threads_backs_off_on_a_busy_machine(monkeypatch):
+    import os
+
+    from wings.cli import auto_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert auto_threads() == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    assert auto_threads() == 1

@@ -41,6 +41,14 @@ def workspace(tmp_path_factory):
     return root, hub
 
 
+def test_auto_processor_loads_a_saved_model(workspace):
+    from transformers import AutoProcessor
+
+    root, _ = workspace
+    processor = AutoProcessor.from_pretrained(root / "model")
+    assert isinstance(processor, WingsProcessor) and processor.image_seq_length == 4
+
+
 def test_iit_build_and_eval(workspace, capsys):
     root, _ = workspace
     main(["iit", "build", "--text-pool", str(root / "text.jsonl"), "--visual-pool", str(root / "visual.jsonl"),

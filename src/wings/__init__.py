@@ -1,6 +1,6 @@
 """WINGS: multimodal LLMs without text-only forgetting (NeurIPS 2024), on Hugging Face transformers."""
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 from .config import WingsConfig
 from .modeling import WingsCache, WingsForConditionalGeneration
@@ -12,6 +12,7 @@ def register_auto_classes() -> None:
     AutoConfig.register("wings", WingsConfig, exist_ok=True)
     AutoModelForImageTextToText.register(WingsConfig, WingsForConditionalGeneration, exist_ok=True)
     AutoModelForCausalLM.register(WingsConfig, WingsForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(WingsConfig, WingsProcessor, exist_ok=True)
 
 
 register_auto_classes()

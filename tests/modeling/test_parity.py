@@ -61,3 +61,25 @@ def test_output_hidden_states_match_the_plain_llm(llm_family):
     assert len(ours) == len(theirs) == 4
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_output_attentions_match_the_plain_llm_eager(llm_family):
+    """Attention weights are returned on request (eager for that call); fresh WINGS = its LLM."""
+    llm, reference = tiny_llm(llm_family), tiny_llm(llm_family)
+    model = WingsForConditionalGeneration.from_llm_and_vision(
+        llm, tiny_vision(), image_token_id=IMAGE_TOKEN_ID, learner_layers=[0, 2]
+    ).eval()
+    model.set_attn_implementation("eager")
+    reference.set_attn_implementation("eager")
+    ids = torch.randint(10, 120, (2, 9))
+    with torch.no_grad():
+        ours = model(ids, output_attentions=True).attentions
+        theirs = reference(ids, output_attentions=True).attentions
+    assert len(ours) == len(theirs) == 3
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    sdpa = WingsForConditionalGeneration.from_llm_and_vision(
+        tiny_llm(llm_family), tiny_vision(), image_token_id=IMAGE_TOKEN_ID, learner_layers=[0, 2]
+    ).eval()
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        sdpa(ids, output_attentions=True)

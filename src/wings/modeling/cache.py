@@ -94,6 +94,8 @@ class LearnerInputs:
     key_is_image: [B, S] float, 1.0 where a main-attention key (cached + chunk) is an image token.
     mode: "routed" or "visual_only" (stage 1).
     cache: the `WingsCache` to read/extend, or None.
+    attentions: when the caller asked for attention weights, each wrapped layer stores its main
+        attention's weights [B, H, T, S] here under its layer index (eager attention for that call).
     """
 
     source: torch.Tensor
@@ -101,6 +103,7 @@ class LearnerInputs:
     key_is_image: torch.Tensor
     mode: str
     cache: WingsCache | None = None
+    attentions: dict[int, torch.Tensor] | None = None
 
 
 class WingsCache(DynamicCache):

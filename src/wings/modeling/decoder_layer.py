@@ -88,8 +88,10 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         """hidden_states [B, T, d] -> [B, T, d]. Without `learner_inputs` the layer computes what the LLM computes."""
         layer = self.decoder_layer
         routed = learner_inputs is not None and learner_inputs.mode == "routed"
-        need_weights = routed and self.router.needs_attention_weights
-        key_is_image = learner_inputs.key_is_image if routed and not need_weights else None
+        positional = self.router.needs_attention_weights
+        asked = learner_inputs is not None and learner_inputs.attentions is not None
+        need_weights = (routed and positional) or asked
+        key_is_image = learner_inputs.key_is_image if routed and not positional else None
         attn_out, image_mass, weights = main_attention(
             layer.self_attn,
             layer.input_layernorm(hidden_states),
@@ -101,11 +103,13 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             **kwargs,
         )
         hidden = hidden_states + attn_out
+        if asked:
+            learner_inputs.attentions[self.layer_idx] = weights
         if learner_inputs is not None:
             visual = self._learner("visual", hidden, position_embeddings, learner_inputs)
             if routed:
                 textual = self._learner("textual", hidden, position_embeddings, learner_inputs)
-                w = self.router(weights if need_weights else image_mass).to(hidden.dtype)
+                w = self.router(weights if positional else image_mass).to(hidden.dtype)
                 # hidden + w_v * visual + w_t * textual, without full-size temporaries for the products.
                 hidden = torch.addcmul(hidden, w[..., :1], visual).addcmul_(w[..., 1:], textual)
             else:

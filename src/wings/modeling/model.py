@@ -271,7 +271,15 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         # HF records hidden states with hooks on its own decoder-layer class, which a wrapped layer does
         # not run; so the model collects them itself, in HF's layout.
         want_hidden = kwargs.pop("output_hidden_states", None) or self.config.text_config.output_hidden_states
-        with collect_hidden_states(self.language_model, inputs_embeds, enabled=bool(want_hidden)) as hidden:
+        # Attention weights: wrapped layers hand theirs over through learner_inputs (eager for this call);
+        # layers without learners are read by a hook (they need attn_implementation="eager").
+        want_attentions = learner_inputs is not None and bool(kwargs.pop("output_attentions", None))
+        if want_attentions:
+            learner_inputs.attentions = {}
+        with (
+            collect_hidden_states(self.language_model, inputs_embeds, enabled=bool(want_hidden)) as hidden,
+            collect_plain_attentions(self.decoder_layers, learner_inputs, enabled=want_attentions),
+        ):
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
@@ -285,6 +293,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             )
         if want_hidden:
             outputs.hidden_states = tuple(hidden)
+        if want_attentions:
+            outputs.attentions = tuple(learner_inputs.attentions[i] for i in range(len(self.decoder_layers)))
         return outputs
 
     def _learner_inputs(
@@ -360,6 +370,33 @@ def collect_hidden_states(language_model: nn.Module, inputs_embeds: torch.Tensor
     handles.append(base.norm.register_forward_hook(lambda m, i, o: hidden.__setitem__(-1, o)))
     try:
         yield hidden
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def collect_plain_attentions(layers: nn.ModuleList, learner_inputs: LearnerInputs | None, enabled: bool):
+    """Store the attention weights of decoder layers without learners in `learner_inputs.attentions`."""
+    if not enabled:
+        yield
+        return
+
+    def hook(index):
+        def store(module, args, output):
+            if output[1] is None:
+                raise ValueError(
+                    f"decoder layer {index} has no learners and its attention kernel returns no weights: load the "
+                    "model with attn_implementation='eager' to get attention weights of every layer."
+                )
+            learner_inputs.attentions[index] = output[1]
+
+        return store
+
+    handles = [layer.self_attn.register_forward_hook(hook(i)) for i, layer in enumerate(layers)
+               if not isinstance(layer, WingsDecoderLayer)]
+    try:
+        yield
     finally:
         for handle in handles:
             handle.remove()

@@ -41,3 +41,12 @@ def test_batch_is_left_padded_and_round_trips(processor, tmp_path):
     again = WingsProcessor.from_pretrained(tmp_path)
     assert again.image_seq_length == 4
     assert again("<image> hello", images=[_img()])["input_ids"].tolist() == processor("<image> hello", images=[_img()])["input_ids"].tolist()
+
+
+def test_tokenizer_without_pad_token_pads_with_eos_on_the_left():
+    tok = train_chat_tokenizer(["hello world"] * 10, vocab_size=270)
+    tok.pad_token = None
+    tok.padding_side = "right"
+    processor = WingsProcessor(SiglipImageProcessorPil(size={"height": 32, "width": 32}), tok, image_seq_length=4)
+    batch = processor(["hello", "hello world hello"])
+    assert batch["input_ids"][0, 0] == tok.eos_token_id and batch["attention_mask"][0, 0] == 0

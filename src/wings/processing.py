@@ -48,6 +48,9 @@ class WingsProcessor(ProcessorMixin):
         self.image_seq_length = image_seq_length
         self.image_token = image_token
         self.image_token_id = ensure_image_token(tokenizer, image_token)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            # Llama 3 ships no pad token; padded positions are masked anyway, so eos can stand in.
+            tokenizer.pad_token = tokenizer.eos_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     def expand_image_tokens(self, text: str) -> str:
@@ -60,11 +63,13 @@ class WingsProcessor(ProcessorMixin):
         images: Any | None = None,
         padding: bool | str = True,
         return_tensors: str | None = "pt",
+        padding_side: str = "left",
         **kwargs,
     ) -> BatchFeature:
         """Tokenize `text` (one string or a batch) whose `<image>` markers match `images` in order.
 
-        Returns input_ids [B, T], attention_mask [B, T] and, with images, pixel_values [n_images, 3, H, W].
+        Batches are left-padded by default, as `generate()` needs. Returns input_ids [B, T],
+        attention_mask [B, T] and, with images, pixel_values [n_images, 3, H, W].
         """
         if text is None:
             raise ValueError("WingsProcessor needs text (use '<image>' markers where images go)")
@@ -79,6 +84,7 @@ class WingsProcessor(ProcessorMixin):
         encoded = self.tokenizer(
             [self.expand_image_tokens(t) for t in texts],
             padding=padding,
+            padding_side=padding_side,
             return_tensors=return_tensors,
             add_special_tokens=False,
             **kwargs,

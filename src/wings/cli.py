@@ -14,7 +14,15 @@ def _train(args: argparse.Namespace) -> int:
     from .training.recipe import load_recipe
     from .training.run import train
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    if args.preset:
+        from .presets import get_preset
+
+        preset = get_preset(args.preset)
+        args.llm, args.vision = args.llm or preset.llm_id, args.vision or preset.vision_id
+        if not args.init:  # shape settings are chosen when the model is built (stage 1)
+            overrides = [f"model.learner_rank={preset.learner_rank}", f"model.router={preset.router}", *overrides]
+    recipe = load_recipe(args.recipe, overrides)
     result = train(
         recipe,
         data=args.data,
@@ -147,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-folder", help="folder the data's image paths are relative to")
     p.add_argument("--output", required=True, help="output directory (checkpoints and the final model)")
     p.add_argument("--init", help="a previous stage's output directory to start from")
+    p.add_argument("--preset", help="a model-size preset (e.g. wings-base): its LLM, encoder, rank and router")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output")
     p.add_argument("--skip-bad-samples", action="store_true", help="log and skip bad samples instead of stopping")

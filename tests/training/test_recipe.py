@@ -66,3 +66,21 @@ def test_parameter_groups_partition_the_model():
     assert trainable == {n for g in ("projector", "visual_learners") for n, _ in groups[g]}
     with pytest.raises(ValueError, match="empty"):
         set_trainable(model, ["lora"])
+
+
+def test_train_preset_fills_backbones_and_shape(monkeypatch):
+    import wings.training.run as run
+    from wings.cli import main
+
+    seen = {}
+
+    def fake_train(recipe, **kwargs):
+        seen.update(kwargs, recipe=recipe)
+        return run.TrainResult(output_dir=kwargs["output"], global_step=0, train_loss=0.0, seconds=0.0)
+
+    monkeypatch.setattr(run, "train", fake_train)
+    main(["train", "wings_stage1", "--preset", "wings-base", "--data", "d.json", "--output", "out",
+          "model.learner_rank=32"])
+    assert seen["llm"] == "Qwen/Qwen1.5-7B-Chat" and seen["vision"] == "google/siglip-so400m-patch14-384"
+    assert seen["recipe"].model["learner_rank"] == 32  # explicit overrides win over the preset
+    assert seen["recipe"].model["router"] == "segment"

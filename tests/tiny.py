@@ -107,3 +107,14 @@ def make_tiny_hub(root):
     vision.save_pretrained(root / "vision")
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
     return root
+
+
+def tiny_processor(corpus, image_size: int = IMAGE_SIZE, image_seq_length: int = 4, tokenizer=None):
+    """A WingsProcessor over an offline tokenizer trained on `corpus` and a PIL SigLIP image processor."""
+    from wings.processing import WingsProcessor
+
+    return WingsProcessor(
+        image_processor=SiglipImageProcessorPil(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer if tokenizer is not None else train_chat_tokenizer(corpus, vocab_size=400),
+        image_seq_length=image_seq_length,
+    )

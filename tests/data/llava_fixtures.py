@@ -14,9 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 from PIL import Image
-from transformers import SiglipImageProcessorPil
 
 from wings.data.tokenizer import train_chat_tokenizer
+from tiny import tiny_processor
 from wings.processing import WingsProcessor
 
 IMAGE_SEQ_LENGTH = 4
@@ -36,11 +36,7 @@ def make_tokenizer():
 
 
 def make_processor(tokenizer=None) -> WingsProcessor:
-    return WingsProcessor(
-        image_processor=SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        tokenizer=tokenizer if tokenizer is not None else make_tokenizer(),
-        image_seq_length=IMAGE_SEQ_LENGTH,
-    )
+    return tiny_processor(CORPUS, IMAGE_SIZE, IMAGE_SEQ_LENGTH, tokenizer if tokenizer is not None else make_tokenizer())
 
 
 @pytest.fixture(scope="module")

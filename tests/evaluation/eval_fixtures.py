@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
+from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from wings import WingsForConditionalGeneration
 from wings.data.tokenizer import train_chat_tokenizer
+from tiny import tiny_processor
 from wings.processing import WingsProcessor
 
 IMAGE_SIZE, PATCH = 32, 16  # 4 image tokens per image
@@ -48,11 +49,7 @@ def make_tokenizer():
 
 
 def make_processor(tokenizer=None) -> WingsProcessor:
-    return WingsProcessor(
-        image_processor=SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        tokenizer=tokenizer if tokenizer is not None else make_tokenizer(),
-        image_seq_length=IMAGE_SEQ_LENGTH,
-    )
+    return tiny_processor(CORPUS, IMAGE_SIZE, IMAGE_SEQ_LENGTH, tokenizer if tokenizer is not None else make_tokenizer())
 
 
 def make_llm(tokenizer, seed: int = 0) -> Qwen2ForCausalLM:

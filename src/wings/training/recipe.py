@@ -158,7 +158,8 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | None = None) ->
 
 
 def shipped_recipes_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / "recipes"
+    """The shipped recipes: `wings/recipes` in the package (a link to the repo's `recipes/` folder)."""
+    return Path(__file__).resolve().parent.parent / "recipes"
 
 
 def resolve_recipe_path(path_or_name: str | Path) -> Path:

@@ -87,3 +87,18 @@ def test_eval_report(workspace, capsys):
     out = capsys.readouterr().out
     # A fresh WINGS model computes what its LLM computes: retention is exactly 1.
     assert "1.000" in out
+
+
+def test_chat_keeps_images_where_they_were_said(workspace):
+    import io
+
+    from wings.chat import chat_loop
+
+    root, _ = workspace
+    out = io.StringIO()
+    history = chat_loop(str(root / "model"), lines=["hello", f"/image {root / 'imgs' / '0.png'}",
+                                                    "what colour is the image?", "/quit", "never read"],
+                        max_new_tokens=3, out=out)
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[2]["content"][0] == {"type": "image"} and history[0]["content"] == [{"type": "text", "text": "hello"}]
+    assert out.getvalue().count("wings> ") == 2

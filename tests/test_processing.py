@@ -50,3 +50,15 @@ def test_tokenizer_without_pad_token_pads_with_eos_on_the_left():
     processor = WingsProcessor(SiglipImageProcessorPil(size={"height": 32, "width": 32}), tok, image_seq_length=4)
     batch = processor(["hello", "hello world hello"])
     assert batch["input_ids"][0, 0] == tok.eos_token_id and batch["attention_mask"][0, 0] == 0
+
+
+def test_images_are_padded_to_square_by_default(processor):
+    wide = Image.fromarray(np.full((10, 30, 3), (255, 0, 0), dtype=np.uint8))
+    padded = processor("<image>", images=[wide])["pixel_values"][0]
+    assert processor.image_mode == "pad"
+    # Top-left corner is padding in the mean colour, which normalises to ~0; the centre stays red.
+    assert padded[:, 0, 0].abs().max() < 0.05 and padded[0, 16, 16] > 0.9
+    resize = WingsProcessor(processor.image_processor, processor.tokenizer, image_seq_length=4, image_mode="resize")
+    assert resize("<image>", images=[wide])["pixel_values"][0][0, 0, 0] > 0.9
+    with pytest.raises(ValueError, match="image_mode"):
+        WingsProcessor(processor.image_processor, processor.tokenizer, image_seq_length=4, image_mode="crop")

@@ -128,6 +128,13 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import chat_loop
+
+    chat_loop(args.model, images=args.image or [], max_new_tokens=args.max_new_tokens)
+    return 0
+
+
 def auto_threads() -> int:
     """2 torch threads on an idle machine; 1 when it is busy, where a second thread contending with
     another process made training about 10x slower (LAB_NOTES), while 1 thread only costs ~1.5x."""
@@ -219,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", help="llava llava_low_lr wings [lora llava_text_share]")
     p.add_argument("--threads", type=int, help="torch threads (default: 2 on an idle machine, 1 when it is busy)")
     p.set_defaults(func=_lab)
+
+    p = sub.add_parser("chat", help="chat with a saved model in the terminal (/image PATH attaches an image)")
+    p.add_argument("--model", required=True, help="a saved WINGS model directory (model + processor)")
+    p.add_argument("--image", action="append", help="an image for the first message (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.set_defaults(func=_chat)
 
     p = sub.add_parser("demo", help="build a tiny WINGS model offline and chat with it about a generated image")
     p.add_argument("--seed", type=int, default=0)

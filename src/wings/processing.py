@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
 from .modeling.model import ensure_image_token
@@ -25,6 +26,26 @@ def flatten_content(content: str | list[dict]) -> str:
     return "".join(pieces)
 
 
+def pad_to_square(img: Image.Image, background_rgb: tuple[int, int, int]) -> Image.Image:
+    """Centre `img` on a square canvas of its longer side filled with `background_rgb`.
+
+    This is `expand2square` from the released LLaVA-1.5 recipe: padding with the processor's mean
+    colour keeps the whole image (no crop) and normalises the padding to ~0.
+    """
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    canvas = Image.new(img.mode, (side, side), background_rgb)
+    canvas.paste(img, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def mean_color(image_processor) -> tuple[int, int, int]:
+    """The processor's `image_mean` as 0-255 RGB, truncated as LLaVA does (`int(x * 255)`)."""
+    return tuple(int(x * 255) for x in image_processor.image_mean)
+
+
 class WingsProcessor(ProcessorMixin):
     """Prepare text (with `<image>` markers) and images for `WingsForConditionalGeneration`.
 
@@ -33,6 +54,8 @@ class WingsProcessor(ProcessorMixin):
         tokenizer: the LLM tokenizer; it must know `image_token` (added if missing).
         image_seq_length: image tokens per image (the model config's value).
         image_token: the marker users write in text, one per image.
+        image_mode: "pad" (to a square in the mean colour first, as the released recipe trains) or
+            "resize" (the image processor's own resizing); training records the mode it used here.
         chat_template: optional template; by default the tokenizer's own is used.
     """
 
@@ -42,11 +65,15 @@ class WingsProcessor(ProcessorMixin):
         tokenizer=None,
         image_seq_length: int = 576,
         image_token: str = "<image>",
+        image_mode: str = "pad",
         chat_template: str | None = None,
         **kwargs,
     ):
+        if image_mode not in ("pad", "resize"):
+            raise ValueError(f"image_mode must be 'pad' or 'resize', got {image_mode!r}")
         self.image_seq_length = image_seq_length
         self.image_token = image_token
+        self.image_mode = image_mode
         self.image_token_id = ensure_image_token(tokenizer, image_token)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             # Llama 3 ships no pad token; padded positions are masked anyway, so eos can stand in.
@@ -91,6 +118,10 @@ class WingsProcessor(ProcessorMixin):
         )
         data = dict(encoded)
         if image_list:
+            if self.image_mode == "pad":
+                background = mean_color(self.image_processor)
+                image_list = [pad_to_square(img.convert("RGB"), background) if isinstance(img, Image.Image) else img
+                              for img in image_list]
             data["pixel_values"] = self.image_processor(image_list, return_tensors=return_tensors)["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 

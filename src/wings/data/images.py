@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from ..processing import mean_color, pad_to_square
 from .llava import DataError
 
 ImageMode = Literal["pad", "resize"]
@@ -20,26 +21,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")  # convert() loads the pixels, so the file can be closed
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read image '{os.fspath(path)}': {err}") from err
-
-
-def pad_to_square(img: Image.Image, background_rgb: tuple[int, int, int]) -> Image.Image:
-    """Centre `img` on a square canvas of its longer side filled with `background_rgb`.
-
-    This is `expand2square` from the released LLaVA-1.5 recipe: padding with the processor's mean
-    colour keeps the whole image (no crop) and normalises the padding to ~0.
-    """
-    width, height = img.size
-    if width == height:
-        return img
-    side = max(width, height)
-    canvas = Image.new(img.mode, (side, side), background_rgb)
-    canvas.paste(img, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
-def mean_color(image_processor) -> tuple[int, int, int]:
-    """The processor's `image_mean` as 0-255 RGB, truncated as LLaVA does (`int(x * 255)`)."""
-    return tuple(int(x * 255) for x in image_processor.image_mean)
 
 
 class ImageTransform:

@@ -65,6 +65,7 @@ def build_model_and_processor(
         image_processor=AutoImageProcessor.from_pretrained(vision),
         tokenizer=tokenizer,
         image_seq_length=model.config.image_seq_length,
+        image_mode=recipe.data.image_mode,
     )
     return model, processor
 

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from PIL import Image, ImageDraw
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
@@ -82,11 +83,11 @@ def run_demo(seed: int = 0, steps: int = 150, output: str = "runs/demo") -> str:
               "optim.gradient_accumulation_steps=1", "optim.save_steps=100000", "optim.logging_steps=50",
               f"optim.seed={seed}", "model.learner_rank=8"]
     s1, s2 = root / "stage1", root / "stage2"
-    print(f"[demo] stage 1: projector + visual learners, {steps // 2} steps")
+    tqdm.write(f"[demo] stage 1: projector + visual learners, {steps // 2} steps")
     train(load_recipe("wings_stage1", common + ["train.projector=3e-3", "train.visual_learners=3e-3"]),
           data=str(data), image_folder=str(root / "data" / "images"), llm=str(root / "hub" / "llm"),
           vision=str(root / "hub" / "vision"), output=str(s1), max_steps=steps // 2)
-    print(f"[demo] stage 2: LLM + learners + router, {steps} steps")
+    tqdm.write(f"[demo] stage 2: LLM + learners + router, {steps} steps")
     stage2 = [c for c in common if not c.startswith("model.")]
     train(load_recipe("wings_stage2", stage2 + ["train.llm=1e-3", "train.visual_learners=3e-3",
                                                 "train.textual_learners=1e-3", "train.router=3e-3",
@@ -111,8 +112,8 @@ def run_demo(seed: int = 0, steps: int = 150, output: str = "runs/demo") -> str:
         reply = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         content = messages[0]["content"]
         text = content if isinstance(content, str) else f"<image of a {colour} shape> {QUESTION}"
-        print(f"[demo] user: {text}\n[demo] wings: {reply}")
+        tqdm.write(f"[demo] user: {text}\n[demo] wings: {reply}")
         answer = answer or reply
-    print(f"[demo] the image ({root / 'chat_image.png'}) shows a {colour} shape; the model said '{answer}'.")
+    tqdm.write(f"[demo] the image ({root / 'chat_image.png'}) shows a {colour} shape; the model said '{answer}'.")
     return answer
 

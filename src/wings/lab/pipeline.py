@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +102,14 @@ def cached_step(folder: Path, name: str, run: Callable[[Path], dict]) -> dict:
     done = folder / "done.json"
     if done.exists():
         logger.info("lab: %s already done, reusing %s", name, folder)
-        print(f"[lab] {name}: cached")
+        tqdm.write(f"[lab] {name}: cached")
         return json.loads(done.read_text())
-    print(f"[lab] {name} ...", flush=True)
+    tqdm.write(f"[lab] {name} ...")
     start = time.time()
     result = run(folder)
     result.setdefault("seconds", time.time() - start)
     _write_json_atomic(done, result)
-    print(f"[lab] {name}: done in {result['seconds']:.0f}s", flush=True)
+    tqdm.write(f"[lab] {name}: done in {result['seconds']:.0f}s")
     return result
 
 
@@ -282,7 +283,7 @@ def run_lab(config: LabConfig) -> dict:
     metrics["total_seconds"] = time.time() - start
     _write_json_atomic(out / "metrics.json", metrics)
     write_report(out, metrics, config, sizes)
-    print(f"[lab] wrote {out / 'report.md'} and {out / 'metrics.json'} ({metrics['total_seconds']:.0f}s this run)")
+    tqdm.write(f"[lab] wrote {out / 'report.md'} and {out / 'metrics.json'} ({metrics['total_seconds']:.0f}s this run)")
     return metrics
 
 

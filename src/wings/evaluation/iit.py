@@ -46,10 +46,10 @@ from wings.evaluation.pools import (
     LETTERS,
     MCItem,
     PoolFormatError,
+    checked_records,
     describe_location,
     item_problems,
     load_pool,
-    read_json_records,
 )
 
 __all__ = [
@@ -389,27 +389,7 @@ def load_iit(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IIT file not found: {path}")
-    dialogues: list[dict[str, Any]] = []
-    problems: list[str] = []
-    first_seen: dict[str, str] = {}
-    for where, obj, parse_error in read_json_records(path):
-        if parse_error is not None:
-            problems.append(f"{where}: {parse_error}")
-            continue
-        location = describe_location(where, obj)
-        errors = dialogue_problems(obj)
-        if errors:
-            problems.extend(f"{location}: {e}" for e in errors)
-            continue
-        if obj["id"] in first_seen:
-            problems.append(
-                f"{location}: duplicate dialogue id (first seen at {first_seen[obj['id']]})"
-            )
-            continue
-        first_seen[obj["id"]] = where
-        dialogues.append(obj)
-    if not dialogues and not problems:
-        problems.append("no dialogues")
+    dialogues, problems = checked_records(path, dialogue_problems, "no dialogues", lambda obj: "duplicate dialogue id")
     if problems:
         raise IITFormatError(str(path), problems)
     return dialogues

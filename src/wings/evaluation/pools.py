@@ -220,6 +220,38 @@ def read_json_records(path: Path) -> Iterator[tuple[str, Any | None, str | None]
             yield f"line {lineno}", None, f"malformed JSON ({err.msg} at column {err.colno})"
 
 
+def checked_records(
+    path: Path, problems_of, empty: str, duplicate
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Parse and validate every record of a JSONL/JSON file, collecting every problem.
+
+    `problems_of(obj)` lists what is wrong with one record; ids must be unique (compared as strings:
+    7 and "7" would be indistinguishable to a reader); `duplicate(obj)` words the clash and `empty`
+    is the problem of a file without records. Returns the valid records and the located problems.
+    """
+    records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    first_seen: dict[str, str] = {}
+    for where, obj, parse_error in read_json_records(path):
+        if parse_error is not None:
+            problems.append(f"{where}: {parse_error}")
+            continue
+        location = describe_location(where, obj)
+        errors = problems_of(obj)
+        if errors:
+            problems.extend(f"{location}: {e}" for e in errors)
+            continue
+        key = str(obj["id"])
+        if key in first_seen:
+            problems.append(f"{location}: {duplicate(obj)} (first seen at {first_seen[key]})")
+            continue
+        first_seen[key] = where
+        records.append(obj)
+    if not records and not problems:
+        problems.append(empty)
+    return records, problems
+
+
 def load_pool(path: str | Path, kind: PoolKind) -> list[MCItem]:
     """Read and validate a pool file (JSONL or JSON list) of ``kind`` "text" or "visual".
 
@@ -232,29 +264,10 @@ def load_pool(path: str | Path, kind: PoolKind) -> list[MCItem]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} pool file not found: {path}")
-    items: list[MCItem] = []
-    problems: list[str] = []
-    first_seen: dict[str, str] = {}
-    for where, obj, parse_error in read_json_records(path):
-        if parse_error is not None:
-            problems.append(f"{where}: {parse_error}")
-            continue
-        item_errors = item_problems(obj, kind)
-        location = describe_location(where, obj)
-        if item_errors:
-            problems.extend(f"{location}: {e}" for e in item_errors)
-            continue
-        # Compare ids as strings: 7 and "7" would be indistinguishable to a reader of the IIT file.
-        key = str(obj["id"])
-        if key in first_seen:
-            problems.append(
-                f"{location}: duplicate id {obj['id']!r} (first seen at {first_seen[key]})"
-            )
-            continue
-        first_seen[key] = where
-        items.append(MCItem.from_dict(obj))
-    if not items and not problems:
-        problems.append("no items")
+    records, problems = checked_records(
+        path, lambda obj: item_problems(obj, kind), "no items", lambda obj: f"duplicate id {obj['id']!r}"
+    )
+    items = [MCItem.from_dict(obj) for obj in records]
     if problems:
         raise PoolFormatError(str(path), problems)
     logger.info("loaded %d %s items from %s", len(items), kind, path)

@@ -53,6 +53,10 @@ def test_marker_feature_mismatch_is_a_clear_error():
         model(ids, pixel_values=torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="image tokens"):
         model(torch.tensor([[10, IMAGE_TOKEN_ID, 11]]), pixel_values=torch.randn(1, 3, 32, 32))
+    # The totals match (8 tokens, 2 images) but row 0 holds an image and a half: refused, naming the row.
+    rows = torch.tensor([[IMAGE_TOKEN_ID] * 6 + [10, 11], [IMAGE_TOKEN_ID] * 2 + [12] * 6])
+    with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\]"):
+        model(rows, pixel_values=torch.randn(2, 3, 32, 32))
 
 
 def test_from_llm_and_vision_adds_image_token_to_tokenizer():

@@ -213,6 +213,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 "exactly image_seq_length consecutive image tokens."
             )
         if n_features:
+            partial = (is_image.sum(1) % self.config.image_seq_length).nonzero().flatten().tolist()
+            if partial:
+                raise ValueError(
+                    f"input_ids row(s) {partial} hold a number of image tokens that is not a multiple of "
+                    f"image_seq_length={self.config.image_seq_length}: an image's tokens were cut or duplicated."
+                )
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_features.to(embeds.dtype))
         return embeds, is_image
 

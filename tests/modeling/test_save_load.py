@@ -77,3 +77,55 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-4, atol=1e-6)
+
+
+def test_saved_llm_keys_are_the_plain_llms_and_learners_sit_beside_them(tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny_wings("qwen2", learner_layers=[1])
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    llm_keys = {f"language_model.{k}" for k in model.to_llm().state_dict()}
+    assert llm_keys <= set(saved)
+    assert not any("decoder_layer" in k for k in saved)
+    learner_keys = {k for k in saved if k.startswith("language_model.") and k not in llm_keys}
+    assert learner_keys and all(k.startswith("language_model.model.layers.1.") for k in learner_keys)
+    assert {k.split(".")[4] for k in learner_keys} == {"visual_learner", "textual_learner", "router"}
+
+
+def test_a_checkpoint_with_legacy_keys_loads_and_resaves_with_todays(tmp_path):
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_wings("llama", learner_layers=[0, 2])
+    randomize_learners(model)
+    model.save_pretrained(tmp_path / "new")
+    # The layout written before the wrapper kept the LLM's keys: wrapped layers under `decoder_layer.`.
+    legacy_dir = tmp_path / "legacy"
+    model.save_pretrained(legacy_dir)
+    state = load_file(str(legacy_dir / "model.safetensors"))
+    wrapped = re.compile(r"^(language_model\.model\.layers\.[02])\.(?!visual_learner|textual_learner|router)")
+    legacy = {wrapped.sub(r"\1.decoder_layer.", k): v for k, v in state.items()}
+    assert any(".decoder_layer." in k for k in legacy)
+    save_file(legacy, str(legacy_dir / "model.safetensors"), metadata={"format": "pt"})
+
+    loaded = WingsForConditionalGeneration.from_pretrained(legacy_dir)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert set(load_file(str(tmp_path / "resaved" / "model.safetensors"))) == set(state)
+
+
+def test_to_llm_is_the_plain_llm_with_the_trained_weights(llm_family):
+    model = tiny_wings(llm_family)
+    randomize_learners(model)
+    with torch.no_grad():  # a stage-2-like change to the LLM itself
+        model.language_model.model.layers[0].mlp.up_proj.weight.mul_(1.5)
+    llm = model.to_llm()
+    assert type(llm) is type(model.language_model)
+    assert not any("learner" in k or "router" in k for k in llm.state_dict())
+    ids = torch.tensor([[1, 10, 11, 12, 13]])
+    model.reset_learners()  # zero learners: WINGS computes exactly its LLM
+    with torch.no_grad():
+        torch.testing.assert_close(llm(ids).logits, model(ids).logits, rtol=0, atol=1e-6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -40,9 +39,8 @@ def test_stage1_then_stage2(tiny_hub, dataset, tmp_path):
     vision = load_file(str(tiny_hub / "vision" / "model.safetensors"))
     # Stage 1 trains only the projector and the visual learners: the LLM and tower are bit-identical.
     for key, value in llm.items():
-        # Every LLM layer carries learners, so its original weights sit under `decoder_layer`.
-        wrapped = "language_model." + re.sub(r"layers\.(\d+)\.", r"layers.\1.decoder_layer.", key)
-        assert torch.equal(w1[wrapped], value), wrapped
+        # Wrapped layers keep the LLM's own keys: the LLM part of the checkpoint is the plain LLM's.
+        assert torch.equal(w1[f"language_model.{key}"], value), key
     for key, value in vision.items():
         assert torch.equal(w1[f"vision_tower.{key}"], value), key
     for key, value in w1.items():
@@ -59,7 +57,7 @@ def test_stage1_then_stage2(tiny_hub, dataset, tmp_path):
         if key.startswith("vision_tower."):
             assert torch.equal(w2[key], w1[key]), key  # the tower is frozen in stage 2
     changed = {k for k in w2 if not torch.equal(w2[k], w1[k])}
-    assert any("textual_learner" in k for k in changed) and any("decoder_layer" in k for k in changed)
+    assert any("textual_learner" in k for k in changed) and any(".self_attn.q_proj." in k for k in changed)
     model = WingsForConditionalGeneration.from_pretrained(s2)
     assert model.config.learner_mode == "routed"
     assert (s2 / "tokenizer.json").exists() and (s2 / "processor_config.json").exists()

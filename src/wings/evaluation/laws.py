@@ -53,7 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wings.modeling.attention import repeat_kv
-from wings.modeling.decoder_layer import WingsDecoderLayer, check_llama_family_layer
+from wings.modeling.decoder_layer import check_llama_family_layer
 from wings.modeling.lorra import apply_rope
 from wings.evaluation.plots import new_figure, save_figure
 
@@ -109,9 +109,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _attention_parts(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(input_layernorm, self_attn) of a decoder layer; a WingsDecoderLayer's come from its wrapped layer."""
-    inner = layer.decoder_layer if isinstance(layer, WingsDecoderLayer) else layer
-    return inner.input_layernorm, inner.self_attn
+    """(input_layernorm, self_attn) of a decoder layer (a WingsDecoderLayer keeps the LLM layer's own)."""
+    return layer.input_layernorm, layer.self_attn
 
 
 def image_token_id_of(model: nn.Module) -> int:
@@ -250,8 +249,7 @@ class LawsRecorder:
     def __init__(self, model: nn.Module):
         self.layers = decoder_layers(model)
         for index, layer in enumerate(self.layers):
-            inner = layer.decoder_layer if isinstance(layer, WingsDecoderLayer) else layer
-            check_llama_family_layer(inner, index)
+            check_llama_family_layer(layer, index)
         self.records: list[torch.Tensor | None] = [None] * len(self.layers)
         self._spans: torch.Tensor | None = None
         self._query_mask: torch.Tensor | None = None

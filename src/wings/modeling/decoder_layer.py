@@ -4,8 +4,10 @@
     h = h + w_v * visual_learner(h) + w_t * textual_learner(h)     (router weights, token-wise)
     out = h + MLP(LN_2(h))
 
-The original layer's modules are used as they are (never patched); the wrapper only adds
-`visual_learner`, `textual_learner` and `router` beside them.
+The original layer's modules are used as they are (never patched): the wrapper adopts them as its
+own children, under their own names, and adds `visual_learner`, `textual_learner` and `router` beside
+them. So a wrapped layer's LLM weights keep the plain LLM's checkpoint keys
+(`layers.N.self_attn.q_proj.weight`) and the LLM part of a WINGS checkpoint loads into the plain LLM.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
     """A decoder layer with WINGS learners.
 
     Args:
-        decoder_layer: the original HF decoder layer (kept as `self.decoder_layer`).
+        decoder_layer: the original HF decoder layer; its child modules (`input_layernorm`, `self_attn`,
+            `post_attention_layernorm`, `mlp`, ...) become this layer's children under the same names.
         hidden_size, num_heads: the LLM's d and H.
         rank: LoRRA rank; router: "segment" or "positional"; router_max_positions: positional router width.
     """
@@ -60,14 +63,18 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
     ):
         super().__init__()
         check_llama_family_layer(decoder_layer, getattr(getattr(decoder_layer, "self_attn", None), "layer_idx", -1))
-        self.decoder_layer = decoder_layer
+        for name, child in decoder_layer.named_children():
+            self.add_module(name, child)
+        # Non-module attributes the decoder reads per layer (e.g. sliding vs full attention).
+        if hasattr(decoder_layer, "attention_type"):
+            self.attention_type = decoder_layer.attention_type
         self.visual_learner = LoRRA(hidden_size, num_heads, rank)
         self.textual_learner = LoRRA(hidden_size, num_heads, rank)
         self.router = make_router(router, num_heads, router_max_positions)
 
     @property
     def layer_idx(self) -> int:
-        return self.decoder_layer.self_attn.layer_idx
+        return self.self_attn.layer_idx
 
     def reset_learners(self, std: float) -> None:
         self.visual_learner.reset_parameters(std)
@@ -86,15 +93,14 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         **kwargs,
     ) -> torch.Tensor:
         """hidden_states [B, T, d] -> [B, T, d]. Without `learner_inputs` the layer computes what the LLM computes."""
-        layer = self.decoder_layer
         routed = learner_inputs is not None and learner_inputs.mode == "routed"
         positional = self.router.needs_attention_weights
         asked = learner_inputs is not None and learner_inputs.attentions is not None
         need_weights = (routed and positional) or asked
         key_is_image = learner_inputs.key_is_image if routed and not positional else None
         attn_out, image_mass, weights = main_attention(
-            layer.self_attn,
-            layer.input_layernorm(hidden_states),
+            self.self_attn,
+            self.input_layernorm(hidden_states),
             position_embeddings,
             attention_mask,
             cache,
@@ -114,7 +120,7 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
                 hidden = torch.addcmul(hidden, w[..., :1], visual).addcmul_(w[..., 1:], textual)
             else:
                 hidden = hidden + visual
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
     def _learner(
         self,

@@ -37,6 +37,13 @@ from .cache import LEARNER_KINDS, LearnerInputs, LearnerKeys, WingsCache, select
 from .decoder_layer import WingsDecoderLayer
 from .vision import WingsMultiModalProjector, patch_features
 
+# Checkpoints written before the decoder layer kept the LLM's own keys stored a wrapped layer's LLM
+# weights under `layers.N.decoder_layer.`; loading renames them to today's `layers.N.`.
+LEGACY_KEY_MAPPING = {r"(layers\.\d+)\.decoder_layer\.": r"\1."}
+
+# Which component each parameter belongs to (what recipes train, what presets count), in one place.
+PARAMETER_GROUPS = ("projector", "vision_tower", "visual_learners", "textual_learners", "router", "llm")
+
 VISION_MODEL_CLASSES = {
     "siglip": SiglipVisionModel,
     "siglip_vision_model": SiglipVisionModel,
@@ -107,6 +114,19 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     # ----------------------------------------------------------------------------------------------
     # construction
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, key_mapping: dict[str, str] | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, also reading checkpoints saved with the legacy layer keys."""
+        mapping = {**LEGACY_KEY_MAPPING, **(key_mapping or {})}
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, key_mapping=mapping, **kwargs)
+        # transformers re-applies (reversed) the renamings used at load when saving; a model loaded from
+        # a legacy checkpoint must still save today's keys.
+        conversions = getattr(model, "_weight_conversions", None)
+        if conversions:
+            legacy = set(LEGACY_KEY_MAPPING)
+            model._weight_conversions = [c for c in conversions if not set(getattr(c, "source_patterns", ())) & legacy]
+        return model
+
+    @classmethod
     def from_llm_and_vision(
         cls,
         llm: str | PreTrainedModel,
@@ -160,6 +180,55 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     @property
     def wings_layers(self) -> list[WingsDecoderLayer]:
         return [layer for layer in self.decoder_layers if isinstance(layer, WingsDecoderLayer)]
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Each of `PARAMETER_GROUPS` mapped to its (name, parameter) pairs, by module membership.
+
+        Every parameter is in exactly one group; whatever is not the projector, the vision tower or a
+        learner/router module is the LLM's (embeddings, decoder layers, norm, lm_head).
+        """
+        owner: dict[int, str] = {}
+        for group, modules in (
+            ("projector", [self.multi_modal_projector]),
+            ("vision_tower", [self.vision_tower]),
+            ("visual_learners", [layer.visual_learner for layer in self.wings_layers]),
+            ("textual_learners", [layer.textual_learner for layer in self.wings_layers]),
+            ("router", [layer.router for layer in self.wings_layers]),
+        ):
+            for module in modules:
+                owner.update((id(p), group) for p in module.parameters())
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARAMETER_GROUPS}
+        for name, param in self.named_parameters():
+            groups[owner.get(id(param), "llm")].append((name, param))
+        return groups
+
+    def to_llm(self) -> PreTrainedModel:
+        """The LLM without learners: a plain HF causal LM holding (copies of) this model's LLM weights.
+
+        What `wings export-llm` saves: a stage-2-trained LLM that loads with `AutoModelForCausalLM`.
+        """
+        text_config = copy.deepcopy(self.config.text_config)
+        llm = AutoModelForCausalLM.from_config(text_config).to(self.dtype)
+        learners = tuple(
+            f"{name}." for name, module in self.named_modules()
+            if any(module is getattr(layer, part) for layer in self.wings_layers
+                   for part in ("visual_learner", "textual_learner", "router"))
+        )
+        state = {
+            key.removeprefix("language_model."): value
+            for key, value in self.state_dict().items()
+            if key.startswith("language_model.") and not key.startswith(learners)
+        }
+        missing, unexpected = llm.load_state_dict(state, strict=False)
+        # Tied output embeddings are not stored twice; anything else missing is a real mismatch.
+        missing = [k for k in missing if not (k == "lm_head.weight" and text_config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise RuntimeError(f"to_llm: LLM keys do not match the plain model (missing {missing}, unexpected {unexpected})")
+        if text_config.tie_word_embeddings:
+            llm.tie_weights()
+        llm.generation_config = copy.deepcopy(self.generation_config)
+        llm.generation_config.suppress_tokens = None
+        return llm
 
     def reset_learners(self) -> None:
         """Re-initialise every learner (A truncated normal, B zero) and router."""

@@ -25,7 +25,6 @@ Usage:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -34,6 +33,7 @@ from transformers import CONFIG_MAPPING, PreTrainedConfig
 
 from ..config import WingsConfig
 from ..modeling import WingsForConditionalGeneration
+from ..modeling.model import PARAMETER_GROUPS
 
 __all__ = [
     "PARAMETER_GROUPS",
@@ -197,25 +197,9 @@ def from_preset(name: str, llm=None, vision=None, **overrides) -> WingsForCondit
 
 # --------------------------------------------------------------------------------------------------
 # parameter accounting
-PARAMETER_GROUPS = ("llm", "vision_tower", "projector", "visual_learners", "textual_learners", "router")
-
-_LEARNER_PARAM = re.compile(r"^language_model\.model\.layers\.\d+\.(visual_learner|textual_learner|router)\.")
-_LEARNER_GROUPS = {"visual_learner": "visual_learners", "textual_learner": "textual_learners", "router": "router"}
-_PREFIX_GROUPS = {"vision_tower.": "vision_tower", "multi_modal_projector.": "projector", "language_model.": "llm"}
-
-
 def count_parameters(model: WingsForConditionalGeneration) -> dict[str, int]:
-    """Parameters per group (`PARAMETER_GROUPS` + "total"), by name; tied weights count once."""
-    counts = dict.fromkeys(PARAMETER_GROUPS, 0)
-    for name, param in model.named_parameters():
-        learner = _LEARNER_PARAM.match(name)
-        if learner:
-            group = _LEARNER_GROUPS[learner.group(1)]
-        else:
-            group = next((g for prefix, g in _PREFIX_GROUPS.items() if name.startswith(prefix)), None)
-            if group is None:
-                raise ValueError(f"count_parameters: parameter '{name}' belongs to no known WINGS component")
-        counts[group] += param.numel()
+    """Parameters per group (`PARAMETER_GROUPS` + "total"), as the model assigns them; tied weights count once."""
+    counts = {group: sum(p.numel() for _, p in params) for group, params in model.parameter_groups().items()}
     counts["total"] = sum(counts[g] for g in PARAMETER_GROUPS)
     return counts
 

@@ -29,25 +29,16 @@ def _lora_parameters(module: nn.Module) -> set[int]:
 
 
 def parameter_groups(model: WingsForConditionalGeneration) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Map each group name to its (name, parameter) pairs; every parameter is in exactly one group."""
-    owner: dict[int, str] = {}
-    for p in model.multi_modal_projector.parameters():
-        owner[id(p)] = "projector"
-    for p in model.vision_tower.parameters():
-        owner[id(p)] = "vision_tower"
-    for layer in model.wings_layers:
-        for group, module in (
-            ("visual_learners", layer.visual_learner),
-            ("textual_learners", layer.textual_learner),
-            ("router", layer.router),
-        ):
-            for p in module.parameters():
-                owner[id(p)] = group
-    for pid in _lora_parameters(model.language_model):
-        owner[pid] = "lora"
+    """Map each recipe group name to its (name, parameter) pairs; every parameter is in exactly one group.
+
+    The model's own groups (`WingsForConditionalGeneration.parameter_groups`), with LoRA adapters that
+    `peft` injected into the LLM carved out of "llm" as the group "lora".
+    """
+    lora = _lora_parameters(model.language_model)
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARAMETER_GROUPS}
-    for name, p in model.named_parameters():
-        groups[owner.get(id(p), "llm")].append((name, p))
+    for group, params in model.parameter_groups().items():
+        for name, param in params:
+            groups["lora" if group == "llm" and id(param) in lora else group].append((name, param))
     return groups
 
 

@@ -22,7 +22,10 @@ from typing import Any
 
 import yaml
 
-PARAMETER_GROUPS = ("projector", "vision_tower", "visual_learners", "textual_learners", "router", "llm", "lora")
+from ..modeling.model import PARAMETER_GROUPS as MODEL_PARAMETER_GROUPS
+
+# The model's components, plus LoRA adapters (the LoRA baseline's trainable part, carved out of the LLM).
+PARAMETER_GROUPS = (*MODEL_PARAMETER_GROUPS, "lora")
 METHODS = ("wings", "llava", "lora")
 
 

@@ -88,11 +88,25 @@ def test_left_padded_batch_matches_single_samples(llm_family):
             torch.testing.assert_close(logits[row, width - len(sample) :], single[0], rtol=1e-4, atol=1e-5)
 
 
-def test_text_only_and_mixed_batches_generate():
+def test_mixed_batch_generates_what_each_sample_does_alone():
+    """One image, text only, two images: a left-padded batch gives each sample's own greedy tokens."""
     model = _model("qwen2")
+    samples = [
+        (image_prompt([10, 11], [20, 21, 22]), 1),
+        ([12, 13, 14, 15, 16, 17, 18], 0),
+        (image_prompt([30], [31, 32], n_images=2), 2),
+    ]
+    pixels = torch.randn(3, 3, 32, 32)
+    owned = torch.split(pixels, [n for _, n in samples])
+    width = max(len(s) for s, _ in samples)
+    ids = torch.tensor([[0] * (width - len(s)) + s for s, _ in samples])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s, _ in samples])
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([[10, 11, 12]]), max_new_tokens=4, do_sample=True, pad_token_id=0)
-    assert out.shape == (1, 7)
+        batch = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=NEW,
+                               min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    for row, ((sample, n_images), images) in enumerate(zip(samples, owned)):
+        alone = _generate(model, torch.tensor([sample]), images if n_images else None, True)
+        assert torch.equal(batch[row, width - len(sample):], alone[0]), row
 
 
 def test_positional_router_cached_equals_uncached():

@@ -16,22 +16,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 datasets = pytest.importorskip("datasets")
 from PIL import Image  # noqa: E402
 
-from wings.evaluation.pools import (  # noqa: E402
+from wings.evaluation.converters import (  # noqa: E402
+    POOL_FORMATS,
     POOL_LOADER_KINDS,
     POOL_LOADERS,
-    MCItem,
-    PoolFormatError,
+    convert_pool,
     load_ai2d,
     load_cmmlu,
     load_hellaswag,
     load_mmbench,
     load_mmlu,
     load_openbookqa,
-    load_pool,
     load_scienceqa,
     load_seedbench,
-    write_pool,
 )
+from wings.evaluation.pools import MCItem, PoolFormatError, load_pool, write_pool  # noqa: E402
 
 
 def png(color: tuple[int, int, int]) -> Image.Image:

@@ -20,19 +20,10 @@ from eval_fixtures import (
 )
 
 from wings import WingsForConditionalGeneration
+from wings.data.llava import DataError
+from wings.evaluation.multiple_choice import evaluate_mc_items, predict_choices
 from wings.evaluation.pools import MCItem
-from wings.evaluation.scoring import (
-    choice_loglikelihoods,
-    evaluate_mc_items,
-    exact_match_accuracy,
-    generate_answers,
-    load_model_and_processor,
-    normalize_answer,
-    score_choices_generate,
-    score_choices_loglik,
-    vqa_exact_match,
-    vqa_score,
-)
+from wings.evaluation.scoring import choice_loglikelihoods, exact_match_accuracy, generate_answers, score_choices_loglik
 from wings.processing import WingsProcessor
 
 WORD_CHOICES = ["planet orbit", "red", "telescope galaxy comet", "flour", "goalkeeper referee", "oven butter"]
@@ -90,9 +81,10 @@ def test_loglik_and_generate_pick_what_a_rigged_model_wants(processor, normalize
     oracle = make_oracle(processor, wanted)
     by_loglik = score_choices_loglik(oracle, processor, prompts, choices, images, batch_size=3, normalize=normalize)
     assert by_loglik == golds
-    by_generation = score_choices_generate(
-        oracle, processor, prompts, [len(c) for c in choices], images, choices, batch_size=4, max_new_tokens=10
+    by_generation, replies = predict_choices(
+        oracle, processor, prompts, choices, images, method="generate", batch_size=4, max_new_tokens=10
     )
+    assert replies == [c[g] for c, g in zip(choices, golds, strict=True)]  # the oracle answers with the text
     assert by_generation == by_loglik == golds
     assert exact_match_accuracy(by_loglik, golds) == 1.0
 
@@ -222,49 +214,8 @@ def test_evaluate_mc_items_with_a_rigged_model(processor, tmp_path):
         assert result["per_subject"]["colour"]["n"] == 3
         assert all(r["correct"] for r in result["records"])
     assert result["records"][0]["output"] in "ABCD"
-    with pytest.raises(FileNotFoundError, match="item 'v0': image 'red.png' not found under image folder"):
+    with pytest.raises(DataError, match="item 'v0': image 'red.png' not found under image folder"):
         evaluate_mc_items(oracle, processor, items, image_folder=tmp_path / "elsewhere")
-
-
-def test_load_model_and_processor(tmp_path):
-    save_wings_dir(tmp_path / "m")
-    model, processor = load_model_and_processor(tmp_path / "m", dtype="float32")
-    assert isinstance(model, WingsForConditionalGeneration) and not model.training
-    assert isinstance(processor, WingsProcessor) and processor.image_seq_length == model.config.image_seq_length
-    assert model.dtype == torch.float32
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_model_and_processor(tmp_path / "missing")
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("Two", "2"),
-        ("The red one.", "red 1"),
-        ("a dog", "dog"),
-        ("  Yes!\n", "yes"),
-        ("3.5", "3.5"),
-        ("black-and-white", "black and white"),
-        ("dont know", "don't know"),
-        ("none", "0"),
-        ("An apple, a pear", "apple pear"),
-        ("1,000", "1000"),
-    ],
-)
-def test_normalize_answer(raw, expected):
-    assert normalize_answer(raw) == expected
-
-
-def test_vqa_exact_match_and_score():
-    assert vqa_exact_match("Two dogs.", ["2 dogs", "two"])
-    assert vqa_exact_match("The Cat", "cat")
-    assert not vqa_exact_match("cats", ["cat"])
-    assert not vqa_exact_match("", ["cat"])
-    assert vqa_score("cat", ["cat"] * 3) == 1.0
-    assert vqa_score("cat", ["cat", "dog", "dog"]) == pytest.approx(1 / 3)
-    ten = ["cat", "cat"] + ["dog"] * 8
-    # Leave-one-out over 10 annotators: 8 subsets keep both "cat"s (2/3), 2 keep one (1/3).
-    assert vqa_score("cat", ten) == pytest.approx((8 * 2 / 3 + 2 * 1 / 3) / 10)
 
 
 def test_exact_match_accuracy():

@@ -26,6 +26,8 @@ from wings.evaluation.pools import MCItem
 from wings.evaluation.scoring import choice_loglikelihoods, exact_match_accuracy, generate_answers, score_choices_loglik
 from wings.processing import WingsProcessor
 
+# choice_loglikelihoods of test_pinned_scores_at_a_fixed_seed (torch 2.13, CPU); the same before the split.
+PINNED_SCORES = [-12.0309, -11.8895, -18.166, -12.1778]
 WORD_CHOICES = ["planet orbit", "red", "telescope galaxy comet", "flour", "goalkeeper referee", "oven butter"]
 
 
@@ -248,3 +250,37 @@ def test_base_llm_with_its_tokenizer_scores_like_a_fresh_wings_model(processor):
     assert [x for row in got for x in row] == pytest.approx([x for row in expected for x in row], abs=1e-5)
     replies = generate_answers(llm, processor.tokenizer, prompts, max_new_tokens=4)
     assert replies == generate_answers(fresh, processor, prompts, max_new_tokens=4)
+
+
+def test_images_are_prepared_in_the_processors_training_mode(processor, wings_model):
+    """Regression: scoring padded every image to a square whatever the model was trained with. A
+    processor recording "resize" is scored on what that processor itself makes of the image."""
+    resize = WingsProcessor(processor.image_processor, processor.tokenizer, image_seq_length=processor.image_seq_length,
+                            image_mode="resize")  # fmt: skip
+    image = color_image("red", (48, 16))  # far from square: padding changes the pixels a lot
+    prompt = chat(resize, "<image>\nWhat colour is the shape?")
+    choices = [["red", "green blue"]]
+    scores = choice_loglikelihoods(wings_model, resize, [prompt], choices, [[image]], normalize="sum")[0]
+    reference = resize(prompt, images=[image])  # WingsProcessor.__call__ applies its own mode
+    for option, score in zip(choices[0], scores, strict=True):
+        continuation = resize.tokenizer(option, add_special_tokens=False)["input_ids"]
+        ids = torch.cat([reference["input_ids"], torch.tensor([continuation])], dim=1)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(wings_model(input_ids=ids, pixel_values=reference["pixel_values"]).logits[0], -1)
+        start = reference["input_ids"].shape[1]
+        assert score == pytest.approx(sum(float(logprobs[start - 1 + k, t]) for k, t in enumerate(continuation)),
+                                      abs=1e-4)  # fmt: skip
+    padded = choice_loglikelihoods(wings_model, resize, [prompt], choices, [[image]], normalize="sum", image_mode="pad")
+    assert padded[0] != pytest.approx(scores, abs=1e-4)  # an explicit mode still wins, and it matters here
+    assert choice_loglikelihoods(wings_model, processor, [prompt], choices, [[image]], normalize="sum")[0] == (
+        pytest.approx(padded[0], abs=1e-6)
+    )  # the default processor records "pad"
+
+
+def test_pinned_scores_at_a_fixed_seed(processor, wings_model):
+    """Fixed numbers for the tiny seed-0 model: a silent change in encoding, padding or images shows here."""
+    prompts = [chat(processor, "<image>\nWhat colour is the shape?"), chat(processor, "Which statement is true?")]
+    images = [[color_image("blue", (40, 24))], []]
+    scores = choice_loglikelihoods(wings_model, processor, prompts, [["red", "blue"], ["planet orbit", "flour"]],
+                                   images, normalize="sum")  # fmt: skip
+    assert [round(x, 4) for row in scores for x in row] == PINNED_SCORES

@@ -23,12 +23,16 @@ from wings import WingsForConditionalGeneration
 from wings.data.llava import DataError
 from wings.evaluation.multiple_choice import evaluate_mc_items, predict_choices
 from wings.evaluation.pools import MCItem
-from wings.evaluation.scoring import choice_loglikelihoods, exact_match_accuracy, generate_answers, score_choices_loglik
+from wings.evaluation.scoring import best_choices, choice_loglikelihoods, exact_match_accuracy, generate_answers
 from wings.processing import WingsProcessor
 
 # choice_loglikelihoods of test_pinned_scores_at_a_fixed_seed (torch 2.13, CPU); the same before the split.
 PINNED_SCORES = [-12.0309, -11.8895, -18.166, -12.1778]
 WORD_CHOICES = ["planet orbit", "red", "telescope galaxy comet", "flour", "goalkeeper referee", "oven butter"]
+
+
+def score_choices_loglik(*args, **kwargs) -> list[int]:
+    return best_choices(choice_loglikelihoods(*args, **kwargs))
 
 
 @pytest.fixture(scope="module")

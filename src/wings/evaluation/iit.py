@@ -506,8 +506,9 @@ def evaluate_iit(
         info = {"id": dialogue["id"], "setting": dialogue["setting"], "item_id": turn["item_id"]}
         questions.append(MCQuestion(f"IIT dialogue {dialogue['id']!r}", messages, paths, tuple(turn["choices"]),
                                     turn["answer"], info))  # fmt: skip
-    records = answer_questions(model, processor, questions, image_folder, method, answer_format, batch_size,
-                               max_new_tokens, normalize, image_mode)  # fmt: skip
+    records = answer_questions(model, processor, questions, image_folder, method=method, answer_format=answer_format,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, normalize=normalize,
+                               image_mode=image_mode)  # fmt: skip
     summary = summarize_iit(((r["setting"], r["correct"]) for r in records), confidence)
     for setting, stats in summary.items():
         logger.info("IIT %s: acc %.3f [%.3f, %.3f] (n=%d)", setting, stats["acc"], stats["low"], stats["high"], stats["n"])

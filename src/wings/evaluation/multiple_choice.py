@@ -28,7 +28,7 @@ from ..data.images import ImageMode
 from ..data.llava import IMAGE_MARKER, DataError, find_image
 from .inputs import chat_prompt
 from .pools import LETTERS, MCItem
-from .scoring import Normalize, generate_answers, score_choices_loglik
+from .scoring import Normalize, best_choices, choice_loglikelihoods, generate_answers
 
 __all__ = [
     "ANSWER_FORMATS",
@@ -261,8 +261,8 @@ def predict_choices(
         predictions = [parse_choice(r, len(c), c) for r, c in zip(replies, choices, strict=True)]
         return predictions, list(replies)
     options = [list(LETTERS[: len(c)]) if answer_format == "letter" else list(c) for c in choices]
-    picked = score_choices_loglik(model, processor, prompts, options, images, batch_size, normalize, image_mode)
-    return list(picked), [None] * len(prompts)
+    scores = choice_loglikelihoods(model, processor, prompts, options, images, batch_size, normalize, image_mode)
+    return list(best_choices(scores)), [None] * len(prompts)
 
 
 @dataclass(frozen=True)
@@ -290,21 +290,17 @@ def answer_questions(
     processor: Any,
     questions: Sequence[MCQuestion],
     image_folder: str | os.PathLike | None = None,
-    method: Method = "generate",
-    answer_format: AnswerFormat = "letter",
-    batch_size: int = 8,
-    max_new_tokens: int = 8,
-    normalize: Normalize = "mean",
-    image_mode: ImageMode | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Ask every question; one record per question: its ``info`` plus ``"answer"``,
     ``"prediction"`` (an index, None when a reply names no option), ``"correct"`` and, when
     generating, ``"output"`` (the reply). Every image is found before any compute.
 
+    ``options`` are :func:`predict_choices`'s (method, answer_format, batch_size, ...).
+
     Raises:
         DataError: an image is missing (naming the question and the image folder).
     """
-    _check_choice(method, answer_format)
     prompts, images = [], []
     for question in questions:
         try:
@@ -312,10 +308,9 @@ def answer_questions(
         except DataError as err:
             raise DataError(f"{question.name}: {err}") from None
         prompts.append(chat_prompt(processor, question.messages))
-    predictions, replies = predict_choices(
-        model, processor, prompts, [q.choices for q in questions], images if any(images) else None,
-        method, answer_format, batch_size, max_new_tokens, normalize, image_mode,
-    )  # fmt: skip
+    choices = [q.choices for q in questions]
+    predictions, replies = predict_choices(model, processor, prompts, choices, images if any(images) else None,
+                                           **options)  # fmt: skip
     records = []
     for question, prediction, reply in zip(questions, predictions, replies, strict=True):
         record = {**question.info, "answer": question.answer, "prediction": prediction,
@@ -362,8 +357,9 @@ def evaluate_mc_items(
         )
         for item in items
     ]  # fmt: skip
-    records = answer_questions(model, processor, questions, image_folder, method, answer_format, batch_size,
-                               max_new_tokens, normalize, image_mode)  # fmt: skip
+    records = answer_questions(model, processor, questions, image_folder, method=method, answer_format=answer_format,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, normalize=normalize,
+                               image_mode=image_mode)  # fmt: skip
     by_subject: dict[str, list[bool]] = {}
     for record in records:
         by_subject.setdefault(record["subject"] or "-", []).append(record["correct"])

@@ -13,8 +13,8 @@ plain tokenizer for text-only prompts. Prompts are complete strings (render chat
 
 Two ways to score a multiple-choice item (both used by :mod:`wings.evaluation.multiple_choice`):
 
-- :func:`score_choices_loglik`: the log-likelihood of each choice as a continuation of the
-  prompt (summed, or averaged over its tokens); the highest wins. Never unparseable, and the
+- :func:`choice_loglikelihoods`: the log-likelihood of each choice as a continuation of the
+  prompt (summed, or averaged over its tokens); the highest wins (:func:`best_choices`). Never unparseable, and the
   usual choice for base models.
 - :func:`generate_answers`: greedy replies, read with
   :func:`wings.evaluation.multiple_choice.parse_choice`. This is how a chat model is used, and how
@@ -51,7 +51,7 @@ __all__ = [
     "choice_loglikelihoods",
     "exact_match_accuracy",
     "generate_answers",
-    "score_choices_loglik",
+    "best_choices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,18 +211,8 @@ def choice_loglikelihoods(
     return scores
 
 
-def score_choices_loglik(
-    model,
-    processor,
-    prompts: Sequence[str],
-    choices: Sequence[Sequence[str]],
-    images: Sequence[Sequence[ImageInput]] | None = None,
-    batch_size: int = 8,
-    normalize: Normalize = "mean",
-    image_mode: ImageMode | None = None,
-) -> list[int]:
-    """Index of the most likely choice per item (ties: the first); see :func:`choice_loglikelihoods`."""
-    scores = choice_loglikelihoods(model, processor, prompts, choices, images, batch_size, normalize, image_mode)
+def best_choices(scores: Sequence[Sequence[float]]) -> list[int]:
+    """Index of the highest score per item (ties: the first), e.g. of :func:`choice_loglikelihoods`."""
     return [max(range(len(s)), key=s.__getitem__) for s in scores]
 
 

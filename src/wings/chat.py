@@ -13,7 +13,7 @@ from typing import TextIO
 import torch
 
 from .data.images import load_image
-from .evaluation.scoring import load_model_and_processor
+from .evaluation.loading import load_model_and_processor
 
 HELP = "Type a message. /image PATH attaches an image to your next message, /reset clears the chat, /quit exits."
 

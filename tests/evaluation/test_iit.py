@@ -9,21 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from wings.data.llava import IMAGE_MARKER as IMAGE_TOKEN
 from wings.evaluation.iit import (
     DEFAULT_SETTINGS,
-    IMAGE_TOKEN,
     IITFormatError,
-    accuracy_with_ci,
     build_iit,
     dialogue_messages,
-    format_question,
-    is_correct,
     load_iit,
-    parse_choice,
     parse_setting,
     summarize_iit,
     write_iit,
 )
+from wings.evaluation.multiple_choice import accuracy_with_ci, format_question, is_correct, parse_choice
 from wings.evaluation.pools import MCItem, PoolFormatError, load_pool
 
 # Three topics with disjoint vocabularies: a grouping by similarity must keep them apart.
@@ -249,7 +246,7 @@ def _item(**changes) -> str:
 @pytest.mark.parametrize(
     ("kind", "line", "message"),
     [
-        ("text", '{"id": "b", "question": ', "line 2: malformed JSON"),
+        ("text", '{"id": "b", "question": ', "malformed JSON on line 2"),
         ("text", "[1, 2]", "line 2: expected a JSON object, got list"),
         ("text", _item(question=...), "line 2 (id 'b'): missing key 'question'"),
         ("text", _item(id=...), "line 2: missing key 'id'"),
@@ -311,7 +308,7 @@ def test_all_bad_items_are_reported_at_once(tmp_path: Path) -> None:
         load_pool(path, "text")
     assert info.value.problems == [
         "line 3 (id 'c'): 'answer' 9 out of range for 2 choices (valid 0..1)",
-        "line 4: malformed JSON (Expecting value at column 1)",
+        "malformed JSON on line 4: Expecting value (column 1)",
         "line 5 (id 'd'): 'choices' is empty (need at least 2)",
     ]
 
@@ -418,7 +415,7 @@ def test_bad_iit_lines_are_named(iit_file: Path, change, message: str) -> None:
 def test_malformed_iit_line(iit_file: Path) -> None:
     with iit_file.open("a", encoding="utf-8") as f:
         f.write("{oops\n")
-    with pytest.raises(IITFormatError, match="line 5: malformed JSON"):
+    with pytest.raises(IITFormatError, match="malformed JSON on line 5"):
         load_iit(iit_file)
 
 

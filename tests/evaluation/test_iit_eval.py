@@ -7,6 +7,7 @@ import random
 import pytest
 from eval_fixtures import COLORS, OracleLM, color_image, last_user_message, make_processor, make_wings, pixels_to_color
 
+from wings.data.llava import DataError
 from wings.evaluation.iit import build_iit, evaluate_iit, iit_table, plot_iit
 from wings.evaluation.pools import MCItem
 
@@ -102,7 +103,7 @@ def test_missing_image_is_named_before_any_compute(processor, iit):
     dialogues, folder, gold_letters = iit
     oracle = iit_oracle(processor, gold_letters)
     v_dialogue = next(d for d in dialogues if d["setting"] == "V")
-    with pytest.raises(FileNotFoundError, match=r"IIT dialogue 'V-0': image 'img\d.png' not found under image folder"):
+    with pytest.raises(DataError, match=r"IIT dialogue 'V-0': image 'img\d.png' not found under image folder"):
         evaluate_iit(oracle, processor, [v_dialogue], folder / "nowhere")
     assert oracle.calls == 0
     with pytest.raises(ValueError, match="method"):

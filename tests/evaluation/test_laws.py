@@ -27,22 +27,17 @@ import wings.evaluation.laws as laws_module
 from wings import WingsForConditionalGeneration
 from wings.data.tokenizer import train_chat_tokenizer
 from wings.evaluation.laws import (
-    SPANS,
     LawsRecorder,
-    LawsResult,
-    SpanMasses,
-    attention_shift,
     attention_weights,
     compute_laws,
     decoder_layers,
     find_spans,
     laws_for_sample,
-    pearson_per_sample,
-    plot_laws_compare,
     run_laws,
     run_laws_compare,
-    write_laws,
 )
+from wings.evaluation.laws_plots import plot_laws_compare, write_laws
+from wings.evaluation.laws_stats import SPANS, LawsResult, SpanMasses, attention_shift, pearson_per_sample
 from wings.processing import WingsProcessor
 
 BEFORE, AFTER = [1, 10, 11, 12, 13], [20, 21, 22]

@@ -12,12 +12,9 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 import wings  # noqa: E402,F401  (registers model type "wings" with AutoModelForCausalLM)
-from wings.evaluation.scoring import (  # noqa: E402
-    choice_loglikelihoods,
-    lm_eval_accuracies,
-    lm_eval_text_tasks,
-    load_model_and_processor,
-)
+from wings.evaluation.harness import lm_eval_accuracies, lm_eval_text_tasks  # noqa: E402
+from wings.evaluation.loading import load_model_and_processor  # noqa: E402
+from wings.evaluation.scoring import choice_loglikelihoods  # noqa: E402
 
 TASK = "wings_tiny_mc"
 DOCS = [

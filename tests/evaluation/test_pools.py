@@ -16,22 +16,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 datasets = pytest.importorskip("datasets")
 from PIL import Image  # noqa: E402
 
-from wings.evaluation.pools import (  # noqa: E402
+from wings.evaluation.converters import (  # noqa: E402
+    POOL_FORMATS,
     POOL_LOADER_KINDS,
     POOL_LOADERS,
-    MCItem,
-    PoolFormatError,
+    convert_pool,
     load_ai2d,
     load_cmmlu,
     load_hellaswag,
     load_mmbench,
     load_mmlu,
     load_openbookqa,
-    load_pool,
     load_scienceqa,
     load_seedbench,
-    write_pool,
 )
+from wings.evaluation.pools import MCItem, PoolFormatError, load_pool, write_pool  # noqa: E402
 
 
 def png(color: tuple[int, int, int]) -> Image.Image:
@@ -618,3 +617,63 @@ def test_converted_items_are_validated(tmp_path: Path, cache: Path) -> None:
         PoolFormatError, match=r"item 0 \(id 'mmlu/test/0'\): 'choices' has 1 entry"
     ):
         load_mmlu(path, cache_dir=cache)
+
+
+# --------------------------------------------------------------------------------------------
+# convert_pool: the entry point behind `wings pool convert`
+# --------------------------------------------------------------------------------------------
+
+
+def test_convert_text_sets_writes_what_the_loader_reads(tmp_path: Path, cache: Path) -> None:
+    mmlu = write_parquet(tmp_path / "mmlu.parquet", MMLU_ROWS, MMLU_FEATURES)
+    out = convert_pool("mmlu", mmlu, tmp_path / "pools" / "mmlu.jsonl", cache_dir=cache)
+    assert out == tmp_path / "pools" / "mmlu.jsonl"
+    assert load_pool(out, "text") == load_mmlu(mmlu, cache_dir=cache)
+    first = convert_pool("mmlu", mmlu, tmp_path / "one.jsonl", limit=1, cache_dir=cache)
+    assert [i.id for i in load_pool(first, "text")] == ["mmlu/test/0"]
+    folder = tmp_path / "cmmlu" / "test"
+    folder.mkdir(parents=True)
+    (folder / "astronomy.csv").write_text(",Question,A,B,C,D,Answer\n0,最大的行星是,地球,火星,木星,金星,C\n",
+                                          encoding="utf-8")  # fmt: skip
+    items = load_pool(convert_pool("cmmlu", tmp_path / "cmmlu", tmp_path / "cmmlu.jsonl", cache_dir=cache), "text")
+    assert [(i.id, i.question, i.answer) for i in items] == [("cmmlu/test/astronomy/0", "最大的行星是", 2)]
+
+
+def test_convert_visual_set_writes_images_beside_the_pool(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    rows = {
+        "question": ["Which stage comes after the egg?", "What does label A show?"],
+        "options": [["larva", "adult", "pupa", "nymph"], ["root", "leaf"]],
+        "answer": ["0", "1"],
+        "image": [png((10, 20, 30)), png((40, 50, 60))],
+    }
+    features = {"question": datasets.Value("string"), "options": datasets.Sequence(datasets.Value("string")),
+                "answer": datasets.Value("string"), "image": datasets.Image()}  # fmt: skip
+    source = write_parquet(tmp_path / "ai2d" / "test-00000-of-00001.parquet", rows, features)
+    monkeypatch.chdir(tmp_path)  # a relative output: image paths must still work from anywhere
+    out = convert_pool("ai2d", source, Path("pools") / "ai2d.jsonl", cache_dir=cache)
+    items = load_pool(tmp_path / out, "visual")
+    assert [(i.id, i.answer) for i in items] == [("ai2d/test/0", 0), ("ai2d/test/1", 1)]
+    assert all(Path(i.image).is_absolute() and Path(i.image).parent == tmp_path / "pools" / "ai2d_images"
+               for i in items)  # fmt: skip
+    assert_same_pixels(items[1].image, (40, 50, 60))
+
+
+def test_convert_scienceqa_text_or_visual_rows(scienceqa_file: Path, tmp_path: Path, cache: Path) -> None:
+    visual = load_pool(convert_pool("scienceqa", scienceqa_file, tmp_path / "v.jsonl", cache_dir=cache), "visual")
+    text = load_pool(convert_pool("scienceqa", scienceqa_file, tmp_path / "t.jsonl", kind="text", cache_dir=cache),
+                     "text")  # fmt: skip
+    assert [i.question for i in visual] == ["Which state is highlighted?"]
+    assert [i.choices for i in text] == [("bake", "ruin")]
+
+
+def test_convert_pool_refuses_what_a_format_does_not_take(tmp_path: Path) -> None:
+    assert set(POOL_FORMATS) == set(POOL_LOADERS)
+    with pytest.raises(ValueError, match="unknown pool format 'mmlu2'; choose one of mmlu, cmmlu"):
+        convert_pool("mmlu2", tmp_path, tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match="kind= only applies to scienceqa"):
+        convert_pool("mmbench", tmp_path, tmp_path / "x.jsonl", kind="text")
+    with pytest.raises(ValueError, match="mmlu is a text benchmark: image_dir and image_root do not apply"):
+        convert_pool("mmlu", tmp_path, tmp_path / "x.jsonl", image_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="dataset path not found"):
+        convert_pool("mmlu", tmp_path / "missing.parquet", tmp_path / "x.jsonl")
+    assert not (tmp_path / "x.jsonl").exists()

@@ -12,6 +12,7 @@ from wings.evaluation.report import (
     forgetting_report,
     plot_retention_vs_vqa,
     retention,
+    unique_names,
     write_metrics_json,
 )
 
@@ -132,3 +133,31 @@ def test_pareto_front():
 
     points = [(0.857, 0.418), (0.854, 0.997), (0.866, 0.914), (0.80, 0.5)]
     assert pareto_front(points) == [(0.854, 0.997), (0.866, 0.914)]
+
+
+def test_unique_names_never_repeat():
+    """Regression: `wings eval` named `a/x, b/x-2, c/x` as x, x-2, x-2, so the third model's plots
+    and LAWS folder overwrote the second's."""
+    assert unique_names(["a/x", "b/x-2", "c/x"]) == ["x", "x-2", "x-3"]
+    assert unique_names(["a/x", "b/x", "c/x"]) == ["x", "x-2", "x-3"]
+    assert unique_names(["m/", "n/m"]) == ["m", "m-2"]
+
+
+def test_evaluate_models_writes_one_folder_per_model(tmp_path):
+    """The names reach the files: three models whose folders collide get three LAWS folders."""
+    from eval_fixtures import color_image, save_wings_dir
+
+    from wings.evaluation.forgetting import EvalData, evaluate_models
+
+    dirs = [save_wings_dir(tmp_path / "a" / "x"), save_wings_dir(tmp_path / "b" / "x-2", seed=1),
+            save_wings_dir(tmp_path / "c" / "x", seed=2)]  # fmt: skip
+    color_image("red").save(tmp_path / "red.png")
+    sample = {"id": "s", "image": "red.png", "conversations": [
+        {"from": "human", "value": "hello <image>\nWhat colour is the shape?"}, {"from": "gpt", "value": "red"}]}
+    (tmp_path / "laws.json").write_text(json.dumps([sample]))
+    entries, _, _ = evaluate_models([str(d) for d in dirs], EvalData(laws=str(tmp_path / "laws.json"),
+                                    image_folder=str(tmp_path)), tmp_path / "out", device="cpu")  # fmt: skip
+    assert [e.name for e in entries] == ["x", "x-2", "x-3"]
+    curves = {tuple(json.loads((tmp_path / "out" / f"laws_{n}" / "laws.json").read_text())["mean"]["before"])
+              for n in ("x", "x-2", "x-3")}  # fmt: skip
+    assert len(curves) == 3  # three different models, three different files

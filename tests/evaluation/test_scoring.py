@@ -20,22 +20,19 @@ from eval_fixtures import (
 )
 
 from wings import WingsForConditionalGeneration
+from wings.data.llava import DataError
+from wings.evaluation.multiple_choice import evaluate_mc_items, predict_choices
 from wings.evaluation.pools import MCItem
-from wings.evaluation.scoring import (
-    choice_loglikelihoods,
-    evaluate_mc_items,
-    exact_match_accuracy,
-    generate_answers,
-    load_model_and_processor,
-    normalize_answer,
-    score_choices_generate,
-    score_choices_loglik,
-    vqa_exact_match,
-    vqa_score,
-)
+from wings.evaluation.scoring import best_choices, choice_loglikelihoods, exact_match_accuracy, generate_answers
 from wings.processing import WingsProcessor
 
+# choice_loglikelihoods of test_pinned_scores_at_a_fixed_seed (torch 2.13, CPU); the same before the split.
+PINNED_SCORES = [-12.0309, -11.8895, -18.166, -12.1778]
 WORD_CHOICES = ["planet orbit", "red", "telescope galaxy comet", "flour", "goalkeeper referee", "oven butter"]
+
+
+def score_choices_loglik(*args, **kwargs) -> list[int]:
+    return best_choices(choice_loglikelihoods(*args, **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +87,10 @@ def test_loglik_and_generate_pick_what_a_rigged_model_wants(processor, normalize
     oracle = make_oracle(processor, wanted)
     by_loglik = score_choices_loglik(oracle, processor, prompts, choices, images, batch_size=3, normalize=normalize)
     assert by_loglik == golds
-    by_generation = score_choices_generate(
-        oracle, processor, prompts, [len(c) for c in choices], images, choices, batch_size=4, max_new_tokens=10
+    by_generation, replies = predict_choices(
+        oracle, processor, prompts, choices, images, method="generate", batch_size=4, max_new_tokens=10
     )
+    assert replies == [c[g] for c, g in zip(choices, golds, strict=True)]  # the oracle answers with the text
     assert by_generation == by_loglik == golds
     assert exact_match_accuracy(by_loglik, golds) == 1.0
 
@@ -222,49 +220,8 @@ def test_evaluate_mc_items_with_a_rigged_model(processor, tmp_path):
         assert result["per_subject"]["colour"]["n"] == 3
         assert all(r["correct"] for r in result["records"])
     assert result["records"][0]["output"] in "ABCD"
-    with pytest.raises(FileNotFoundError, match="item 'v0': image 'red.png' not found under image folder"):
+    with pytest.raises(DataError, match="item 'v0': image 'red.png' not found under image folder"):
         evaluate_mc_items(oracle, processor, items, image_folder=tmp_path / "elsewhere")
-
-
-def test_load_model_and_processor(tmp_path):
-    save_wings_dir(tmp_path / "m")
-    model, processor = load_model_and_processor(tmp_path / "m", dtype="float32")
-    assert isinstance(model, WingsForConditionalGeneration) and not model.training
-    assert isinstance(processor, WingsProcessor) and processor.image_seq_length == model.config.image_seq_length
-    assert model.dtype == torch.float32
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_model_and_processor(tmp_path / "missing")
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("Two", "2"),
-        ("The red one.", "red 1"),
-        ("a dog", "dog"),
-        ("  Yes!\n", "yes"),
-        ("3.5", "3.5"),
-        ("black-and-white", "black and white"),
-        ("dont know", "don't know"),
-        ("none", "0"),
-        ("An apple, a pear", "apple pear"),
-        ("1,000", "1000"),
-    ],
-)
-def test_normalize_answer(raw, expected):
-    assert normalize_answer(raw) == expected
-
-
-def test_vqa_exact_match_and_score():
-    assert vqa_exact_match("Two dogs.", ["2 dogs", "two"])
-    assert vqa_exact_match("The Cat", "cat")
-    assert not vqa_exact_match("cats", ["cat"])
-    assert not vqa_exact_match("", ["cat"])
-    assert vqa_score("cat", ["cat"] * 3) == 1.0
-    assert vqa_score("cat", ["cat", "dog", "dog"]) == pytest.approx(1 / 3)
-    ten = ["cat", "cat"] + ["dog"] * 8
-    # Leave-one-out over 10 annotators: 8 subsets keep both "cat"s (2/3), 2 keep one (1/3).
-    assert vqa_score("cat", ten) == pytest.approx((8 * 2 / 3 + 2 * 1 / 3) / 10)
 
 
 def test_exact_match_accuracy():
@@ -297,3 +254,37 @@ def test_base_llm_with_its_tokenizer_scores_like_a_fresh_wings_model(processor):
     assert [x for row in got for x in row] == pytest.approx([x for row in expected for x in row], abs=1e-5)
     replies = generate_answers(llm, processor.tokenizer, prompts, max_new_tokens=4)
     assert replies == generate_answers(fresh, processor, prompts, max_new_tokens=4)
+
+
+def test_images_are_prepared_in_the_processors_training_mode(processor, wings_model):
+    """Regression: scoring padded every image to a square whatever the model was trained with. A
+    processor recording "resize" is scored on what that processor itself makes of the image."""
+    resize = WingsProcessor(processor.image_processor, processor.tokenizer, image_seq_length=processor.image_seq_length,
+                            image_mode="resize")  # fmt: skip
+    image = color_image("red", (48, 16))  # far from square: padding changes the pixels a lot
+    prompt = chat(resize, "<image>\nWhat colour is the shape?")
+    choices = [["red", "green blue"]]
+    scores = choice_loglikelihoods(wings_model, resize, [prompt], choices, [[image]], normalize="sum")[0]
+    reference = resize(prompt, images=[image])  # WingsProcessor.__call__ applies its own mode
+    for option, score in zip(choices[0], scores, strict=True):
+        continuation = resize.tokenizer(option, add_special_tokens=False)["input_ids"]
+        ids = torch.cat([reference["input_ids"], torch.tensor([continuation])], dim=1)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(wings_model(input_ids=ids, pixel_values=reference["pixel_values"]).logits[0], -1)
+        start = reference["input_ids"].shape[1]
+        assert score == pytest.approx(sum(float(logprobs[start - 1 + k, t]) for k, t in enumerate(continuation)),
+                                      abs=1e-4)  # fmt: skip
+    padded = choice_loglikelihoods(wings_model, resize, [prompt], choices, [[image]], normalize="sum", image_mode="pad")
+    assert padded[0] != pytest.approx(scores, abs=1e-4)  # an explicit mode still wins, and it matters here
+    assert choice_loglikelihoods(wings_model, processor, [prompt], choices, [[image]], normalize="sum")[0] == (
+        pytest.approx(padded[0], abs=1e-6)
+    )  # the default processor records "pad"
+
+
+def test_pinned_scores_at_a_fixed_seed(processor, wings_model):
+    """Fixed numbers for the tiny seed-0 model: a silent change in encoding, padding or images shows here."""
+    prompts = [chat(processor, "<image>\nWhat colour is the shape?"), chat(processor, "Which statement is true?")]
+    images = [[color_image("blue", (40, 24))], []]
+    scores = choice_loglikelihoods(wings_model, processor, prompts, [["red", "blue"], ["planet orbit", "flour"]],
+                                   images, normalize="sum")  # fmt: skip
+    assert [round(x, 4) for row in scores for x in row] == PINNED_SCORES

@@ -39,10 +39,14 @@ class ImageTransform:
         self.mode = mode
         self.background = mean_color(self.image_processor)
 
-    def __call__(self, image: Image.Image | str | os.PathLike) -> torch.Tensor:
-        """An image or a path -> pixel_values [3, H, W]."""
+    def prepare(self, image: Image.Image | str | os.PathLike) -> Image.Image:
+        """An image or a path -> the image the image processor gets (padded to a square in "pad" mode)."""
         if not isinstance(image, Image.Image):
             image = load_image(image)
         if self.mode == "pad":
             image = pad_to_square(image.convert("RGB"), self.background)
-        return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        return image
+
+    def __call__(self, image: Image.Image | str | os.PathLike) -> torch.Tensor:
+        """An image or a path -> pixel_values [3, H, W]."""
+        return self.image_processor(self.prepare(image), return_tensors="pt")["pixel_values"][0]

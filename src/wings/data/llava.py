@@ -15,7 +15,6 @@ up front and raises a `DataError` that names the file, the sample and the proble
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from .json_records import read_json_records
 
 logger = logging.getLogger(__name__)
 
@@ -139,31 +140,13 @@ def _read_samples(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """Yield (index, sample, problem) per sample; `problem` describes a sample that failed to parse."""
     source = path.name
     try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+        records = read_json_records(path, noun="samples")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{source}: cannot read data file '{path}': {err}") from err
-    if path.suffix == ".jsonl":
-        index = 0
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield index, json.loads(line), None
-            except json.JSONDecodeError as err:
-                yield index, None, f"malformed JSON on line {line_number}: {err.msg} (column {err.colno})"
-            index += 1
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{source}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
-    if not isinstance(data, list):
-        raise DataError(
-            f"{source}: expected a JSON list of samples, got {type(data).__name__} "
-            "(use .jsonl for one sample per line)"
-        )
-    for index, sample in enumerate(data):
-        yield index, sample, None
+    for record in records:
+        if record.index is None:  # the file as a whole is unusable
+            raise DataError(f"{source}: {record.problem}")
+        yield record.index, record.value, record.problem
 
 
 def parse_sample(
@@ -253,11 +236,10 @@ def _resolve_image(
 ) -> Path:
     if image_folder is None:
         raise fail(f"has image {rel!r} but no image folder was given")
-    # Messages show the folder as the user spelled it, so it can be matched against their command line.
-    image_folder = os.fspath(image_folder)
-    path = Path(image_folder) / rel
-    if not path.is_file():
-        raise fail(f"image {rel!r} not found under image folder '{image_folder}'")
+    try:
+        path = find_image(rel, image_folder)
+    except DataError as err:
+        raise fail(str(err)) from None
     if check_images and (verified is None or path not in verified):
         try:
             with Image.open(path) as img:
@@ -266,4 +248,15 @@ def _resolve_image(
             raise fail(f"image {rel!r} under image folder '{image_folder}' is unreadable: {err}") from err
         if verified is not None:
             verified.add(path)
+    return path
+
+
+def find_image(rel: str | os.PathLike, image_folder: str | os.PathLike | None) -> Path:
+    """The file an image path of a data file names: under `image_folder` (absolute paths, and any
+    path when no folder is given, as written); raises `DataError` when there is no such file."""
+    path = Path(rel) if image_folder is None else Path(image_folder) / rel
+    if not path.is_file():
+        # Messages show the folder as the user spelled it, so it can be matched against their command line.
+        under = f" under image folder '{os.fspath(image_folder)}'" if image_folder is not None else ""
+        raise DataError(f"image {os.fspath(rel)!r} not found{under}")
     return path

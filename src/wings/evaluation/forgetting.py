@@ -9,115 +9,137 @@ the retention-vs-multimodal chart and per-model LAWS / IIT plots.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..data.llava import load_llava_records
+from ..data.images import ImageMode
 from .iit import evaluate_iit, load_iit, plot_iit
-from .laws import compute_laws, llava_laws_samples, write_laws
+from .laws import compute_laws, llava_laws_samples
+from .laws_plots import write_laws
+from .loading import load_model_and_processor
+from .multiple_choice import AnswerFormat, Method, evaluate_mc_items
 from .pools import load_pool
-from .report import ModelEvaluation, forgetting_report, plot_retention_vs_vqa, write_metrics_json
-from .scoring import (
-    chat_prompt,
-    evaluate_mc_items,
-    generate_answers,
-    load_model_and_processor,
-    vqa_exact_match,
-)
+from .report import ModelEvaluation, forgetting_report, plot_retention_vs_vqa, unique_names, write_metrics_json
+from .vqa import evaluate_vqa
+
+__all__ = ["EvalData", "base_text_accuracy", "evaluate_model", "evaluate_models"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalData:
-    """What to measure; every field is optional."""
+    """What to measure, and how; every field is optional.
 
-    text_pool: str | None = None  # text-only multiple-choice items (JSONL pool)
-    visual_pool: str | None = None  # multimodal multiple-choice items
-    vqa: str | None = None  # LLaVA-format open-ended VQA (first human turn -> gpt answer)
-    iit: str | None = None  # IIT dialogues (`wings iit build`)
-    laws: str | None = None  # LLaVA-format samples with images, for the attention shift
+    Attributes:
+        text_pool: text-only multiple-choice items (a pool file).
+        visual_pool: multimodal multiple-choice items (a pool file).
+        vqa: LLaVA-format open-ended VQA (first human turn -> gpt answer); used without a visual pool.
+        iit: IIT dialogues (``wings iit build``).
+        laws: LLaVA-format samples with images, for the attention shift.
+        image_folder: where the image paths of all of the above are resolved.
+        limit: use only the first ``limit`` items of each file.
+        batch_size: prompts per forward.
+        mc_method: how pool items are scored: "loglik" (the most likely option) or "generate".
+        iit_method: how IIT dialogues are scored: "generate" (the paper's protocol) or "loglik".
+        answer_format: "letter", "text" or "cloze" (see `wings.evaluation.multiple_choice`).
+        max_new_tokens: reply length when generating a multiple-choice answer.
+        vqa_max_new_tokens: reply length for open-ended VQA.
+        image_mode: "pad" or "resize"; None: each model's processor's own (its training mode).
+    """
+
+    text_pool: str | None = None
+    visual_pool: str | None = None
+    vqa: str | None = None
+    iit: str | None = None
+    laws: str | None = None
     image_folder: str | None = None
     limit: int | None = None
     batch_size: int = 8
+    mc_method: Method = "loglik"
+    iit_method: Method = "generate"
+    answer_format: AnswerFormat = "letter"
+    max_new_tokens: int = 8
+    vqa_max_new_tokens: int = 16
+    image_mode: ImageMode | None = None
 
 
-def vqa_accuracy(model, processor, data_file: str, image_folder: str | None, limit: int | None, batch_size: int) -> float:
-    """Open-ended VQA exact match: each sample's first human turn is the question, its reply the answer."""
-    records = load_llava_records(data_file, image_folder)[:limit]
-    prompts, images, answers = [], [], []
-    for record in records:
-        messages = record.messages()
-        first_reply = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        prompts.append(chat_prompt(processor, messages[:first_reply]))
-        images.append([str(p) for p in record.images[: prompts[-1].count(processor.image_token)]])
-        answers.append(messages[first_reply]["content"])
-    predictions = generate_answers(model, processor, prompts, images, batch_size=batch_size, max_new_tokens=16)
-    return sum(vqa_exact_match(p, a) for p, a in zip(predictions, answers)) / max(len(answers), 1)
-
-
-def base_text_accuracy(base_llm: str, data: EvalData) -> float | None:
+def base_text_accuracy(base_llm: str | os.PathLike, data: EvalData, device: str | None = None) -> float | None:
     """Text-only accuracy of the plain LLM (with its own tokenizer) on the text pool."""
     if data.text_pool is None:
         return None
-    model = AutoModelForCausalLM.from_pretrained(base_llm).eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_llm)
+    model, tokenizer = load_model_and_processor(base_llm, device)
     items = load_pool(data.text_pool, "text")[: data.limit]
-    return evaluate_mc_items(model, tokenizer, items, batch_size=data.batch_size)["acc"]
+    return evaluate_mc_items(model, tokenizer, items, method=data.mc_method, batch_size=data.batch_size,
+                             max_new_tokens=data.max_new_tokens, answer_format=data.answer_format)["acc"]
 
 
-def evaluate_model(model_dir: str, name: str, data: EvalData, output: Path) -> ModelEvaluation:
-    model, processor = load_model_and_processor(model_dir)
+def evaluate_model(
+    model_dir: str | os.PathLike, name: str, data: EvalData, output: Path, device: str | None = None
+) -> ModelEvaluation:
+    """Everything ``data`` asks for, for one saved model (WINGS or HF LLaVA); plots go under ``output``."""
+    model, processor = load_model_and_processor(model_dir, device)
     entry = ModelEvaluation(name=name)
+    mc = dict(batch_size=data.batch_size, max_new_tokens=data.max_new_tokens, image_mode=data.image_mode,
+              answer_format=data.answer_format)  # fmt: skip
     with torch.no_grad():
         if data.text_pool:
-            result = evaluate_mc_items(model, processor, load_pool(data.text_pool, "text")[: data.limit],
-                                       batch_size=data.batch_size)
+            items = load_pool(data.text_pool, "text")[: data.limit]
+            result = evaluate_mc_items(model, processor, items, method=data.mc_method, **mc)
             entry.text_acc = result["acc"]
             entry.per_skill = {k: v["acc"] for k, v in result["per_subject"].items()}
         if data.visual_pool:
             items = load_pool(data.visual_pool, "visual")[: data.limit]
-            entry.vqa_acc = evaluate_mc_items(model, processor, items, image_folder=data.image_folder,
-                                              batch_size=data.batch_size)["acc"]
+            entry.vqa_acc = evaluate_mc_items(
+                model, processor, items, image_folder=data.image_folder, method=data.mc_method, **mc
+            )["acc"]
         elif data.vqa:
-            entry.vqa_acc = vqa_accuracy(model, processor, data.vqa, data.image_folder, data.limit, data.batch_size)
+            entry.vqa_acc = evaluate_vqa(model, processor, data.vqa, data.image_folder, data.limit, data.batch_size,
+                                         data.vqa_max_new_tokens, data.image_mode)["acc"]  # fmt: skip
         if data.iit:
-            result = evaluate_iit(model, processor, load_iit(data.iit)[: data.limit], image_folder=data.image_folder,
-                                  batch_size=data.batch_size)
+            result = evaluate_iit(model, processor, load_iit(data.iit)[: data.limit], data.image_folder,
+                                  method=data.iit_method, **mc)  # fmt: skip
             entry.iit = result["settings"]
             plot_iit(result, output / f"iit_{name}.png", title=f"IIT accuracy: {name}")
         if data.laws:
             samples = llava_laws_samples(data.laws, data.image_folder, processor, limit=data.limit)
-            laws = compute_laws(model, processor, samples)
+            laws = compute_laws(model, processor, samples, image_mode=data.image_mode)
             write_laws(laws, output / f"laws_{name}", title=name)
             entry.attention_shift = laws.attention_shift
     return entry
 
 
 def evaluate_models(
-    model_dirs: list[str], data: EvalData, output: str, base_llm: str | None = None
+    model_dirs: Sequence[str | os.PathLike],
+    data: EvalData,
+    output: str | os.PathLike,
+    base_llm: str | os.PathLike | None = None,
+    device: str | None = None,
 ) -> tuple[list[ModelEvaluation], float | None, str]:
-    """Evaluate every model; returns the entries, the base LLM's text accuracy and the markdown report."""
+    """Evaluate every model (WINGS or HF LLaVA directories) and write the report.
+
+    Args:
+        model_dirs: saved models; each is named by its folder (made unique with -2, -3, ...).
+        data: what to measure (see `EvalData`).
+        output: folder for report.md, metrics.json and the plots.
+        base_llm: the LLM the models were built from (a causal LM directory), for text retention.
+        device: where to run; None: cuda when available, else cpu.
+
+    Returns:
+        the entries, the base LLM's text accuracy and the markdown report.
+    """
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    base = base_text_accuracy(base_llm, data) if base_llm else None
-    names = _unique_names(model_dirs)
-    entries = [evaluate_model(d, n, data, out) for d, n in zip(model_dirs, names)]
+    base = base_text_accuracy(base_llm, data, device) if base_llm else None
+    names = unique_names(model_dirs)
+    entries = [evaluate_model(d, n, data, out, device) for d, n in zip(model_dirs, names, strict=True)]
     report = forgetting_report(entries, base)
-    (out / "report.md").write_text(report)
+    (out / "report.md").write_text(report, encoding="utf-8")
     write_metrics_json(entries, out / "metrics.json", base_text_acc=base)
     if any(e.vqa_acc is not None for e in entries):
         plot_retention_vs_vqa(entries, out / "retention_vs_vqa.png", base_text_acc=base)
     return entries, base, report
-
-
-def _unique_names(model_dirs: list[str]) -> list[str]:
-    names, seen = [], {}
-    for d in model_dirs:
-        name = Path(d).name or str(d)
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return names

@@ -33,43 +33,43 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
+import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
 
-from wings.evaluation.pools import (
-    LETTERS,
-    MCItem,
-    PoolFormatError,
-    checked_records,
-    describe_location,
-    item_problems,
-    load_pool,
+from ..data.images import ImageMode
+from ..data.llava import IMAGE_MARKER
+from .multiple_choice import (
+    AnswerFormat,
+    MCQuestion,
+    Method,
+    accuracy_with_ci,
+    answer_questions,
+    format_question,
+    gold_reply,
 )
+from .plots import bar_with_intervals, new_figure, save_figure
+from .pools import MCItem, item_problems
+from .pools import load_pool  # noqa: F401  (wings.cli and wings.lab import it from here)
+from .records import PoolFormatError, checked_records, describe_location
+from .scoring import Normalize
 
 __all__ = [
-    "ANSWER_INSTRUCTION",
     "DEFAULT_SETTINGS",
     "IIT_KINDS",
-    "IMAGE_TOKEN",
     "IITFormatError",
-    "MCItem",
-    "PoolFormatError",
-    "accuracy_with_ci",
     "build_iit",
     "dialogue_messages",
+    "dialogue_problems",
     "evaluate_iit",
-    "format_question",
     "iit_table",
-    "is_correct",
     "load_iit",
-    "load_pool",
-    "parse_choice",
     "parse_setting",
     "plot_iit",
     "summarize_iit",
@@ -80,9 +80,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS: tuple[str, ...] = ("T", "T,T", "T,T,T", "T,T,V", "T,V", "V")
 IIT_KINDS: tuple[str, ...] = ("T", "V")
-IMAGE_TOKEN = "<image>"
-ANSWER_INSTRUCTION = "Answer with the option's letter."
-TEXT_ANSWER_INSTRUCTION = "Answer with the option's text."
 _POOL_NAMES = {"T": "text", "V": "visual"}
 # Words of 2+ characters, plus every CJK ideograph as its own token: Chinese (CMMLU) has no
 # spaces, and the default pattern would turn a whole sentence into one token.
@@ -133,9 +130,6 @@ class _TopicIndex:
     """
 
     def __init__(self, pools: Mapping[str, Sequence[MCItem]]) -> None:
-        from scipy import sparse
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         kinds = [k for k in IIT_KINDS if pools[k]]
         docs = [_document(item) for k in kinds for item in pools[k]]
         vectorizer = TfidfVectorizer(
@@ -400,61 +394,11 @@ def load_iit(path: str | Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _as_turn(turn: Mapping[str, Any] | MCItem) -> Mapping[str, Any]:
-    return _turn(turn.kind, turn) if isinstance(turn, MCItem) else turn
-
-
-def _no_marker(text: str, image_token: str) -> str:
-    # A literal marker inside question text would make the processor expect an extra image.
-    if image_token in text:
-        logger.warning("IIT: question text contains %r; replaced by 'image'", image_token)
-        return text.replace(image_token, "image")
-    return text
-
-
-def format_question(
-    turn: Mapping[str, Any] | MCItem,
-    with_letters: bool = True,
-    *,
-    image_token: str = IMAGE_TOKEN,
-    list_choices: bool = True,
-) -> str:
-    """Render one turn as a user message.
-
-    ``with_letters=True``: ``"<image>\\n" (V only) + question + "\\nA. c0\\nB. c1..." +
-    "\\nAnswer with the option's letter."``; otherwise choices are listed as ``"- c"`` and the
-    model is asked for the option's text. ``list_choices=False`` (text answers only) gives the bare
-    question, for scoring each option as a cloze continuation.
-    """
-    turn = _as_turn(turn)
-    question = _no_marker(turn["question"].strip(), image_token)
-    choices = [_no_marker(c, image_token) for c in turn["choices"]]
-    if not list_choices and not with_letters:
-        lines = [question]
-    elif with_letters:
-        lines = [
-            question,
-            *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)),
-            ANSWER_INSTRUCTION,
-        ]
-    else:
-        lines = [question, *(f"- {c}" for c in choices), TEXT_ANSWER_INSTRUCTION]
-    text = "\n".join(lines)
-    is_visual = turn.get("kind") == "V" or (turn.get("kind") is None and turn.get("image"))
-    return f"{image_token}\n{text}" if is_visual else text
-
-
-def gold_reply(turn: Mapping[str, Any] | MCItem, with_letters: bool = True) -> str:
-    """The assistant reply shown for a context turn: its gold letter (or choice text)."""
-    turn = _as_turn(turn)
-    return LETTERS[turn["answer"]] if with_letters else turn["choices"][turn["answer"]]
-
-
 def dialogue_messages(
     dialogue: Mapping[str, Any],
     with_letters: bool = True,
     *,
-    image_token: str = IMAGE_TOKEN,
+    image_token: str = IMAGE_MARKER,
     list_choices: bool = True,
 ) -> tuple[list[dict[str, str]], list[str], dict[str, Any]]:
     """Chat messages for a dialogue, ending with the scored user turn.
@@ -483,109 +427,8 @@ def dialogue_messages(
 
 
 # --------------------------------------------------------------------------------------------
-# Answer parsing and scoring
+# Scoring
 # --------------------------------------------------------------------------------------------
-
-_BARE_LETTER = re.compile(r"[\W_]*([A-Za-z])[\W_]*")
-_LEADING_LABEL = re.compile(r"[\s*_]*[(\[]?([A-Za-z])[)\].:](?:\s|$)")
-_ANSWER_PHRASE = re.compile(
-    r"(?i:answer)(?i:\s+(?:is|would\s+be|should\s+be))?\s*[:：]?\s*(?i:option\s+|choice\s+)?"
-    r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])\b)"
-)
-_OPTION_PHRASE = re.compile(r"(?i:option|choice)\s*[:：]?\s*(?:[(\[]([A-Za-z])[)\]]|([A-Z])\b)")
-_LONE_CAPITAL = re.compile(r"\b([A-Z])\b")
-
-
-def _normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def _letters_of(matches: Iterable[re.Match[str]]) -> list[str]:
-    return [next(g for g in m.groups() if g).upper() for m in matches]
-
-
-def _match_choice_text(text: str, choices: Sequence[str]) -> int | None:
-    said = _normalize(text)
-    normalized = [_normalize(c) for c in choices]
-    exact = [i for i, c in enumerate(normalized) if c and c == said]
-    if len(exact) == 1:
-        return exact[0]
-    padded = f" {said} "
-    contained = [i for i, c in enumerate(normalized) if c and f" {c} " in padded]
-    # "red" and "dark red" both occur in "dark red": keep only the choices not inside another.
-    maximal = [
-        i
-        for i in contained
-        if not any(i != j and normalized[i] in normalized[j] for j in contained)
-    ]
-    return maximal[0] if len(maximal) == 1 else None
-
-
-def parse_choice(text: str, n_choices: int, choices: Sequence[str] | None = None) -> int | None:
-    """Index of the option a generated answer picks, or None if it cannot be told.
-
-    Tried in order: a bare letter ("B", "B.", "(b)", "**C**"); a leading label ("B. Paris",
-    "(B) Paris"); an answer phrase ("The answer is B", "Answer: (c)"; the last one wins); an
-    option phrase ("option B", one distinct letter only); the choice text itself (needs
-    ``choices``; exact match, else the one choice mentioned); a single capital letter among the
-    valid ones standing alone ("I think C"). Letters beyond ``n_choices`` never count.
-    """
-    if not 1 <= n_choices <= len(LETTERS):
-        raise ValueError(f"n_choices must be in 1..{len(LETTERS)}, got {n_choices}")
-    if choices is not None and len(choices) != n_choices:
-        raise ValueError(f"got {len(choices)} choices but n_choices={n_choices}")
-    valid = LETTERS[:n_choices]
-    text = (text or "").strip()
-    if not text:
-        return None
-    bare = _BARE_LETTER.fullmatch(text)
-    if bare:
-        letter = bare.group(1).upper()
-        return valid.index(letter) if letter in valid else None
-    label = _LEADING_LABEL.match(text)
-    if label and label.group(1).upper() in valid:
-        return valid.index(label.group(1).upper())
-    answered = [c for c in _letters_of(_ANSWER_PHRASE.finditer(text)) if c in valid]
-    if answered:
-        return valid.index(answered[-1])
-    options = {c for c in _letters_of(_OPTION_PHRASE.finditer(text)) if c in valid}
-    if len(options) == 1:
-        return valid.index(options.pop())
-    if choices is not None:
-        found = _match_choice_text(text, choices)
-        if found is not None:
-            return found
-    capitals = {c for c in _LONE_CAPITAL.findall(text) if c in valid}
-    return valid.index(capitals.pop()) if len(capitals) == 1 else None
-
-
-def is_correct(turn: Mapping[str, Any], generated: str) -> bool:
-    """Whether a generated answer to ``turn`` picks its gold option."""
-    choices = turn["choices"]
-    return parse_choice(generated, len(choices), choices) == turn["answer"]
-
-
-def accuracy_with_ci(correct: Sequence[bool], confidence: float = 0.95) -> dict[str, float | int]:
-    """Accuracy with a Wilson score interval: ``{"acc", "low", "high", "n"}``.
-
-    Wilson rather than the normal approximation because it stays inside [0, 1] and is sensible
-    for small n and accuracies near 0 or 1. With n == 0, acc is NaN and the interval is [0, 1].
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    values = list(correct)
-    bad = [v for v in values if v not in (0, 1)]
-    if bad:
-        raise ValueError(f"correct must hold booleans, got {bad[0]!r}")
-    n = len(values)
-    if n == 0:
-        return {"acc": math.nan, "low": 0.0, "high": 1.0, "n": 0}
-    p = sum(bool(v) for v in values) / n
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    denom = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return {"acc": p, "low": max(0.0, center - half), "high": min(1.0, center + half), "n": n}
 
 
 def summarize_iit(
@@ -615,46 +458,37 @@ def evaluate_iit(
     model: Any,
     processor: Any,
     dialogues: Iterable[Mapping[str, Any]],
-    image_folder: str | Path | None = None,
+    image_folder: str | os.PathLike | None = None,
     batch_size: int = 8,
-    method: str = "generate",
+    method: Method = "generate",
     *,
-    answer_format: str = "letter",
+    answer_format: AnswerFormat = "letter",
     max_new_tokens: int = 8,
-    normalize: str = "mean",
-    image_mode: str = "pad",
+    normalize: Normalize = "mean",
+    image_mode: ImageMode | None = None,
     confidence: float = 0.95,
 ) -> dict[str, Any]:
     """Score a model on IIT dialogues: earlier turns are context with their gold replies, the
     last turn is asked and scored.
 
     Args:
-        model: a WINGS model or any HF causal LM (text-only settings only, with a tokenizer).
-        processor: a `WingsProcessor` (or a tokenizer with a chat template, for text-only dialogues).
+        model: a WINGS or LLaVA model, or any HF causal LM (text-only settings only, with a tokenizer).
+        processor: its processor (or a tokenizer with a chat template, for text-only dialogues).
         dialogues: as :func:`load_iit` returns them.
         image_folder: where relative image paths of V turns are resolved; every image is checked
             before any compute.
-        method: "generate" (greedy reply, read with :func:`parse_choice`; the paper's protocol) or
-            "loglik" (the most likely option letter as the reply).
-        answer_format: "letter" (options lettered "A. ...", answered with a letter: the paper's
-            format), "text" (options listed, answered with the option's text) or "cloze" (the bare
-            question; best with "loglik", which scores each option's text as the reply). The last two
-            suit small models that never learned lettered multiple choice.
-        max_new_tokens, normalize, image_mode: see `wings.evaluation.scoring`.
+        method: "generate" (greedy reply, read with `parse_choice`; the paper's protocol) or
+            "loglik" (the most likely option as the reply).
+        answer_format: "letter" (the paper's format), "text" or "cloze"; see
+            :mod:`wings.evaluation.multiple_choice`.
+        max_new_tokens, normalize, image_mode: see :mod:`wings.evaluation.scoring`.
+        confidence: of the Wilson interval per setting.
 
     Returns:
         ``{"method": str, "settings": {setting: {"acc", "low", "high", "n"}}, "records": [...]}``;
         one record per dialogue: ``{"id", "setting", "item_id", "answer", "prediction",
         "correct"}`` plus ``"output"`` (the reply) with ``method="generate"``.
     """
-    # Imported here: scoring uses this module's parse_choice and format_question.
-    from wings.evaluation.scoring import chat_prompt, generate_answers, resolve_image_paths, score_choices_loglik
-
-    if method not in ("generate", "loglik"):
-        raise ValueError(f"method must be 'generate' or 'loglik', got {method!r}")
-    if answer_format not in ("letter", "text", "cloze"):
-        raise ValueError(f"answer_format must be 'letter', 'text' or 'cloze', got {answer_format!r}")
-    with_letters = answer_format == "letter"
     dialogues = list(dialogues)
     if not dialogues:
         raise ValueError("evaluate_iit: no dialogues")
@@ -663,46 +497,18 @@ def evaluate_iit(
     ]
     if problems:
         raise IITFormatError("evaluate_iit", problems)
-    image_token = getattr(processor, "image_token", IMAGE_TOKEN)
-    prompts, images, scored = [], [], []
+    image_token = getattr(processor, "image_token", IMAGE_MARKER)
+    questions = []
     for dialogue in dialogues:
         messages, paths, turn = dialogue_messages(
-            dialogue, with_letters, image_token=image_token, list_choices=answer_format != "cloze"
+            dialogue, answer_format == "letter", image_token=image_token, list_choices=answer_format != "cloze"
         )
-        images.append(resolve_image_paths(paths, image_folder, f"IIT dialogue {dialogue['id']!r}"))
-        prompts.append(chat_prompt(processor, messages))
-        scored.append(turn)
-    has_images = any(images)
-    outputs: list[str | None] = [None] * len(dialogues)
-    if method == "generate":
-        outputs = list(
-            generate_answers(
-                model, processor, prompts, images if has_images else None, batch_size, max_new_tokens, image_mode
-            )
-        )
-        predictions: list[int | None] = [
-            parse_choice(o, len(t["choices"]), t["choices"]) for o, t in zip(outputs, scored, strict=True)
-        ]
-    else:
-        replies = [list(LETTERS[: len(t["choices"])]) if with_letters else list(t["choices"]) for t in scored]
-        predictions = list(
-            score_choices_loglik(
-                model, processor, prompts, replies, images if has_images else None, batch_size, normalize, image_mode
-            )
-        )
-    records = []
-    for dialogue, turn, prediction, output in zip(dialogues, scored, predictions, outputs, strict=True):
-        record = {
-            "id": dialogue["id"],
-            "setting": dialogue["setting"],
-            "item_id": turn["item_id"],
-            "answer": turn["answer"],
-            "prediction": prediction,
-            "correct": prediction == turn["answer"],
-        }
-        if output is not None:
-            record["output"] = output
-        records.append(record)
+        info = {"id": dialogue["id"], "setting": dialogue["setting"], "item_id": turn["item_id"]}
+        questions.append(MCQuestion(f"IIT dialogue {dialogue['id']!r}", messages, paths, tuple(turn["choices"]),
+                                    turn["answer"], info))  # fmt: skip
+    records = answer_questions(model, processor, questions, image_folder, method=method, answer_format=answer_format,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, normalize=normalize,
+                               image_mode=image_mode)  # fmt: skip
     summary = summarize_iit(((r["setting"], r["correct"]) for r in records), confidence)
     for setting, stats in summary.items():
         logger.info("IIT %s: acc %.3f [%.3f, %.3f] (n=%d)", setting, stats["acc"], stats["low"], stats["high"], stats["n"])
@@ -721,8 +527,6 @@ def iit_table(summary: Mapping[str, Any]) -> str:
 
 def plot_iit(summary: Mapping[str, Any], path: str | Path, title: str | None = "IIT accuracy by setting") -> Path:
     """Bar plot of per-setting accuracy with interval error bars and n above each bar; writes ``path``."""
-    from wings.evaluation.plots import bar_with_intervals, new_figure, save_figure
-
     per_setting = _per_setting(summary)
     if not per_setting:
         raise ValueError("plot_iit: the summary has no settings")

@@ -1,6 +1,6 @@
 """MLLM-LAWS: layer-wise attention on the text before and after an image, and the attention shift.
 
-WINGS (paper section on MLLM-LAWS; project notes WINGS.md section 1) measures, per decoder layer l, the attention mass a token span S
+WINGS (paper section on MLLM-LAWS) measures, per decoder layer l, the attention mass a token span S
 receives from the whole sequence:
 
     a^l(S) = sum over all query tokens i, sum over key tokens j in S, of attn^l[i, j]    (heads averaged)
@@ -14,12 +14,8 @@ LAWS(S) = [a^1(S), ..., a^L(S)]. For a sample with one image, three spans are me
 - ``after``: real tokens after the first image's last token (later images' tokens excluded).
 
 Every real token is a query, including image tokens; padding tokens are neither queries nor keys.
-For each sample the Pearson correlation of the before and after curves over layers is taken, and
-
-    attention_shift = 1 - mean over samples of pearson(LAWS(before), LAWS(after))      (0..2)
-
-A sample whose before or after curve is constant (an empty span, or a one-layer model) has no
-correlation: it is skipped from the mean, counted in ``n_skipped`` and reported with a warning.
+The curves become the attention shift in :mod:`wings.evaluation.laws_stats`; plots and
+``laws.json`` are :mod:`wings.evaluation.laws_plots`.
 
 How the weights are obtained: a forward pre-hook on every decoder layer of the language model takes
 the layer's input hidden states, RoPE tables and attention mask, recomputes that layer's main
@@ -39,7 +35,6 @@ import gc
 import itertools
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,10 +47,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from wings.modeling.attention import repeat_kv
-from wings.modeling.decoder_layer import check_llama_family_layer
-from wings.modeling.lorra import apply_rope
-from wings.evaluation.plots import new_figure, save_figure
+from ..data.images import ImageMode
+from ..data.llava import IMAGE_MARKER, load_llava_records
+from ..modeling.attention import additive_mask, repeat_kv
+from ..modeling.decoder_layer import check_llama_family_layer
+from ..modeling.lorra import apply_rope
+from .inputs import pixel_values as prepare_pixels
+from .inputs import prompt_ids
+from .laws_plots import plot_laws_compare, write_laws
+from .laws_stats import SPANS, LawsResult
+from .loading import load_model_and_processor
+from .report import unique_names
 
 logger = logging.getLogger(__name__)
 
@@ -63,25 +65,15 @@ __all__ = [
     "SPANS",
     "LawsRecorder",
     "LawsResult",
-    "SpanMasses",
-    "attention_shift",
     "attention_weights",
     "compute_laws",
     "decoder_layers",
     "find_spans",
     "laws_for_sample",
     "llava_laws_samples",
-    "load_model_and_processor",
-    "pearson_per_sample",
-    "plot_laws",
-    "plot_laws_compare",
     "run_laws",
     "run_laws_compare",
-    "write_laws",
 ]
-
-SPANS = ("before", "image", "after")
-SPAN_COLORS = {"before": "tab:blue", "image": "tab:orange", "after": "tab:green"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,23 +167,16 @@ def find_spans(
 
 # --------------------------------------------------------------------------------------------------
 # attention weights of one layer, and their reduction
-def _additive_mask(
-    mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, device: torch.device
-) -> torch.Tensor:
+def _layer_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """The layer's attention mask as a float32 additive bias [B or 1, 1, T, S].
 
     Accepts what HF passes to a decoder layer: None (plain causal, e.g. SDPA without padding), a 2D
     padding mask (flash attention), a 4D bool mask (SDPA) or a 4D additive float mask (eager).
     """
-    if mask is not None and mask.dim() == 4 and mask.dtype != torch.bool:
-        return mask[..., :kv_len].float()
-    allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)[None, None]
-    if mask is not None and mask.dim() == 2:
-        allowed = allowed & mask[:, None, None, -kv_len:].bool()
-    elif mask is not None:
-        allowed = mask[..., :kv_len]
-    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device)
-    return bias.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    if mask is None or mask.dim() == 4:
+        return additive_mask(mask, q_len, kv_len, torch.float32, device)
+    causal = additive_mask(None, q_len, kv_len, torch.float32, device)
+    return causal.masked_fill(~mask[:, None, None, -kv_len:].bool(), torch.finfo(torch.float32).min)
 
 
 def attention_weights(
@@ -221,7 +206,7 @@ def attention_weights(
     q, k = apply_rope(q, cos, sin).float(), apply_rope(k, cos, sin).float()
     k = repeat_kv(k, q.shape[1] // k.shape[1])
     scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
-    scores = scores + _additive_mask(attention_mask, batch, length, k.shape[2], x.device)
+    scores = scores + _layer_mask(attention_mask, length, k.shape[2], x.device)
     return F.softmax(scores, dim=-1, dtype=torch.float32)
 
 
@@ -306,124 +291,6 @@ class LawsRecorder:
 
 
 # --------------------------------------------------------------------------------------------------
-# results
-@dataclass(frozen=True)
-class SpanMasses:
-    """LAWS of one sample: a^l(S) for l = 1..L per span, and each span's size in tokens."""
-
-    before: np.ndarray  # [L]
-    image: np.ndarray  # [L]
-    after: np.ndarray  # [L]
-    n_tokens: tuple[int, int, int] = (0, 0, 0)  # (before, image, after)
-
-    @classmethod
-    def from_array(cls, curves: np.ndarray, n_tokens: Sequence[int] = (0, 0, 0)) -> SpanMasses:
-        """curves [L, 3] in SPANS order."""
-        return cls(curves[:, 0].copy(), curves[:, 1].copy(), curves[:, 2].copy(), tuple(int(n) for n in n_tokens))
-
-    def as_array(self) -> np.ndarray:
-        """[L, 3] in SPANS order."""
-        return np.stack([self.before, self.image, self.after], axis=1)
-
-    @property
-    def pearson(self) -> float:
-        """Pearson correlation of the before and after curves (NaN when one of them is constant)."""
-        return float(pearson_per_sample(self.as_array()[None])[0])
-
-
-def pearson_per_sample(curves: np.ndarray) -> np.ndarray:
-    """curves [N, L, 3] -> [N] Pearson correlation of before vs after over layers; NaN where undefined."""
-    before, after = curves[:, :, 0].astype(np.float64), curves[:, :, 2].astype(np.float64)
-    before = before - before.mean(axis=1, keepdims=True)
-    after = after - after.mean(axis=1, keepdims=True)
-    norm = np.sqrt((before**2).sum(axis=1) * (after**2).sum(axis=1))
-    out = np.full(curves.shape[0], np.nan)
-    # A curve that is constant up to rounding has no direction to correlate.
-    scale = np.maximum(np.abs(curves[:, :, [0, 2]]).max(axis=(1, 2)), 1e-30)
-    defined = (norm > (1e-12 * scale) ** 2) & (curves.shape[1] >= 2)
-    out[defined] = np.clip((before * after).sum(axis=1)[defined] / norm[defined], -1.0, 1.0)
-    return out
-
-
-def attention_shift(pearsons: Iterable[float]) -> float:
-    """1 - mean of the finite Pearson correlations, in [0, 2]; NaN when none is finite."""
-    values = np.asarray(list(pearsons), dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan
-    return float(np.clip(1.0 - np.clip(values, -1.0, 1.0).mean(), 0.0, 2.0))
-
-
-@dataclass
-class LawsResult:
-    """LAWS over a set of samples.
-
-    Attributes:
-        curves: [N, L, 3] a^l(S) per sample, layer and span (SPANS order).
-        sample_ids: one name per sample.
-        span_tokens: [N, 3] span sizes in tokens.
-    """
-
-    curves: np.ndarray
-    sample_ids: list[str]
-    span_tokens: np.ndarray
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.curves.shape[0])
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.curves.shape[1])
-
-    @property
-    def layers(self) -> list[int]:
-        """Layer numbers 1..L (a^1 .. a^L), the x axis of the plots."""
-        return list(range(1, self.num_layers + 1))
-
-    @property
-    def mean(self) -> np.ndarray:
-        """[L, 3] mean over samples."""
-        return self.curves.mean(axis=0)
-
-    @property
-    def std(self) -> np.ndarray:
-        """[L, 3] standard deviation over samples (population, ddof 0)."""
-        return self.curves.std(axis=0)
-
-    @property
-    def pearson(self) -> np.ndarray:
-        """[N] per-sample Pearson(before, after); NaN for skipped samples."""
-        return pearson_per_sample(self.curves)
-
-    @property
-    def n_skipped(self) -> int:
-        return int(np.isnan(self.pearson).sum())
-
-    @property
-    def attention_shift(self) -> float:
-        return attention_shift(self.pearson)
-
-    def sample(self, index: int) -> SpanMasses:
-        return SpanMasses.from_array(self.curves[index], self.span_tokens[index])
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready summary; NaN values become null."""
-        mean, std = self.mean, self.std
-        shift = self.attention_shift
-        return {
-            "layers": self.layers,
-            "spans": list(SPANS),
-            "mean": {span: mean[:, k].tolist() for k, span in enumerate(SPANS)},
-            "std": {span: std[:, k].tolist() for k, span in enumerate(SPANS)},
-            "pearson": [None if math.isnan(p) else float(p) for p in self.pearson],
-            "attention_shift": None if math.isnan(shift) else shift,
-            "n_samples": self.n_samples,
-            "n_skipped": self.n_skipped,
-        }
-
-
-# --------------------------------------------------------------------------------------------------
 # computing
 @dataclass
 class _Prepared:
@@ -442,21 +309,7 @@ def _as_1d(value: Any, what: str, name: str) -> torch.Tensor:
     return tensor
 
 
-def _load_images(images: Sequence[Any], processor: Any, image_mode: str) -> list[Any]:
-    from PIL import Image
-
-    from wings.data.images import load_image, mean_color, pad_to_square
-
-    loaded = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
-    if image_mode == "pad":
-        background = mean_color(getattr(processor, "image_processor", processor))
-        loaded = [pad_to_square(image.convert("RGB"), background) for image in loaded]
-    elif image_mode != "resize":
-        raise ValueError(f"image_mode must be 'pad' or 'resize', got {image_mode!r}")
-    return loaded
-
-
-def _prepare(sample: Mapping[str, Any], index: int, processor: Any, image_mode: str) -> _Prepared:
+def _prepare(sample: Mapping[str, Any], index: int, processor: Any, image_mode: ImageMode | None) -> _Prepared:
     name = str(sample.get("id", f"sample {index}"))
     if "input_ids" in sample:
         ids = _as_1d(sample["input_ids"], "input_ids", name).long()
@@ -468,10 +321,9 @@ def _prepare(sample: Mapping[str, Any], index: int, processor: Any, image_mode: 
         raise ValueError(f"{name}: a LAWS sample needs 'input_ids' (+ 'pixel_values') or 'text' (+ 'images')")
     if processor is None:
         raise ValueError(f"{name}: has 'text'; pass a processor (WingsProcessor / LlavaProcessor) to render it")
-    images = _load_images(sample.get("images") or [], processor, image_mode)
-    encoded = processor(text=sample["text"], images=images or None, return_tensors="pt")
-    pixel_values = encoded.get("pixel_values")
-    return _Prepared(name, encoded["input_ids"][0], encoded["attention_mask"][0], pixel_values)
+    images = sample.get("images") or []
+    ids = torch.tensor(prompt_ids(processor, sample["text"], images, image_mode), dtype=torch.long)
+    return _Prepared(name, ids, torch.ones_like(ids), prepare_pixels(processor, images, image_mode))
 
 
 def _tokens_per_image(ids: torch.Tensor, n_images: int, image_token_id: int, default: int | None) -> int | None:
@@ -561,19 +413,20 @@ def compute_laws(
     limit: int | None = None,
     progress: bool = True,
     exclude_special_tokens: Iterable[int] | None = None,
-    image_mode: str = "resize",
+    image_mode: ImageMode | None = None,
 ) -> LawsResult:
     """LAWS of every sample.
 
     Args:
         samples: dicts with `input_ids` ([T]) and `pixel_values` ([n, 3, H, W]), optionally
             `attention_mask`; or with `text` (prompt with `<image>` markers) and `images` (PIL images
-            or paths), rendered by `processor(text=..., images=...)`. An optional `id` names the sample.
+            or paths), encoded as scoring does (`wings.evaluation.inputs`). An optional `id` names the sample.
         batch_size: samples per forward (right-padded; padding is neither query nor key).
         limit: use only the first `limit` samples.
         exclude_special_tokens: token ids left out of the before/after spans.
-        image_mode: for `images`: "resize" leaves them to the image processor; "pad" pads each to a
-            square with the processor's mean colour first (as LLaVA-1.5 training does).
+        image_mode: for `images`: "pad" pads each to a square with the processor's mean colour
+            first (as LLaVA-1.5 trains), "resize" leaves them to the image processor; None: the
+            processor's own mode (the one the model was trained with).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -618,100 +471,7 @@ def _collect(model, recorder, batch, exclude, curves, names, sizes, bar) -> None
 
 
 # --------------------------------------------------------------------------------------------------
-# plots and files
-def _format_shift(result: LawsResult) -> str:
-    shift = result.attention_shift
-    text = "n/a" if math.isnan(shift) else f"{shift:.3f}"
-    return f"attention shift {text} (n={result.n_samples - result.n_skipped}" + (
-        f", {result.n_skipped} skipped)" if result.n_skipped else ")"
-    )
-
-
-def plot_laws(result: LawsResult, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Mean a^l(S) per layer for the three spans, shaded +-1 std over samples; the shift in the title."""
-    fig, ax = new_figure(7.0, 4.2)
-    x = np.asarray(result.layers)
-    labels = {"before": "text before image", "image": "image", "after": "text after image"}
-    for k, span in enumerate(SPANS):
-        mean, std = result.mean[:, k], result.std[:, k]
-        ax.plot(x, mean, marker="o", markersize=3, color=SPAN_COLORS[span], label=labels[span])
-        ax.fill_between(x, mean - std, mean + std, color=SPAN_COLORS[span], alpha=0.2, linewidth=0)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("attention mass received (sum over queries)")
-    ax.set_title(f"{title or 'MLLM-LAWS'}: {_format_shift(result)}")
-    if len(x) > 1:
-        ax.set_xlim(x[0], x[-1])
-    ax.grid(alpha=0.3)
-    ax.legend(title="mean ± std", loc="best")
-    return save_figure(fig, path)
-
-
-def plot_laws_compare(results: Mapping[str, LawsResult], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Before (solid) and after (dashed) curves of several models, one colour per model, shifts in the legend.
-
-    Models with different depths are drawn against relative depth (layer - 1) / (L - 1).
-    """
-    if not results:
-        raise ValueError("plot_laws_compare: no results")
-    fig, ax = new_figure(7.5, 4.5)
-    depths = {r.num_layers for r in results.values()}
-    relative = len(depths) > 1
-    colors = [f"C{i % 10}" for i in range(len(results))]
-    for color, (name, result) in zip(colors, results.items()):
-        x = np.asarray(result.layers, dtype=float)
-        if relative:
-            x = (x - 1) / max(result.num_layers - 1, 1)
-        shift = result.attention_shift
-        shift_text = "n/a" if math.isnan(shift) else f"{shift:.3f}"
-        for k, style in ((0, "-"), (2, "--")):
-            mean, std = result.mean[:, k], result.std[:, k]
-            label = f"{name} (shift {shift_text})" if k == 0 else None
-            ax.plot(x, mean, linestyle=style, color=color, label=label)
-            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.1, linewidth=0)
-    # Style key: which line is which span, independent of the model colours.
-    ax.plot([], [], "-", color="gray", label="text before image")
-    ax.plot([], [], "--", color="gray", label="text after image")
-    ax.set_xlabel("relative depth" if relative else "layer")
-    ax.set_ylabel("attention mass received (sum over queries)")
-    ax.set_title(title or "MLLM-LAWS: text before vs after the image")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
-    return save_figure(fig, path)
-
-
-def write_laws(result: LawsResult, output_dir: str | os.PathLike, title: str | None = None) -> dict[str, Path]:
-    """Write `laws.json` (`LawsResult.to_json`) and `laws.png` (`plot_laws`) into output_dir."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = output_dir / "laws.json"
-    json_path.write_text(json.dumps(result.to_json(), indent=2))
-    return {"json": json_path, "png": plot_laws(result, output_dir / "laws.png", title=title)}
-
-
-# --------------------------------------------------------------------------------------------------
 # end to end: saved model + LLaVA-format data
-def load_model_and_processor(model_dir: str | os.PathLike, device: str | torch.device | None = None):
-    """A saved WINGS model (or HF LLaVA model) and its processor, in eval mode on `device` (default: cuda if any)."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"--model '{model_dir}': no config.json (expected a saved WINGS model directory)")
-    model_type = json.loads(config_path.read_text()).get("model_type")
-    if model_type == "llava":
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        model = LlavaForConditionalGeneration.from_pretrained(model_dir)
-        processor = AutoProcessor.from_pretrained(model_dir)
-    else:
-        from wings.modeling.model import WingsForConditionalGeneration
-        from wings.processing import WingsProcessor
-
-        model = WingsForConditionalGeneration.from_pretrained(model_dir)
-        processor = WingsProcessor.from_pretrained(model_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor
-
-
 def llava_laws_samples(
     data_file: str | os.PathLike,
     image_folder: str | os.PathLike | None,
@@ -724,8 +484,6 @@ def llava_laws_samples(
     Samples without images, or whose images only appear after the first assistant reply, are
     skipped (and counted in the log). Returns dicts with `id`, `text` and `images` (paths).
     """
-    from wings.data.llava import IMAGE_MARKER, load_llava_records
-
     records = load_llava_records(data_file, image_folder)
     samples, late = [], 0
     for record in records:
@@ -758,12 +516,22 @@ def run_laws(
     output_dir: str | os.PathLike,
     limit: int | None = None,
     batch_size: int = 1,
-    image_mode: str = "pad",
+    image_mode: ImageMode | None = None,
     exclude_special_tokens: Iterable[int] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> LawsResult:
-    """Load a saved model + processor, compute LAWS on LLaVA-format data, write laws.json and laws.png."""
+    """Load a saved model + processor, compute LAWS on LLaVA-format data, write laws.json and laws.png.
+
+    Args:
+        model_dir: a saved WINGS or Hugging Face LLaVA directory.
+        data_file, image_folder: LLaVA-format data with images (see `llava_laws_samples`).
+        output_dir: where laws.json and laws.png go.
+        limit: use only the first ``limit`` image samples.
+        batch_size, image_mode, exclude_special_tokens: see `compute_laws`.
+        device: where to run; None: cuda when available, else cpu.
+        progress: show a progress bar.
+    """
     model, processor = load_model_and_processor(model_dir, device)
     samples = llava_laws_samples(data_file, image_folder, processor, limit)
     result = compute_laws(
@@ -781,20 +549,23 @@ def run_laws_compare(
     output_dir: str | os.PathLike,
     limit: int | None = None,
     batch_size: int = 1,
-    image_mode: str = "pad",
+    image_mode: ImageMode | None = None,
+    exclude_special_tokens: Iterable[int] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, LawsResult]:
     """LAWS of several saved models on the same data; writes laws_compare.json ({name: summary}) and
     laws_compare.png. Models are loaded one at a time; each renders the prompts with its own processor.
+    Arguments as `run_laws`; each model is named by its folder (made unique with -2, -3, ...).
     """
-    names = _unique_names(model_dirs)
+    names = unique_names(model_dirs)
     results: dict[str, LawsResult] = {}
     for name, model_dir in zip(names, model_dirs):
         model, processor = load_model_and_processor(model_dir, device)
         samples = llava_laws_samples(data_file, image_folder, processor, limit)
         results[name] = compute_laws(
-            model, processor, samples, batch_size=batch_size, progress=progress, image_mode=image_mode
+            model, processor, samples, batch_size=batch_size, progress=progress,
+            exclude_special_tokens=exclude_special_tokens, image_mode=image_mode,
         )
         del model, processor
         gc.collect()
@@ -808,12 +579,3 @@ def run_laws_compare(
     return results
 
 
-def _unique_names(model_dirs: Sequence[str | os.PathLike]) -> list[str]:
-    names: list[str] = []
-    for model_dir in model_dirs:
-        base = Path(model_dir).name or str(model_dir)
-        name, k = base, 2
-        while name in names:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names

@@ -19,7 +19,14 @@ from typing import Any
 
 from .plots import labelled_scatter, new_figure, save_figure
 
-__all__ = ["ModelEvaluation", "forgetting_report", "plot_retention_vs_vqa", "retention", "write_metrics_json"]
+__all__ = [
+    "ModelEvaluation",
+    "forgetting_report",
+    "plot_retention_vs_vqa",
+    "retention",
+    "unique_names",
+    "write_metrics_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,20 @@ class ModelEvaluation:
     vqa_acc: float | None = None
     iit: dict[str, dict[str, float | int]] = field(default_factory=dict)
     attention_shift: float | None = None
+
+
+def unique_names(model_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """One name per model for tables, plots and output folders: its folder name, with ``-2``,
+    ``-3``... added where it would repeat a name already given (``a/x, b/x-2, c/x`` ->
+    ``x, x-2, x-3``)."""
+    names: list[str] = []
+    for model_dir in model_dirs:
+        base = Path(model_dir).name or os.fspath(model_dir)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
 
 
 def retention(text_acc: float | None, base_text_acc: float | None) -> float | None:

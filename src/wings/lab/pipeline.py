@@ -198,19 +198,16 @@ def run_stage(folder: Path, stage: Stage, common: list[str], data: dict, **sourc
 # ------------------------------------------------------------------------------------------------
 # evaluation
 def evaluate_lab_model(folder: Path, model_dir: str, data: dict, iit_file: str, sizes: LabSizes) -> dict:
-    from ..data.llava import load_llava_records
     from ..evaluation.iit import evaluate_iit, load_iit, plot_iit
     from ..evaluation.laws import compute_laws, llava_laws_samples, write_laws
-    from ..evaluation.scoring import chat_prompt, generate_answers, load_model_and_processor, vqa_exact_match
+    from ..evaluation.loading import load_model_and_processor
+    from ..evaluation.vqa import evaluate_vqa
     from .text_world import evaluate_text, heldout_text_items
 
-    model, processor = load_model_and_processor(model_dir)
+    model, processor = load_model_and_processor(model_dir, device="cpu")
     text = evaluate_text(model, processor.tokenizer, heldout_text_items(sizes.text_items, seed=0))
-    records = load_llava_records(data["vqa_test"], data["image_folder"], check_images=False)
-    prompts = [chat_prompt(processor, r.messages()[:1]) for r in records]
-    images = [[str(p) for p in r.images] for r in records]
-    answers = generate_answers(model, processor, prompts, images, batch_size=sizes.eval_batch, max_new_tokens=6)
-    vqa = sum(vqa_exact_match(a, r.messages()[1]["content"]) for a, r in zip(answers, records)) / len(records)
+    vqa = evaluate_vqa(model, processor, data["vqa_test"], data["image_folder"], batch_size=sizes.eval_batch,
+                       max_new_tokens=6, check_images=False)["acc"]
     # The tiny models never learned multiple-choice prompts: ask the bare question, score each option as the reply.
     iit = evaluate_iit(model, processor, load_iit(iit_file), image_folder=data["image_folder"],
                        batch_size=sizes.eval_batch, method="loglik", answer_format="cloze")

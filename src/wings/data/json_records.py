@@ -1,0 +1,85 @@
+"""Reading records from JSON and JSONL files: one reader for training data, pools and IIT files.
+
+Files are read as UTF-8 (a byte-order mark is tolerated). A ``.jsonl`` file holds one JSON value
+per line (blank lines are skipped); any other file holds one JSON list, except that a file whose
+text is not a single JSON value is read as JSONL too (a pool written as ``pool.json`` one object a
+line). Bad records do not stop the reading: each comes back with the problem, so that callers can
+report every bad line at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JsonRecord", "read_json_records"]
+
+
+@dataclass(frozen=True)
+class JsonRecord:
+    """One record of a JSON/JSONL file, or one problem with the file as a whole.
+
+    Attributes:
+        index: 0-based position among the records (blank JSONL lines do not count); None for a
+            problem with the whole file (malformed JSON list, or a value that is not a list).
+        line: 1-based line of the record in a JSONL file; None for items of a JSON list.
+        value: the parsed value (None when ``problem`` is set).
+        problem: why the record (or the file) could not be parsed, naming the line.
+    """
+
+    index: int | None
+    line: int | None
+    value: Any = None
+    problem: str | None = None
+
+    @property
+    def where(self) -> str:
+        """``"line 3"`` (JSONL), ``"item 3"`` (JSON list, 0-based) or ``"file"``."""
+        if self.index is None:
+            return "file"
+        return f"line {self.line}" if self.line is not None else f"item {self.index}"
+
+
+def _jsonl_records(text: str) -> list[JsonRecord]:
+    records = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        index = len(records)
+        try:
+            records.append(JsonRecord(index, line_number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            problem = f"malformed JSON on line {line_number}: {err.msg} (column {err.colno})"
+            records.append(JsonRecord(index, line_number, problem=problem))
+    return records
+
+
+def read_json_records(path: str | os.PathLike, noun: str = "records") -> list[JsonRecord]:
+    """Every record of a JSON list or JSONL file, in file order (see the module docstring).
+
+    Args:
+        path: the file.
+        noun: what the records are, for the message about a file that holds no list
+            (``"expected a JSON list of samples, got dict"``).
+
+    Raises:
+        OSError, UnicodeDecodeError: the file cannot be read as UTF-8 text.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".jsonl":
+        return _jsonl_records(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if not text.lstrip().startswith("["):
+            return _jsonl_records(text)
+        problem = f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        return [JsonRecord(None, err.lineno, problem=problem)]
+    if not isinstance(data, list):
+        problem = f"expected a JSON list of {noun}, got {type(data).__name__} (use .jsonl for one per line)"
+        return [JsonRecord(None, None, problem=problem)]
+    return [JsonRecord(index, None, value) for index, value in enumerate(data)]

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import WingsError
+
 logger = logging.getLogger(__name__)
 
 PoolKind = Literal["text", "visual"]
@@ -45,7 +47,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _MAX_REPORTED_PROBLEMS = 20
 
 
-class PoolFormatError(ValueError):
+class PoolFormatError(WingsError, ValueError):
     """A pool or IIT file (or a benchmark table) does not follow its schema.
 
     ``problems`` holds one ``"<where>: <what>"`` string per bad item.

@@ -22,11 +22,13 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
+
 PARAMETER_GROUPS = ("projector", "vision_tower", "visual_learners", "textual_learners", "router", "llm", "lora")
 METHODS = ("wings", "llava", "lora")
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe file or override is malformed; the message names the file and the key."""
 
 

@@ -43,6 +43,8 @@ class EvalData:
     image_folder: str | None = None
     limit: int | None = None
     batch_size: int = 8
+    iit_method: str = "generate"  # `evaluate_iit`'s method and answer_format
+    iit_answer_format: str = "letter"
 
 
 def vqa_accuracy(model, processor, data_file: str, image_folder: str | None, limit: int | None, batch_size: int) -> float:
@@ -86,7 +88,8 @@ def evaluate_model(model_dir: str, name: str, data: EvalData, output: Path) -> M
             entry.vqa_acc = vqa_accuracy(model, processor, data.vqa, data.image_folder, data.limit, data.batch_size)
         if data.iit:
             result = evaluate_iit(model, processor, load_iit(data.iit)[: data.limit], image_folder=data.image_folder,
-                                  batch_size=data.batch_size)
+                                  batch_size=data.batch_size, method=data.iit_method,
+                                  answer_format=data.iit_answer_format)
             entry.iit = result["settings"]
             plot_iit(result, output / f"iit_{name}.png", title=f"IIT accuracy: {name}")
         if data.laws:

@@ -353,3 +353,36 @@ def test_lab_help_and_readme_agree_on_the_quick_time(capsys):
     in_help = re.findall(r"--quick\S* .*?about (\d+) minutes", help_text)
     in_readme = re.findall(r"lab --quick` \(about (\d+) minutes", readme)
     assert in_help and in_readme and set(in_help) == set(in_readme), (in_help, in_readme)
+
+
+def test_annotations_become_argparse_types():
+    from typing import Literal
+
+    from wings.cli_builder import add_function_arguments, call_with_namespace
+
+    def f(name: str, /, *rest: int, path: Path, mode: Literal["a", "b"] = "a", sizes: tuple[int, ...] = (1,),
+          cache: bool = True, fast: bool = False, scale: float | None = None) -> dict:
+        """F.
+
+        Args:
+            name, rest, path, mode, sizes, cache, fast, scale: the values.
+        """
+        return dict(name=name, rest=rest, path=path, mode=mode, sizes=sizes, cache=cache, fast=fast, scale=scale)
+
+    parser = argparse.ArgumentParser()
+    add_function_arguments(parser, f)
+    got = call_with_namespace(f, parser.parse_args(["n", "1", "2", "--path", "p", "--mode", "b", "--sizes", "3",
+                                                    "4", "--no-cache", "--fast", "--scale", "0.5"]))
+    assert got == dict(name="n", rest=(1, 2), path=Path("p"), mode="b", sizes=[3, 4], cache=False, fast=True,
+                       scale=0.5)
+    defaults = call_with_namespace(f, parser.parse_args(["n", "--path", "p"]))
+    assert (defaults["rest"], defaults["mode"], defaults["sizes"], defaults["cache"], defaults["scale"]) == (
+        (), "a", (1,), True, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["n", "--path", "p", "--mode", "c"])
+
+    def untyped(x, *, y: int = 0) -> None:
+        """No annotation on x."""
+
+    with pytest.raises(TypeError, match="'x' has no type annotation"):
+        add_function_arguments(argparse.ArgumentParser(), untyped)

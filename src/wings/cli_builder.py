@@ -89,6 +89,16 @@ def _scalar(annotation: Any, where: str) -> dict[str, Any]:
     raise TypeError(f"{where}: cannot turn annotation {annotation!r} into a command-line argument")
 
 
+class CollectValues(argparse.Action):
+    """One or more values, and repeating the option adds more (`--image a b --image c`); given values
+    replace the default rather than extend it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        current = [] if current is self.default or current is None else current
+        setattr(namespace, self.dest, [*current, *values])
+
+
 def argument_spec(parameter: inspect.Parameter, annotation: Any, where: str) -> dict[str, Any]:
     """The `add_argument` keywords (without the flag and help) for one parameter."""
     annotation = _strip_optional(annotation)
@@ -101,7 +111,7 @@ def argument_spec(parameter: inspect.Parameter, annotation: Any, where: str) -> 
         return {"action": "store_true"}
     if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis] or [str]
-        return {"nargs": "+", "action": "extend", **_scalar(args[0], where)}
+        return {"nargs": "+", "action": CollectValues, **_scalar(args[0], where)}
     return _scalar(annotation, where)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from .errors import WingsError
 # Missing input files are the commonest user error, and our loaders name the path in the message.
 USER_ERRORS = (WingsError, FileNotFoundError)
 DEBUG_VARIABLE = "WINGS_DEBUG"
+RESERVED = {"help", "verbose", "debug", "command_name", "wings_command", "wings_function", "unavailable"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ def build_parser(commands: tuple[Command, ...] | None = None) -> argparse.Argume
             p = sub.add_parser(leaf, help=f"(unavailable: {err})", add_help=False)
             p.set_defaults(wings_command=command, unavailable=str(err))
             continue
+        reserved = RESERVED & set(inspect.signature(function).parameters)
+        if reserved:
+            raise TypeError(f"{command.target}: parameter(s) {sorted(reserved)} clash with the options of every command")
         summary, description, _ = parse_docstring(function)
         if isinstance(command, Passthrough):
             p = sub.add_parser(leaf, help=summary, description=description or summary, add_help=False)

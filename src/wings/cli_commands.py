@@ -285,7 +285,11 @@ def evaluate(
 def lm_eval(argv: list[str]) -> int:
     """lm-evaluation-harness CLI with WINGS models loadable (arguments passed through)."""
     import wings  # noqa: F401  (registers the Auto classes in this process)
-    from lm_eval.__main__ import cli_evaluate
+
+    try:
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as err:
+        raise UsageError(f"wings lm-eval needs lm-evaluation-harness ({err}): pip install 'wings[eval]'") from err
 
     sys.argv = ["lm_eval", *argv]
     cli_evaluate()

@@ -10,7 +10,7 @@ WINGS (learners in every layer, segment router) and the plain LLM (the same WING
 Timings interleave the models and report medians; every row is a ratio of two numbers measured in
 this run, so the machine's speed cancels (the machine is shared: see the README).
 
-Rows (targets from the issue "Fast by design"):
+Rows and their targets:
   forward@T       forward time WINGS / plain, next to the analytic matmul-FLOP ratio; target 1.15 x FLOP ratio
   memory@T        peak memory of that forward, WINGS / plain (fresh subprocess each); target 1.3
   generate        full recompute (use_cache=False, the released code's method) / cached generate(); target 10

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv at the project root on first use; later calls only re-check the editable install.
-# torch is pinned and installed first: an unpinned resolve pulls a multi-GB CUDA build (ENVIRONMENT.md).
+# torch is pinned and installed first: an unpinned resolve pulls a multi-GB CUDA build (docs/setup.md).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"

@@ -26,8 +26,8 @@ def chat_loop(
     out: TextIO = sys.stdout,
 ) -> list[dict]:
     """Run the conversation; reads `lines` (default: stdin) and returns the message history."""
+    pending = [load_image(p) for p in images]  # a bad image path fails before the model loads
     model, processor = load_model_and_processor(model_dir)
-    pending = [load_image(p) for p in images]
     history: list[dict] = []
     history_images: list = []
     print(HELP, file=out)

@@ -7,6 +7,8 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .errors import ConfigError, UnsupportedModelError
+
 # Decoder families whose layers have the Llama block layout the WINGS wrapper runs itself:
 # input_layernorm -> self_attn(q/k/v/o_proj, RoPE) -> residual -> post_attention_layernorm -> mlp -> residual.
 SUPPORTED_TEXT_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -66,44 +68,44 @@ class WingsConfig(PreTrainedConfig):
         self.check()
 
     def check(self) -> None:
-        """Raise a `ValueError` naming the first inconsistent setting."""
+        """Raise a `ConfigError` (a `ValueError`) naming the first inconsistent setting."""
         text, vision = self.text_config, self.vision_config
         if text.model_type not in SUPPORTED_TEXT_MODEL_TYPES:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"WingsConfig: text model type '{text.model_type}' is not supported; WINGS wraps Llama-family "
                 f"decoders ({', '.join(SUPPORTED_TEXT_MODEL_TYPES)})."
             )
         if vision.model_type not in SUPPORTED_VISION_MODEL_TYPES:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"WingsConfig: vision model type '{vision.model_type}' is not supported "
                 f"({', '.join(SUPPORTED_VISION_MODEL_TYPES)})."
             )
         heads = text.num_attention_heads
         if text.hidden_size % heads:
-            raise ValueError(f"WingsConfig: hidden_size {text.hidden_size} is not divisible by {heads} heads.")
+            raise ConfigError(f"WingsConfig: hidden_size {text.hidden_size} is not divisible by {heads} heads.")
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         if head_dim != text.hidden_size // heads:
-            raise ValueError(
+            raise ConfigError(
                 f"WingsConfig: LoRRA learners split hidden_size {text.hidden_size} into {heads} heads of "
                 f"{text.hidden_size // heads}, but the LLM's RoPE head_dim is {head_dim}."
             )
         if self.router not in ROUTERS:
-            raise ValueError(f"WingsConfig: router must be one of {ROUTERS}, got '{self.router}'.")
+            raise ConfigError(f"WingsConfig: router must be one of {ROUTERS}, got '{self.router}'.")
         if self.learner_mode not in LEARNER_MODES:
-            raise ValueError(f"WingsConfig: learner_mode must be one of {LEARNER_MODES}, got '{self.learner_mode}'.")
+            raise ConfigError(f"WingsConfig: learner_mode must be one of {LEARNER_MODES}, got '{self.learner_mode}'.")
         if self.learner_rank < 1:
-            raise ValueError(f"WingsConfig: learner_rank must be >= 1, got {self.learner_rank}.")
+            raise ConfigError(f"WingsConfig: learner_rank must be >= 1, got {self.learner_rank}.")
         n_layers = text.num_hidden_layers
         for i in self.learner_layers or []:
             if not 0 <= i < n_layers:
-                raise ValueError(f"WingsConfig: learner layer {i} is outside the LLM's {n_layers} layers.")
+                raise ConfigError(f"WingsConfig: learner layer {i} is outside the LLM's {n_layers} layers.")
         if self.image_seq_length != default_image_seq_length(vision):
-            raise ValueError(
+            raise ConfigError(
                 f"WingsConfig: image_seq_length={self.image_seq_length}, but the vision encoder yields "
                 f"{default_image_seq_length(vision)} patch tokens per image."
             )
         if not 0 <= self.image_token_id:
-            raise ValueError(f"WingsConfig: image_token_id must be a token id, got {self.image_token_id}.")
+            raise ConfigError(f"WingsConfig: image_token_id must be a token id, got {self.image_token_id}.")
 
     @property
     def layers_with_learners(self) -> list[int]:

@@ -25,9 +25,9 @@ def _weights(directory):
 
 
 def _stage1(tiny_hub, data, images, out, extra=()):
-    main(["train", "wings_stage1", "--llm", str(tiny_hub / "llm"), "--vision", str(tiny_hub / "vision"),
-          "--data", str(data), "--image-folder", str(images), "--output", str(out), "--max-steps", "4",
-          *FAST, "model.learner_rank=4", *extra])
+    return main(["train", "wings_stage1", "--llm", str(tiny_hub / "llm"), "--vision", str(tiny_hub / "vision"),
+                 "--data", str(data), "--image-folder", str(images), "--output", str(out), "--max-steps", "4",
+                 *FAST, "model.learner_rank=4", *extra])
 
 
 def test_stage1_then_stage2(tiny_hub, dataset, tmp_path):
@@ -112,11 +112,14 @@ def test_nan_loss_stops_with_the_step(tiny_hub, dataset, tmp_path):
         _stage1(tiny_hub, data, images, tmp_path / "nan", extra=["train.projector=1e30", "optim.max_grad_norm=0"])
 
 
-def test_bad_data_is_reported_before_training(tiny_hub, dataset, tmp_path):
+def test_bad_data_is_reported_before_training(tiny_hub, dataset, tmp_path, capsys):
     data, images = dataset
     (images / "img3.png").unlink()
+    # `wings train` names the problem in one line (exit status 1); --debug raises it with its traceback.
+    assert _stage1(tiny_hub, data, images, tmp_path / "bad") == 1
+    assert "error: data.json: sample 3 (id 'v3'): image 'img3.png' not found" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"sample 3 \(id 'v3'\): image 'img3.png' not found"):
-        _stage1(tiny_hub, data, images, tmp_path / "bad")
+        _stage1(tiny_hub, data, images, tmp_path / "bad", extra=["--debug"])
     assert not (tmp_path / "bad").exists()
     _stage1(tiny_hub, data, images, tmp_path / "skip", extra=["--skip-bad-samples"])
     assert (tmp_path / "skip" / "model.safetensors").exists()

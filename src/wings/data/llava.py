@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from .json_records import read_json_records
+from ..errors import WingsError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ IMAGE_MARKER = "<image>"
 ROLE_MAP = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
-class DataError(ValueError):
+class DataError(WingsError, ValueError):
     """A data file or sample is unusable; the message names the file, the sample and the problem."""
 
 

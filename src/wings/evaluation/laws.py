@@ -1,6 +1,6 @@
 """MLLM-LAWS: layer-wise attention on the text before and after an image, and the attention shift.
 
-WINGS (paper section on MLLM-LAWS) measures, per decoder layer l, the attention mass a token span S
+WINGS (paper section on MLLM-LAWS; docs/method.md, section 2) measures, per decoder layer l, the attention mass a token span S
 receives from the whole sequence:
 
     a^l(S) = sum over all query tokens i, sum over key tokens j in S, of attn^l[i, j]    (heads averaged)

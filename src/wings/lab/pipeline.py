@@ -34,14 +34,14 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("llava", "llava_low_lr", "wings")
-# Optional rows: the other baselines, and the WINGS variants LAB_NOTES left untried (learner rank 64,
-# the textual learner 10x below the LLM's LR, twice the stage-2 steps).
+# Optional rows: the other baselines, and the WINGS variants the feasibility run left untried
+# (docs/feasibility.md): learner rank 64, the textual learner 10x below the LLM's LR, twice the stage-2 steps.
 ALL_MODELS = (*DEFAULT_MODELS, "lora", "llava_text_share", "wings_r64", "wings_txt_low", "wings_long")
 
 
 @dataclass(frozen=True)
 class LabSizes:
-    """Sizes and learning rates; `FULL` follows LAB_NOTES, `QUICK` only proves the pipeline runs."""
+    """Sizes and learning rates; `FULL` follows the feasibility run (docs/feasibility.md), `QUICK` only proves the pipeline runs."""
 
     llm_hidden: int = 128
     llm_layers: int = 4

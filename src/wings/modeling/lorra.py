@@ -131,7 +131,7 @@ class LoRRA(nn.Module):
         self.o_up = nn.Linear(rank, hidden_size, bias=False)
 
     def reset_parameters(self, std: float = 0.02) -> None:
-        """A_* truncated normal(std), B_* zero (WINGS.md section 2)."""
+        """A_* truncated normal(std), B_* zero (docs/method.md, "LoRRA")."""
         for block in (self.q, self.k, self.v):
             nn.init.trunc_normal_(block.down.weight, std=std, a=-2 * std, b=2 * std)
             nn.init.zeros_(block.up.weight)

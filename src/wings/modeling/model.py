@@ -33,6 +33,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..config import WingsConfig
+from ..errors import UnsupportedModelError
 from .cache import LEARNER_KINDS, LearnerInputs, LearnerKeys, WingsCache, select_keys
 from .decoder_layer import WingsDecoderLayer
 from .vision import WingsMultiModalProjector, patch_features
@@ -150,7 +151,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if isinstance(vision, str):
             model_type = AutoConfig.from_pretrained(vision).model_type
             if model_type not in VISION_MODEL_CLASSES:
-                raise ValueError(f"vision encoder '{vision}' has model type '{model_type}'; expected SigLIP or CLIP.")
+                raise UnsupportedModelError(f"vision encoder '{vision}' has model type '{model_type}'; expected SigLIP or CLIP.")
             vision = VISION_MODEL_CLASSES[model_type].from_pretrained(vision)
         if image_token_id is None:
             if tokenizer is None:

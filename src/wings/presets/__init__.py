@@ -52,7 +52,7 @@ __all__ = [
 
 SIGLIP_SO400M_384 = "google/siglip-so400m-patch14-384"
 
-# What the paper's recipes trained on (WINGS.md section 2, "Training stages" and "Sizes released").
+# What the paper's recipes trained on (docs/method.md, "Training in two stages").
 LLAVA_15_MIX = (
     "stage 1: LLaVA-Pretrain (558K image-caption pairs); "
     "stage 2: LLaVA-1.5 instruction mix (665K, some text-only)"

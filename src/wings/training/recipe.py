@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
 from ..modeling.model import PARAMETER_GROUPS as MODEL_PARAMETER_GROUPS
 
 # The model's components, plus LoRA adapters (the LoRA baseline's trainable part, carved out of the LLM).
@@ -29,7 +30,7 @@ PARAMETER_GROUPS = (*MODEL_PARAMETER_GROUPS, "lora")
 METHODS = ("wings", "llava", "lora")
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe file or override is malformed; the message names the file and the key."""
 
 

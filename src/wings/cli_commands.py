@@ -1,0 +1,381 @@
+"""The typed functions behind the `wings` subcommands.
+
+Each function is one subcommand: `wings.cli_builder` turns its signature into the options and its
+docstring into the help (see `wings.cli` for the registry). They are thin: they call the library
+function that does the work with the same parameter names and defaults, and print a summary (the
+CLI may print; the library logs). Library imports stay inside the functions so that listing the
+commands loads no evaluation or lab code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError, UsageError
+
+ImageMode = Literal["pad", "resize"]
+Method = Literal["generate", "loglik"]
+AnswerFormat = Literal["letter", "text", "cloze"]
+Normalize = Literal["mean", "sum"]
+
+
+def train(
+    recipe: str,
+    /,
+    *overrides: str,
+    data: str,
+    output: str,
+    llm: str | None = None,
+    vision: str | None = None,
+    image_folder: str | None = None,
+    init: str | None = None,
+    preset: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    skip_bad_samples: bool = False,
+) -> int:
+    """Run one training stage of a recipe.
+
+    Stage 1 builds the model from --llm and --vision (or a --preset); stage 2 starts from --init,
+    the stage-1 output. The final model and processor are saved in --output.
+
+    Args:
+        recipe: a recipe YAML file or a shipped recipe name (e.g. wings_stage1).
+        overrides: recipe overrides section.key=value (e.g. optim.batch_size=4 train.llm=1e-5); they
+            may also follow the options.
+        data: LLaVA-format JSON/JSONL file.
+        output: output directory (checkpoints and the final model).
+        llm: causal LM: local directory or hub id (with its tokenizer).
+        vision: vision encoder: local directory or hub id (with its image processor).
+        image_folder: folder the data's image paths are relative to.
+        init: a previous stage's output directory to start from.
+        preset: a model-size preset (e.g. wings-base): its LLM, encoder, rank and router.
+        max_steps: stop after this many optimizer steps.
+        resume: resume from the last checkpoint in --output.
+        skip_bad_samples: log and skip bad samples instead of stopping.
+    """
+    from .training.recipe import load_recipe
+    from .training.run import train as run_training
+
+    overrides = list(overrides)
+    if preset:
+        from .presets import get_preset
+
+        try:
+            chosen = get_preset(preset)
+        except KeyError as err:
+            raise ConfigError(err.args[0]) from err
+        llm, vision = llm or chosen.llm_id, vision or chosen.vision_id
+        if not init:  # shape settings are chosen when the model is built (stage 1); explicit overrides win
+            overrides = [f"model.learner_rank={chosen.learner_rank}", f"model.router={chosen.router}", *overrides]
+    loaded = load_recipe(recipe, overrides)
+    result = run_training(
+        loaded,
+        data=data,
+        output=output,
+        image_folder=image_folder,
+        llm=llm,
+        vision=vision,
+        init=init,
+        max_steps=max_steps,
+        resume=resume,
+        skip_bad_samples=skip_bad_samples,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, one summary is enough
+        print(
+            f"[wings train] {loaded.name}: {result.global_step} steps on {result.samples} samples in "
+            f"{result.seconds:.0f}s, mean loss {result.train_loss:.4f}; trainable {result.trainable}; "
+            f"saved to {result.output_dir}"
+        )
+    return 0
+
+
+def laws(
+    *,
+    data: str,
+    output: str,
+    model: str | None = None,
+    compare: list[str] | None = None,
+    image_folder: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+    image_mode: ImageMode | None = None,
+    exclude_special_tokens: bool = True,
+    device: str | None = None,
+) -> int:
+    """MLLM-LAWS: attention on text before vs after the image, per layer.
+
+    One model (--model) writes laws.json and laws.png; several (--compare) are overlaid in
+    laws_compare.json and laws_compare.png. docs/method.md defines the attention shift.
+
+    Args:
+        data: LLaVA-format JSON/JSONL with image samples.
+        output: folder for the JSON summary and the plot.
+        model: a saved WINGS (or HF LLaVA) model directory.
+        compare: several model directories to overlay.
+        image_folder: folder the data's image paths are relative to.
+        limit: use at most this many samples.
+        batch_size: samples per forward pass.
+        image_mode: pad each image to a square first (as LLaVA-1.5 trains) or leave it to the
+            image processor's resize; default: the model's processor's own mode (its training mode).
+        exclude_special_tokens: leave chat-template special tokens out of the spans.
+        device: e.g. cpu or cuda:0 (default: cuda when available).
+    """
+    from .evaluation.laws import run_laws, run_laws_compare
+
+    options = dict(limit=limit, batch_size=batch_size, image_mode=image_mode,
+                   exclude_special_tokens=exclude_special_tokens, device=device)
+    if model and compare:
+        raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ..., not both")
+    if compare:
+        results = run_laws_compare(compare, data, image_folder, output, **options)
+        for name, result in results.items():
+            print(f"[wings laws] {name}: attention shift {result.attention_shift:.4f} ({result.n_samples} samples)")
+    elif model:
+        result = run_laws(model, data, image_folder, output, **options)
+        print(f"[wings laws] attention shift {result.attention_shift:.4f} over {result.n_samples} samples "
+              f"({result.n_skipped} skipped); wrote {output}/laws.json and laws.png")
+    else:
+        raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ...")
+    return 0
+
+
+def iit_build(
+    *,
+    text_pool: str,
+    output: str,
+    visual_pool: str | None = None,
+    per_setting: int = 100,
+    seed: int = 0,
+    settings: list[str] | None = None,
+    top_k: int = 5,
+) -> int:
+    """Build IIT dialogues from multiple-choice pools.
+
+    Each dialogue's turns are questions on related topics; the last turn is the one scored.
+
+    Args:
+        text_pool: text-only multiple-choice items (JSONL pool).
+        output: the IIT dialogues file to write (JSONL).
+        visual_pool: multiple-choice items with an image (JSONL pool); needed by settings with V.
+        per_setting: dialogues per setting (fewer when the pool of the scored kind is smaller).
+        seed: the same pools and seed give the same dialogues.
+        settings: settings such as T T,T T,V V,T (default: the paper's six).
+        top_k: each context turn is drawn among this many nearest unused neighbours.
+    """
+    from .evaluation.iit import DEFAULT_SETTINGS, build_iit, load_pool, write_iit
+
+    text = load_pool(text_pool, "text")
+    visual = load_pool(visual_pool, "visual") if visual_pool else None
+    dialogues = build_iit(text, visual, settings=settings or DEFAULT_SETTINGS, per_setting=per_setting, seed=seed,
+                          top_k=top_k)
+    write_iit(dialogues, output)
+    print(f"[wings iit build] {len(dialogues)} dialogues -> {output}")
+    return 0
+
+
+def iit_eval(
+    *,
+    model: str,
+    data: str,
+    image_folder: str | None = None,
+    method: Method = "generate",
+    answer_format: AnswerFormat = "letter",
+    batch_size: int = 8,
+    max_new_tokens: int = 8,
+    normalize: Normalize = "mean",
+    image_mode: ImageMode | None = None,
+    confidence: float = 0.95,
+    device: str | None = None,
+    output: str | None = None,
+) -> int:
+    """Score a model on IIT dialogues (last turn scored).
+
+    Prints a table of accuracy per setting with its confidence interval.
+
+    Args:
+        model: a saved model directory (model + processor).
+        data: IIT dialogues (from `wings iit build`).
+        image_folder: folder the dialogues' image paths are relative to.
+        method: generate a reply and read the chosen option from it (the paper), or pick the most
+            likely option (loglik).
+        answer_format: lettered options answered by letter (the paper), options answered by their
+            text, or the bare question with each option scored as the reply (cloze).
+        batch_size: dialogues per forward pass.
+        max_new_tokens: reply length with --method generate.
+        normalize: with --method loglik, compare options by mean or summed token log-likelihood.
+        image_mode: pad images to a square or resize them (default: what the model was trained with).
+        confidence: level of the reported interval.
+        device: e.g. cpu or cuda:0.
+        output: folder for iit.json and iit.png.
+    """
+    from .evaluation.iit import evaluate_iit, iit_table, load_iit, plot_iit
+    from .evaluation.scoring import load_model_and_processor
+
+    loaded, processor = load_model_and_processor(model, **_given(device=device))
+    result = evaluate_iit(
+        loaded, processor, load_iit(data), image_folder=image_folder, batch_size=batch_size, method=method,
+        answer_format=answer_format, max_new_tokens=max_new_tokens, normalize=normalize, confidence=confidence,
+        **_given(image_mode=image_mode),
+    )
+    print(iit_table(result))
+    if output:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        plot_iit(result, Path(output) / "iit.png")
+        (Path(output) / "iit.json").write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def evaluate(
+    *,
+    model: list[str],
+    output: str,
+    base_llm: str | None = None,
+    text_pool: str | None = None,
+    visual_pool: str | None = None,
+    vqa: str | None = None,
+    iit: str | None = None,
+    laws_data: str | None = None,
+    image_folder: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    mc_method: Method = "loglik",
+    iit_method: Method = "generate",
+    answer_format: AnswerFormat = "letter",
+    max_new_tokens: int = 8,
+    vqa_max_new_tokens: int = 16,
+    image_mode: ImageMode | None = None,
+    device: str | None = None,
+    lm_eval_tasks: str | None = None,
+    lm_eval_include: str | None = None,
+) -> int:
+    """Forgetting report: text-only vs base LLM, multimodal, IIT, attention shift.
+
+    Writes report.md, metrics.json and plots to --output; measures only what data is given for.
+
+    Args:
+        model: saved model directories.
+        output: folder for the report.
+        base_llm: the LLM the models were built from (for the retention ratio).
+        text_pool: text-only multiple-choice items (JSONL pool).
+        visual_pool: multimodal multiple-choice items (JSONL pool).
+        vqa: LLaVA-format open-ended VQA data.
+        iit: IIT dialogues (from `wings iit build`).
+        laws_data: LLaVA-format image samples for the attention shift.
+        image_folder: folder the data's image paths are relative to.
+        limit: use at most this many items of each kind.
+        batch_size: items per forward pass.
+        mc_method: how pool items are scored: "loglik" (the most likely option) or "generate".
+        iit_method: IIT scoring, as `wings iit eval --method`.
+        answer_format: "letter", "text" or "cloze", for pool items and IIT turns.
+        max_new_tokens: reply length when generating a multiple-choice answer.
+        vqa_max_new_tokens: reply length for open-ended VQA.
+        image_mode: "pad" or "resize"; default: each model's processor's own (its training mode).
+        device: where the models run (default: cuda when available).
+        lm_eval_tasks: comma-separated lm-evaluation-harness tasks (text-only).
+        lm_eval_include: folder with extra lm-eval task YAMLs.
+    """
+    from .evaluation.forgetting import EvalData, evaluate_models
+
+    data = EvalData(text_pool=text_pool, visual_pool=visual_pool, vqa=vqa, iit=iit, laws=laws_data,
+                    image_folder=image_folder, limit=limit, batch_size=batch_size, mc_method=mc_method,
+                    iit_method=iit_method, answer_format=answer_format, max_new_tokens=max_new_tokens,
+                    vqa_max_new_tokens=vqa_max_new_tokens, image_mode=image_mode)
+    _, _, report = evaluate_models(list(model), data, output, base_llm=base_llm, device=device)
+    print(report)
+    if lm_eval_tasks:
+        from .evaluation.scoring import lm_eval_accuracies, lm_eval_text_tasks
+
+        for model_dir in model:
+            result = lm_eval_text_tasks(model_dir, lm_eval_tasks.split(","), include_path=lm_eval_include, limit=limit)
+            print(f"[wings eval] lm-eval {model_dir}: {lm_eval_accuracies(result)}")
+    return 0
+
+
+def lm_eval(argv: list[str]) -> int:
+    """lm-evaluation-harness CLI with WINGS models loadable (arguments passed through)."""
+    import wings  # noqa: F401  (registers the Auto classes in this process)
+
+    try:
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as err:
+        raise UsageError(f"wings lm-eval needs lm-evaluation-harness ({err}): pip install 'wings[eval]'") from err
+
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
+    return 0
+
+
+def lab(
+    *,
+    output: str = "runs/lab",
+    quick: bool = False,
+    seeds: int = 1,
+    models: list[str] | None = None,
+    threads: int | None = None,
+) -> int:
+    """The offline forgetting experiment: LLaVA vs WINGS on a tiny LLM (main job).
+
+    About 15 minutes on 2 CPU cores; --quick proves the pipeline in about 3 minutes. Finished steps
+    are cached in --output, so an interrupted run resumes.
+
+    Args:
+        output: where steps, report.md and metrics.json go.
+        quick: tiny sizes: proves the pipeline in about 3 minutes.
+        seeds: repeat the recipes over this many seeds.
+        models: rows to train: llava llava_low_lr wings (default), lora llava_text_share wings_r64
+            wings_txt_low wings_long.
+        threads: torch threads (default: 2 on an idle machine, 1 when it is busy).
+    """
+    from .lab.pipeline import DEFAULT_MODELS, LabConfig, run_lab
+
+    config = LabConfig(output=output, quick=quick, seeds=seeds, models=tuple(models or DEFAULT_MODELS),
+                       threads=threads or auto_threads())
+    run_lab(config)
+    print((Path(output) / "report.md").read_text())
+    return 0
+
+
+def chat(*, model: str, image: list[str] | None = None, max_new_tokens: int = 256) -> int:
+    """Chat with a saved model in the terminal (/image PATH attaches an image).
+
+    Args:
+        model: a saved WINGS model directory (model + processor).
+        image: an image for the first message (repeatable).
+        max_new_tokens: longest reply, in tokens.
+    """
+    from .chat import chat_loop
+
+    chat_loop(model, images=image or [], max_new_tokens=max_new_tokens)
+    return 0
+
+
+def demo(*, seed: int = 0, steps: int = 150, output: str = "runs/demo") -> int:
+    """Build a tiny WINGS model offline and chat with it about a generated image.
+
+    Args:
+        seed: seed of the data, the models and the training.
+        steps: training steps of the tiny demo model (stage 2; stage 1 runs half as many).
+        output: folder for the tiny hub, the data, both stages and the chat image.
+    """
+    from .demo import run_demo
+
+    run_demo(seed=seed, steps=steps, output=output)
+    return 0
+
+
+def auto_threads() -> int:
+    """2 torch threads on an idle machine; 1 when it is busy, where a second thread contending with
+    another process made training about 10x slower, while 1 thread only costs about 1.5x
+    (docs/setup.md, "Threads")."""
+    busy = os.getloadavg()[0] >= 0.5 if hasattr(os, "getloadavg") else True
+    return 1 if busy else min(2, os.cpu_count() or 1)
+
+
+def _given(**options):
+    """The options that were given (not None): the library's own defaults apply to the rest."""
+    return {k: v for k, v in options.items() if v is not None}

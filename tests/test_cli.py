@@ -170,7 +170,7 @@ def test_options_reach_the_library(calls):
     assert calls["run_laws"] == (("m", "d.json", None, "o"),
                                  {"limit": 5, "batch_size": 3, "image_mode": "resize", "device": "cpu"})
     main(["laws", "--compare", "a", "b", "--data", "d.json", "--output", "o"])
-    assert calls["run_laws_compare"][0][0] == ["a", "b"] and calls["run_laws_compare"][1]["image_mode"] == "pad"
+    assert calls["run_laws_compare"][0][0] == ["a", "b"] and calls["run_laws_compare"][1]["image_mode"] is None  # the processor's own mode
 
     main(["iit", "build", "--text-pool", "t.jsonl", "--output", "i.jsonl", "--top-k", "2", "--settings", "T", "T,V"])
     assert calls["build_iit"][1] == {"settings": ["T", "T,V"], "per_setting": 100, "seed": 0, "top_k": 2}

@@ -19,14 +19,15 @@ import wings
 
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("wings.config",),
+    ("wings.errors", "wings.config"),
     ("wings.modeling",),
     ("wings.processing", "wings.presets"),
     ("wings.data",),
     ("wings.training",),
     ("wings.evaluation",),
-    ("wings.lab", "wings.chat", "wings.demo"),
-    ("wings.cli",),
+    # Applications of the library: the lab, chat, serving, export, integrations with other tools.
+    ("wings.lab", "wings.chat", "wings.demo", "wings.serving", "wings.export", "wings.integrations"),
+    ("wings.cli", "wings.cli_builder", "wings.cli_commands"),
 ]
 PACKAGE_ROOT = Path(wings.__file__).parent
 

@@ -104,7 +104,6 @@ def laws(
     limit: int | None = None,
     batch_size: int = 1,
     image_mode: ImageMode | None = None,
-    exclude_special_tokens: bool = True,
     device: str | None = None,
 ) -> int:
     """MLLM-LAWS: attention on text before vs after the image, per layer.
@@ -122,13 +121,11 @@ def laws(
         batch_size: samples per forward pass.
         image_mode: pad each image to a square first (as LLaVA-1.5 trains) or leave it to the
             image processor's resize; default: the model's processor's own mode (its training mode).
-        exclude_special_tokens: leave chat-template special tokens out of the spans.
         device: e.g. cpu or cuda:0 (default: cuda when available).
     """
     from .evaluation.laws import run_laws, run_laws_compare
 
-    options = dict(limit=limit, batch_size=batch_size, image_mode=image_mode,
-                   exclude_special_tokens=exclude_special_tokens, device=device)
+    options = dict(limit=limit, batch_size=batch_size, image_mode=image_mode, device=device)
     if model and compare:
         raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ..., not both")
     if compare:

@@ -92,6 +92,8 @@ def _library_functions():
     from wings.lab.pipeline import LabConfig
     from wings.training.run import train
 
+    from wings.evaluation.converters import convert_pool
+
     eval_data = {f.name: f.default for f in dataclasses.fields(EvalData)}
     lab_config = {f.name: f.default for f in dataclasses.fields(LabConfig) if f.name != "sizes"}
     return {  # command -> (library defaults by parameter, the command's name for a renamed parameter)
@@ -104,6 +106,7 @@ def _library_functions():
         "lab": (lab_config, {}),
         "chat": (_defaults(chat_loop, skip={"lines", "out"}), {"model_dir": "model", "images": "image"}),
         "demo": (_defaults(run_demo), {}),
+        "pool convert": (_defaults(convert_pool), {}),
     }
 
 
@@ -293,11 +296,11 @@ def documented(*, pool: str, output: str, limit: int | None = None) -> int:
 
 
 def test_a_new_subcommand_is_one_registry_line(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMANDS", (*COMMANDS, Command("pool convert", f"{__name__}:documented"),
+    monkeypatch.setattr(cli, "COMMANDS", (*COMMANDS, Command("pool demo-convert", f"{__name__}:documented"),
                                           Command("serve", "wings.no_such_module:serve")))
-    assert main(["pool", "convert", "--pool", "mmlu.csv", "--output", "p.jsonl", "--limit", "3"]) == 0
+    assert main(["pool", "demo-convert", "--pool", "mmlu.csv", "--output", "p.jsonl", "--limit", "3"]) == 0
     assert "converted mmlu.csv -> p.jsonl (3)" in capsys.readouterr().out
-    help_text = leaf_parser(cli.build_parser(cli.COMMANDS), "pool convert").format_help()
+    help_text = leaf_parser(cli.build_parser(cli.COMMANDS), "pool demo-convert").format_help()
     assert "Convert a pool" in help_text and "keep at most this many items" in help_text
     # A command whose module cannot be imported is listed and refuses to run, naming why.
     with pytest.raises(SystemExit):

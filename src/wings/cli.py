@@ -60,6 +60,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("iit build", "wings.cli_commands:iit_build"),
     Command("iit eval", "wings.cli_commands:iit_eval"),
     Command("eval", "wings.cli_commands:evaluate"),
+    Command("pool convert", "wings.cli_commands:pool_convert"),
     Passthrough("lm-eval", "wings.cli_commands:lm_eval"),
     Command("lab", "wings.cli_commands:lab"),
     Command("chat", "wings.cli_commands:chat"),

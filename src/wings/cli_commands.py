@@ -293,6 +293,42 @@ def evaluate(
     return 0
 
 
+def pool_convert(
+    format: str,
+    source: str,
+    /,
+    *,
+    output: str,
+    split: str | None = None,
+    kind: Literal["visual", "text"] | None = None,
+    image_dir: str | None = None,
+    image_root: str | None = None,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+) -> int:
+    """Convert a benchmark set on disk (MMLU, CMMLU, OpenBookQA, HellaSwag, ScienceQA, MMBench,
+    SEED-Bench, AI2D) into a multiple-choice pool file that `wings iit build` and `wings eval` read.
+
+    Args:
+        format: the benchmark: mmlu, cmmlu, openbookqa, hellaswag (text pools); scienceqa, mmbench,
+            seedbench, ai2d (visual pools).
+        source: the set as downloaded: a dataset folder or one parquet/json/jsonl/csv/tsv file.
+        output: the pool file (JSONL) to write.
+        split: which split to read (default: the benchmark's usual evaluation split).
+        kind: ScienceQA only: visual (rows with an image, the default) or text (rows without).
+        image_dir: visual sets: where embedded images are written (default: <output>_images/).
+        image_root: visual sets whose image column holds paths: the folder they are relative to.
+        limit: keep only the first LIMIT items.
+        cache_dir: the datasets cache folder (default: its own).
+    """
+    from .evaluation.converters import convert_pool
+
+    path = convert_pool(format, source, output, split=split, kind=kind, image_dir=image_dir,
+                        image_root=image_root, limit=limit, cache_dir=cache_dir)
+    print(f"[wings pool convert] {format}: wrote {path}")
+    return 0
+
+
 def lm_eval(argv: list[str]) -> int:
     """lm-evaluation-harness CLI with WINGS models loadable (arguments passed through)."""
     import wings  # noqa: F401  (registers the Auto classes in this process)

@@ -677,3 +677,15 @@ def test_convert_pool_refuses_what_a_format_does_not_take(tmp_path: Path) -> Non
     with pytest.raises(FileNotFoundError, match="dataset path not found"):
         convert_pool("mmlu", tmp_path / "missing.parquet", tmp_path / "x.jsonl")
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_wings_pool_convert_command_writes_the_pool(tmp_path: Path, cache: Path, capsys) -> None:
+    from wings.cli import main
+
+    mmlu = write_parquet(tmp_path / "mmlu.parquet", MMLU_ROWS, MMLU_FEATURES)
+    out = tmp_path / "mmlu.jsonl"
+    assert main(["pool", "convert", "mmlu", str(mmlu), "--output", str(out), "--limit", "1",
+                 "--cache-dir", str(cache)]) == 0  # fmt: skip
+    assert [i.id for i in load_pool(out, "text")] == ["mmlu/test/0"]
+    assert main(["pool", "convert", "nosuch", str(mmlu), "--output", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: unknown pool format 'nosuch'")

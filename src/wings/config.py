@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers < 5.20 resolves sub-configs in each composite config itself
+    SubConfigSpec = None
 
 from .errors import ConfigError, UnsupportedModelError
 
@@ -40,10 +44,13 @@ class WingsConfig(PreTrainedConfig):
 
     model_type = "wings"
     attribute_map = {"image_token_index": "image_token_id"}
-    sub_configs_defaults = {
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+            "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
+        }
+    else:
+        sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
@@ -60,6 +67,9 @@ class WingsConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            self.text_config = _sub_config(self.text_config, "qwen2")
+            self.vision_config = _sub_config(self.vision_config, "siglip_vision_model")
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
@@ -111,6 +121,16 @@ class WingsConfig(PreTrainedConfig):
     def layers_with_learners(self) -> list[int]:
         n = self.text_config.num_hidden_layers
         return sorted(set(range(n) if self.learner_layers is None else self.learner_layers))
+
+
+def _sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:
+    """A sub-config from a dict (its `model_type`, else the default), None (defaults) or a config."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    value = dict(value or {})
+    return CONFIG_MAPPING[value.setdefault("model_type", default_model_type)](**value)
 
 
 def default_image_seq_length(vision_config: PreTrainedConfig) -> int:

@@ -93,6 +93,8 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         **kwargs,
     ) -> torch.Tensor:
         """hidden_states [B, T, d] -> [B, T, d]. Without `learner_inputs` the layer computes what the LLM computes."""
+        if cache is None:  # transformers < 5.20 passes the cache as `past_key_values`
+            cache = kwargs.pop("past_key_values", None)
         routed = learner_inputs is not None and learner_inputs.mode == "routed"
         positional = self.router.needs_attention_weights
         asked = learner_inputs is not None and learner_inputs.attentions is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -360,7 +361,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
+                **{cache_kwarg(self.language_model): cache},
                 use_cache=use_cache,
                 labels=labels,
                 logits_to_keep=logits_to_keep,
@@ -425,8 +426,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        if type(model_kwargs.get("cache")) is DynamicCache and model_kwargs["cache"].get_seq_length() == 0:
-            model_kwargs["cache"] = WingsCache(config=self.config.text_config)
+        for key in ("cache", "past_key_values"):  # the kwarg is `past_key_values` before transformers 5.20
+            if type(model_kwargs.get(key)) is DynamicCache and model_kwargs[key].get_seq_length() == 0:
+                model_kwargs[key] = WingsCache(config=self.config.text_config)
 
 
 @contextlib.contextmanager
@@ -476,6 +478,11 @@ def collect_plain_attentions(layers: nn.ModuleList, learner_inputs: LearnerInput
     finally:
         for handle in handles:
             handle.remove()
+
+
+def cache_kwarg(language_model: nn.Module) -> str:
+    """The LLM's cache keyword: `cache` from transformers 5.20 on, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
 
 def default_position_ids(

@@ -1,0 +1,244 @@
+"""`WingsForConditionalGeneration` for vLLM: vision tower + projector + a Llama-family LLM with WINGS learners.
+
+The module tree and parameter names mirror `wings.modeling.model.WingsForConditionalGeneration`, so
+the saved safetensors load as they are (vLLM fuses q/k/v and gate/up on load). Layers without
+learners are vLLM's own Qwen2/Llama decoder layers; layers with learners are
+`wings.serving.layers.WingsDecoderLayer`.
+
+vLLM hands the model `inputs_embeds` (text embeddings with the projected image features scattered
+into the image-token slots) and, because `requires_raw_input_tokens` is set, the token ids, which
+say which tokens are image tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.activation import get_act_fn
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from vllm.model_executor.models.clip import CLIPVisionModel
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
+from vllm.model_executor.models.llama import LlamaDecoderLayer
+from vllm.model_executor.models.qwen2 import Qwen2DecoderLayer
+from vllm.model_executor.models.siglip import SiglipVisionModel
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, get_layer_index, maybe_prefix
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.sequence import IntermediateTensors
+from vllm.transformers_utils.config import set_default_rope_theta
+
+from ..config import SUPPORTED_TEXT_MODEL_TYPES
+from .layers import WingsDecoderLayer
+from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
+
+# Checkpoints saved before the decoder-layer wrapper kept the LLM's own names store the LLM weights
+# of a layer with learners as `layers.N.decoder_layer.<key>`; both layouts load. Some transformers
+# releases save the vision tower without its `vision_model.` level; vLLM's towers keep it.
+CHECKPOINT_NAMES = WeightsMapper(
+    orig_to_new_regex={re.compile(r"^vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model."},
+    orig_to_new_substr={".decoder_layer.": "."},
+)
+FUSED_PROJECTIONS = WeightsMapper(
+    orig_to_new_stacked={
+        ".q_proj": (".qkv_proj", "q"),
+        ".k_proj": (".qkv_proj", "k"),
+        ".v_proj": (".qkv_proj", "v"),
+        ".gate_proj": (".gate_up_proj", 0),
+        ".up_proj": (".gate_up_proj", 1),
+    }
+)
+
+
+def check_servable(config) -> None:
+    """Raise a `ValueError` for WINGS settings the vLLM model cannot compute."""
+    if config.router == "positional" and config.learner_mode == "routed":
+        raise ValueError(
+            "WINGS in vLLM: router='positional' reads whole attention rows, which vLLM's paged attention "
+            "kernels never materialise; serve a model trained with router='segment' (the default), or use "
+            "Hugging Face generate for this one."
+        )
+    model_type = config.text_config.model_type
+    if model_type not in SUPPORTED_TEXT_MODEL_TYPES:
+        raise ValueError(f"WINGS in vLLM: text model type '{model_type}' is not supported ({SUPPORTED_TEXT_MODEL_TYPES})")
+
+
+class WingsTextModel(nn.Module):
+    """The LLM's decoder (`language_model.model`): embeddings, decoder layers, final norm."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        text = config.text_config
+        if text.model_type == "qwen2":
+            set_default_rope_theta(text, default_theta=1000000)
+        cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
+        self.embed_tokens = VocabParallelEmbedding(
+            text.vocab_size, text.hidden_size, quant_config=quant_config, prefix=f"{prefix}.embed_tokens"
+        )
+        with_learners = set(config.layers_with_learners)
+        layers = []
+        for i in range(text.num_hidden_layers):
+            layer_prefix = f"{prefix}.layers.{i}"
+            if i in with_learners:
+                layers.append(WingsDecoderLayer(config, cache_config, quant_config, layer_prefix))
+            elif text.model_type == "qwen2":
+                layers.append(Qwen2DecoderLayer(text, cache_config, quant_config, prefix=layer_prefix))
+            else:
+                layers.append(LlamaDecoderLayer(vllm_config, prefix=layer_prefix, config=text))
+        self.layers = nn.ModuleList(layers)
+        self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def forward(
+        self, positions: torch.Tensor, inputs_embeds: torch.Tensor, is_image: torch.Tensor
+    ) -> torch.Tensor:
+        """positions [T], inputs_embeds [T, d] (the learners' key/value source), is_image [T] -> hidden [T, d]."""
+        hidden, residual = inputs_embeds, None
+        for layer in self.layers:
+            if isinstance(layer, WingsDecoderLayer):
+                hidden, residual = layer(positions, hidden, residual, inputs_embeds, is_image)
+            else:
+                hidden, residual = layer(positions, hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return AutoWeightsLoader(self).load_weights(weights, mapper=FUSED_PROJECTIONS)
+
+
+class WingsLanguageModel(nn.Module):
+    """`language_model`: the decoder plus the LM head (names as the Hugging Face *ForCausalLM)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        text = config.text_config
+        self.model = WingsTextModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
+        self.tied = bool(config.tie_word_embeddings or getattr(text, "tie_word_embeddings", False))
+        self.lm_head = ParallelLMHead(
+            text.vocab_size, text.hidden_size, quant_config=vllm_config.quant_config,
+            prefix=maybe_prefix(prefix, "lm_head"),
+        )
+        if self.tied:
+            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        self.logits_processor = LogitsProcessor(text.vocab_size)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_input_ids(input_ids)
+
+    def forward(self, positions: torch.Tensor, inputs_embeds: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+        return self.model(positions, inputs_embeds, is_image)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loader = AutoWeightsLoader(self, ignore_unexpected_prefixes=["lm_head."] if self.tied else None)
+        return loader.load_weights(weights)
+
+
+class WingsMultiModalProjector(nn.Module):
+    """`mlp2x_gelu` (`wings.modeling.vision.WingsMultiModalProjector`): Linear -> act -> Linear, split over TP ranks."""
+
+    def __init__(self, vision_hidden_size: int, text_hidden_size: int, act: str, quant_config, prefix: str):
+        super().__init__()
+        self.linear_1 = ColumnParallelLinear(
+            vision_hidden_size, text_hidden_size, bias=True, quant_config=quant_config, prefix=f"{prefix}.linear_1"
+        )
+        self.act = get_act_fn(act)
+        self.linear_2 = RowParallelLinear(
+            text_hidden_size, text_hidden_size, bias=True, quant_config=quant_config, prefix=f"{prefix}.linear_2"
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[n_images, n_patches, d_vis] -> [n_images, n_patches, d]."""
+        hidden, _ = self.linear_1(features)
+        hidden, _ = self.linear_2(self.act(hidden))
+        return hidden
+
+
+def build_vision_tower(config, quant_config, prefix: str) -> nn.Module:
+    """vLLM's SigLIP/CLIP vision model, built up to the feature layer (no post-norm, as `hidden_states[k]`)."""
+    vision = config.vision_config
+    layers = get_layer_index(config.vision_feature_layer, vision.num_hidden_layers)
+    cls = SiglipVisionModel if vision.model_type == "siglip_vision_model" else CLIPVisionModel
+    return cls(vision, quant_config=quant_config, num_hidden_layers_override=layers, require_post_norm=False, prefix=prefix)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    WingsMultiModalProcessor, info=WingsProcessingInfo, dummy_inputs=WingsDummyInputsBuilder
+)
+class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
+    """A saved WINGS model served by vLLM (continuous batching, paged caches for the LLM and every learner)."""
+
+    requires_raw_input_tokens = True
+    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        if modality.startswith("image"):
+            return "<image>"
+        raise ValueError("WINGS models take images only")
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        check_servable(config)
+        self.config = config
+        self.image_token_id = config.image_token_id
+        quant_config = vllm_config.quant_config
+        self.configure_mm_token_handling(config.text_config.vocab_size, [config.image_token_id])
+        with self._mark_tower_model(vllm_config, "image"):
+            self.vision_tower = build_vision_tower(config, quant_config, maybe_prefix(prefix, "vision_tower"))
+            self.multi_modal_projector = WingsMultiModalProjector(
+                config.vision_config.hidden_size, config.text_config.hidden_size, config.projector_hidden_act,
+                quant_config, maybe_prefix(prefix, "multi_modal_projector"),
+            )
+        with self._mark_language_model(vllm_config):
+            self.language_model = WingsLanguageModel(
+                vllm_config=vllm_config, prefix=maybe_prefix(prefix, "language_model")
+            )
+
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        """pixel_values [n_images, 3, H, W] -> projected patch features [n_images, image_seq_length, d]."""
+        pixel_values = kwargs.get("pixel_values")
+        if pixel_values is None:
+            return []
+        if isinstance(pixel_values, (list, tuple)):
+            pixel_values = torch.stack(list(pixel_values))
+        tower = self.vision_tower
+        features = tower(pixel_values.to(tower.dtype))
+        if self.config.vision_config.model_type == "clip_vision_model":
+            features = features[:, 1:]  # CLIP's CLS token is not an image token
+        return self.multi_modal_projector(features)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.language_model.embed_input_ids(input_ids)
+        is_image = input_ids == self.image_token_id
+        return self.language_model(positions, inputs_embeds, is_image)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        logits = self.language_model.compute_logits(hidden_states)
+        if logits is not None:
+            # The image token is an input placeholder, never an output (the HF model suppresses it too).
+            logits[..., self.image_token_id] = float("-inf")
+        return logits
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return AutoWeightsLoader(self).load_weights(weights, mapper=CHECKPOINT_NAMES)

@@ -1,0 +1,86 @@
+"""A tiny saved WINGS directory for the vLLM tests: vLLM's CPU attention needs head sizes >= 32.
+
+The learners and routers get random non-zero weights, so vLLM only matches Hugging Face `generate`
+if it computes the learners exactly; layer 1 has no learners (vLLM's own decoder layer runs there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from wings import WingsForConditionalGeneration
+from wings.data.tokenizer import train_chat_tokenizer
+from wings.processing import WingsProcessor
+
+IMAGE_SIZE, PATCH = 32, 8  # 16 image tokens per image
+CORPUS = [
+    f"what colour is the {shape}? it is {colour}. hello, how are you? fine thanks, and you?"
+    for shape in ("circle", "square", "triangle")
+    for colour in ("red", "green", "blue", "yellow")
+] * 5
+
+
+def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, seed: int = 3) -> None:
+    """Non-zero learner and router weights, so that the learner paths change the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.wings_layers:
+            for module in (layer.visual_learner, layer.textual_learner, layer.router):
+                for p in module.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), **settings) -> Path:
+    """Save model + processor (as `wings train` does) to `folder`; returns it."""
+    tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
+    torch.manual_seed(0)
+    common = dict(
+        hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3, intermediate_size=192,
+        vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )
+    llm = Qwen2ForCausalLM(Qwen2Config(**common)) if family == "qwen2" else LlamaForCausalLM(LlamaConfig(**common))
+    torch.manual_seed(1)
+    vision = SiglipVisionModel(
+        SiglipVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=IMAGE_SIZE, patch_size=PATCH)
+    )
+    torch.manual_seed(2)
+    model = WingsForConditionalGeneration.from_llm_and_vision(
+        llm.eval(), vision.eval(), tokenizer=tokenizer, learner_rank=8, learner_layers=list(learner_layers), **settings
+    ).eval()
+    randomize_learners(model)
+    processor = WingsProcessor(
+        SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}), tokenizer,
+        image_seq_length=model.config.image_seq_length,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return Path(folder)
+
+
+def rename_to_llm_keys(folder: Path) -> None:
+    """Rewrite the checkpoint with the LLM's own names in layers with learners (no `.decoder_layer.`)."""
+    path = Path(folder) / "model.safetensors"
+    tensors = load_file(path)
+    save_file({k.replace(".decoder_layer.", "."): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def sample_image(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:
+    """A small random RGB image (not square, so 'pad' mode matters)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))

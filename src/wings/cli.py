@@ -65,6 +65,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("lab", "wings.cli_commands:lab"),
     Command("chat", "wings.cli_commands:chat"),
     Command("demo", "wings.cli_commands:demo"),
+    Passthrough("serve", "wings.serving:serve_main"),
 )
 GROUPS = {
     "iit": "the Interleaved Image-Text benchmark",

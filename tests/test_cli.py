@@ -297,14 +297,14 @@ def documented(*, pool: str, output: str, limit: int | None = None) -> int:
 
 def test_a_new_subcommand_is_one_registry_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "COMMANDS", (*COMMANDS, Command("pool demo-convert", f"{__name__}:documented"),
-                                          Command("serve", "wings.no_such_module:serve")))
+                                          Command("missing-extra", "wings.no_such_module:serve")))
     assert main(["pool", "demo-convert", "--pool", "mmlu.csv", "--output", "p.jsonl", "--limit", "3"]) == 0
     assert "converted mmlu.csv -> p.jsonl (3)" in capsys.readouterr().out
     help_text = leaf_parser(cli.build_parser(cli.COMMANDS), "pool demo-convert").format_help()
     assert "Convert a pool" in help_text and "keep at most this many items" in help_text
     # A command whose module cannot be imported is listed and refuses to run, naming why.
     with pytest.raises(SystemExit):
-        main(["serve"])
+        main(["missing-extra"])
     assert "wings.no_such_module" in capsys.readouterr().err
 
 

@@ -90,6 +90,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         for sub in (config.text_config, config.vision_config):
             if sub._attn_implementation is None:
                 sub._attn_implementation_internal = config._attn_implementation
+            if getattr(sub, "_experts_implementation", "") is None:  # MoE LLMs (Qwen3-MoE): same for the experts
+                sub._experts_implementation_internal = getattr(config, "_experts_implementation", None) or "eager"
         self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = WingsMultiModalProjector(
             config.vision_config.hidden_size, text.hidden_size, config.projector_hidden_act

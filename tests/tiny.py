@@ -169,3 +169,13 @@ def tiny_family_wings(family: str, vision_family: str = "siglip", **settings) ->
     settings.setdefault("learner_rank", 8)
     torch.manual_seed(2)
     return WingsForConditionalGeneration.from_llm_and_vision(llm, vision, image_token_id=IMAGE_TOKEN_ID, **settings).eval()
+
+
+def tiny_siglip2(seed: int = 1):
+    """A tiny NaFlex SigLIP 2 tower whose native grid is 2 x 2 patches of 16: square 32-pixel images, 4 tokens."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    torch.manual_seed(seed)
+    config = Siglip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                 patch_size=PATCH, num_patches=(IMAGE_SIZE // PATCH) ** 2)
+    return Siglip2VisionModel(config).eval()

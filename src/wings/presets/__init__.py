@@ -282,14 +282,20 @@ def _llm_parameters(text: PreTrainedConfig) -> int:
 
 
 def _vision_parameters(vision: PreTrainedConfig) -> int:
-    """SigLIP / CLIP vision transformer as built by `AutoModel.from_config`."""
+    """SigLIP / SigLIP 2 / CLIP vision transformer as built by `AutoModel.from_config`."""
     d, inner = vision.hidden_size, vision.intermediate_size
-    patches = (vision.image_size // vision.patch_size) ** 2
+    patches = (vision.image_size // vision.patch_size) ** 2 if hasattr(vision, "image_size") else 0
     conv = vision.num_channels * vision.patch_size**2 * d
     layer_norm = 2 * d
     mlp = _linear(d, inner, True) + _linear(inner, d, True)
     layer = 4 * _linear(d, d, True) + 2 * layer_norm + mlp
     encoder = vision.num_hidden_layers * layer
+    if vision.model_type == "siglip2_vision_model":
+        # Patches are flattened and embedded by a Linear (with bias); position table of num_patches rows.
+        total = conv + d + vision.num_patches * d + encoder + layer_norm
+        if vision.vision_use_head:
+            total += d + (3 * d * d + 3 * d) + _linear(d, d, True) + layer_norm + mlp
+        return total
     if vision.model_type == "siglip_vision_model":
         total = conv + d + patches * d + encoder + layer_norm  # conv has a bias; post_layernorm
         if vision.vision_use_head:

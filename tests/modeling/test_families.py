@@ -227,3 +227,13 @@ def test_unknown_family_error_names_what_is_missing():
             __import__("transformers").GPT2LMHeadModel(GPT2Config(n_embd=64, n_head=4, n_layer=1, vocab_size=120)),
             tiny_vision(), image_token_id=IMAGE_TOKEN_ID,
         )
+
+
+@pytest.mark.parametrize("family", ["gemma2", "smollm3", "qwen3", "olmo2"])
+def test_code_that_recomputes_llama_attention_refuses_other_attentions(family):
+    """Llama-named modules are not enough: softcaps, NoPE layers and q/k norms change the attention."""
+    from wings.modeling.decoder_layer import check_llama_family_layer
+
+    with pytest.raises(TypeError, match="decoder layer 0"):
+        check_llama_family_layer(tiny_family_llm(family).model.layers[0], 0)
+    check_llama_family_layer(tiny_family_llm("granite").model.layers[0], 0)  # multipliers do not matter there

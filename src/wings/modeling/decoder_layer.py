@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..families import PRE_NORM, TextFamily, text_family
+from ..families import PRE_NORM, TEXT_FAMILIES, TextFamily, text_family
 from .attention import main_attention, uses_rope
 from .cache import LEARNER_KINDS, LearnerInputs
 from .lorra import LoRRA
@@ -55,8 +55,17 @@ def check_layer(layer: nn.Module, layer_idx: int, family: TextFamily = LLAMA_FAM
 
 
 def check_llama_family_layer(layer: nn.Module, layer_idx: int) -> None:
-    """`check_layer` for the Llama layout (what code that recomputes Llama attention itself requires)."""
+    """For code that recomputes a layer's attention the Llama way (separate q/k/v projections, RoPE on every
+    layer, no q/k norms, no softcap): `check_layer` with Llama's layout, and a refusal of families whose
+    attention differs although their modules have Llama's names (Gemma 2's softcap, SmolLM3's NoPE layers)."""
     check_layer(layer, layer_idx, LLAMA_FAMILY)
+    model_type = getattr(getattr(layer.self_attn, "config", None), "model_type", None)
+    family = TEXT_FAMILIES.get(model_type)
+    if family is not None and family.attention != LLAMA_FAMILY.attention:
+        raise TypeError(
+            f"decoder layer {layer_idx} ({type(layer).__name__}): {model_type} attention ({family.notes}) is not the "
+            "Llama attention this code recomputes."
+        )
 
 
 class WingsDecoderLayer(GradientCheckpointingLayer):

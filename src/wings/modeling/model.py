@@ -1,8 +1,8 @@
-"""`WingsForConditionalGeneration`: vision tower + projector + a Llama-family LLM whose layers carry learners.
+"""`WingsForConditionalGeneration`: vision tower + projector + an LLM of a `wings.families` family, with learners.
 
 Module tree (print the model to see it):
 
-    vision_tower            SiglipVisionModel / CLIPVisionModel (frozen in the paper's recipes)
+    vision_tower            SiglipVisionModel / Siglip2VisionModel / CLIPVisionModel (frozen in the recipes)
     multi_modal_projector   mlp2x_gelu
     language_model          the HF *ForCausalLM; chosen decoder layers are replaced by
                             WingsDecoderLayer(decoder_layer, visual_learner, textual_learner, router)

@@ -275,7 +275,8 @@ def _llm_parameters(text: PreTrainedConfig) -> int:
         attention += (heads + kv_heads) * head_dim
     mlp = 2 * _linear(d, text.intermediate_size, mlp_bias) + _linear(text.intermediate_size, d, mlp_bias)
     layout = family.layout
-    norms = sum(n is not None for n in (layout.attention_norm, layout.attention_out_norm, layout.mlp_norm, layout.mlp_out_norm))
+    norms = sum(n is not None for n in (layout.attention_norm, layout.attention_out_norm,
+                                        layout.mlp_norm, layout.mlp_out_norm))
     layer = attention + mlp + norms * d
     lm_head = 0 if text.tie_word_embeddings else vocab * d
     return vocab * d + n_layers * layer + d + lm_head

@@ -11,7 +11,7 @@ from importlib import resources
 import pytest
 import torch
 
-from tiny import tiny_wings
+from tiny import FAMILIES, tiny_family_wings, tiny_wings
 from wings import WingsForConditionalGeneration
 from wings.presets import (
     PARAMETER_GROUPS,
@@ -42,6 +42,15 @@ def test_registry_has_the_paper_sizes_and_current_equivalents():
         "wings-qwen2.5-1.5b",
         "wings-qwen2.5-7b",
         "wings-llama3.1-8b",
+        "wings-qwen3-0.6b",
+        "wings-qwen3-1.7b",
+        "wings-qwen3-4b",
+        "wings-qwen3-8b",
+        "wings-gemma3-1b",
+        "wings-gemma3-4b",
+        "wings-phi3-mini",
+        "wings-olmo2-1b",
+        "wings-smollm3-3b",
     ]
     base, pro = get_preset("wings-base"), get_preset("wings-pro")
     assert (pro.llm_id, pro.vision_id, pro.learner_rank) == (base.llm_id, base.vision_id, base.learner_rank)
@@ -65,6 +74,15 @@ PUBLISHED_LLMS = {
     "Qwen/Qwen2.5-1.5B-Instruct": ("qwen2", 1536, 8960, 28, 12, 2, 151936, True),
     "Qwen/Qwen2.5-7B-Instruct": ("qwen2", 3584, 18944, 28, 28, 4, 152064, False),
     "meta-llama/Llama-3.1-8B-Instruct": ("llama", 4096, 14336, 32, 32, 8, 128256, False),
+    "Qwen/Qwen3-0.6B": ("qwen3", 1024, 3072, 28, 16, 8, 151936, True),
+    "Qwen/Qwen3-1.7B": ("qwen3", 2048, 6144, 28, 16, 8, 151936, True),
+    "Qwen/Qwen3-4B": ("qwen3", 2560, 9728, 36, 32, 8, 151936, True),
+    "Qwen/Qwen3-8B": ("qwen3", 4096, 12288, 36, 32, 8, 151936, False),
+    "google/gemma-3-1b-it": ("gemma3_text", 1152, 6912, 26, 4, 1, 262144, True),
+    "google/gemma-3-4b-it": ("gemma3_text", 2560, 10240, 34, 8, 4, 262208, True),
+    "microsoft/Phi-3-mini-4k-instruct": ("phi3", 3072, 8192, 32, 32, 32, 32064, False),
+    "allenai/OLMo-2-0425-1B-Instruct": ("olmo2", 2048, 8192, 16, 16, 16, 100352, False),
+    "HuggingFaceTB/SmolLM3-3B": ("smollm3", 2048, 11008, 36, 16, 4, 128256, True),
 }
 
 
@@ -85,6 +103,11 @@ def test_fixtures_record_their_hub_id_and_published_shapes():
     assert llama.rope_parameters["rope_type"] == "llama3" and llama.rope_parameters["factor"] == 8.0
     assert llama.rope_parameters["rope_theta"] == 500000.0
     assert fixture_config("Qwen/Qwen1.5-7B-Chat").rope_parameters["rope_theta"] == 1000000.0
+    gemma = fixture_config("google/gemma-3-4b-it")
+    assert gemma.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
+    assert gemma.rope_parameters["full_attention"] == {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}
+    assert gemma.layer_types[:6] == ["sliding_attention"] * 5 + ["full_attention"] and gemma.sliding_window == 1024
+    assert fixture_config("HuggingFaceTB/SmolLM3-3B").no_rope_layers[:4] == [1, 1, 1, 0]
     siglip = fixture_config("google/siglip-so400m-patch14-384")
     assert siglip.model_type == "siglip_vision_model" and siglip.vision_use_head
     assert (siglip.hidden_size, siglip.intermediate_size, siglip.num_hidden_layers, siglip.num_attention_heads,
@@ -118,13 +141,31 @@ PUBLISHED_LLM_SIZES = {
     "wings-qwen2.5-1.5b": 1.54,
     "wings-qwen2.5-7b": 7.61,
     "wings-llama3.1-8b": 8.03,
+    "wings-qwen3-0.6b": 0.6,  # the Qwen3 cards round to one digit; non-embedding counts are checked below
+    "wings-qwen3-1.7b": 1.7,
+    "wings-qwen3-4b": 4.0,
+    "wings-qwen3-8b": 8.2,
+    "wings-gemma3-1b": 1.0,  # Gemma 3 report: 302M embedding + 698M non-embedding
+    "wings-gemma3-4b": 3.884,  # Gemma 3 report: 675M embedding + 3,209M non-embedding (vision encoder apart)
+    "wings-phi3-mini": 3.8,
+    "wings-olmo2-1b": 1.48,
+    "wings-smollm3-3b": 3.08,
 }
+
+# Non-embedding parameter counts of the Qwen3 cards, in billions.
+QWEN3_NON_EMBEDDING = {"wings-qwen3-0.6b": 0.44, "wings-qwen3-1.7b": 1.4, "wings-qwen3-4b": 3.6, "wings-qwen3-8b": 6.95}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_llm_sizes_match_published_counts(name):
-    counts = expected_parameter_counts(preset_config(name))
-    assert counts["llm"] == pytest.approx(PUBLISHED_LLM_SIZES[name] * 1e9, rel=0.01)
+    config = preset_config(name)
+    counts = expected_parameter_counts(config)
+    rounded = name.startswith("wings-qwen3") or name == "wings-phi3-mini"  # published with one decimal
+    assert counts["llm"] == pytest.approx(PUBLISHED_LLM_SIZES[name] * 1e9, rel=0.03 if rounded else 0.01)
+    if name in QWEN3_NON_EMBEDDING:
+        text = config.text_config
+        embedding = text.vocab_size * text.hidden_size * (1 if text.tie_word_embeddings else 2)
+        assert counts["llm"] - embedding == pytest.approx(QWEN3_NON_EMBEDDING[name] * 1e9, rel=0.03)
     # SigLIP so400m vision tower incl. its attention-pooling head: ~0.43B ("so400m" = the whole encoder).
     assert 0.40e9 <= counts["vision_tower"] <= 0.43e9
 
@@ -156,6 +197,12 @@ def test_tied_embeddings_count_once():
 )
 def test_formula_on_tiny_real_models(llm_family, vision_family, settings):
     model = tiny_wings(llm_family, vision_family, **settings)
+    assert count_parameters(model) == expected_parameter_counts(model.config)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "qwen3_moe"])
+def test_formula_on_tiny_models_of_every_family(family):
+    model = tiny_family_wings(family, learner_layers=[0, 2])
     assert count_parameters(model) == expected_parameter_counts(model.config)
 
 

@@ -118,3 +118,64 @@ def tiny_processor(corpus, image_size: int = IMAGE_SIZE, image_seq_length: int =
         tokenizer=tokenizer if tokenizer is not None else train_chat_tokenizer(corpus, vocab_size=400),
         image_seq_length=image_seq_length,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# One tiny decoder per supported family, each with the family's real differences switched on (and a
+# learner head width d/H that differs from the LLM's head_dim where the family allows it).
+SLIDING_WINDOW = 6  # shorter than the test prompts, so windows matter
+FAMILY_SETTINGS = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        head_dim=32, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=24, sliding_window=SLIDING_WINDOW, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+        query_pre_attn_scalar=20)),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=32, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=20,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict()),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict()),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(no_rope_layers=[1, 0, 1])),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", dict(
+        embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=SLIDING_WINDOW)),
+    "ministral": ("MinistralConfig", "MinistralForCausalLM", dict(head_dim=16, sliding_window=SLIDING_WINDOW)),
+}
+FAMILIES = tuple(FAMILY_SETTINGS)
+
+
+def tiny_family_llm(family: str, seed: int = 0):
+    """A tiny causal LM of `family` (a key of FAMILY_SETTINGS) with random weights, eval mode."""
+    import transformers
+
+    config_name, model_name, extra = FAMILY_SETTINGS[family]
+    config = getattr(transformers, config_name)(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3, intermediate_size=96,
+        vocab_size=VOCAB, max_position_embeddings=256, pad_token_id=0, eos_token_id=2, bos_token_id=1,
+        tie_word_embeddings=False, **extra,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config).eval()
+    with torch.no_grad():  # norms start at the identity; random ones make a misplaced norm visible
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def tiny_family_wings(family: str, vision_family: str = "siglip", **settings) -> WingsForConditionalGeneration:
+    llm, vision = tiny_family_llm(family), tiny_vision(vision_family)
+    settings.setdefault("learner_rank", 8)
+    torch.manual_seed(2)
+    return WingsForConditionalGeneration.from_llm_and_vision(llm, vision, image_token_id=IMAGE_TOKEN_ID, **settings).eval()
+
+
+def tiny_siglip2(seed: int = 1):
+    """A tiny NaFlex SigLIP 2 tower whose native grid is 2 x 2 patches of 16: square 32-pixel images, 4 tokens."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    torch.manual_seed(seed)
+    config = Siglip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                 patch_size=PATCH, num_patches=(IMAGE_SIZE // PATCH) ** 2)
+    return Siglip2VisionModel(config).eval()

@@ -13,10 +13,11 @@ except ImportError:  # transformers < 5.20 resolves sub-configs in each composit
 
 from .errors import ConfigError, UnsupportedModelError
 
-# Decoder families whose layers have the Llama block layout the WINGS wrapper runs itself:
-# input_layernorm -> self_attn(q/k/v/o_proj, RoPE) -> residual -> post_attention_layernorm -> mlp -> residual.
-SUPPORTED_TEXT_MODEL_TYPES = ("llama", "qwen2", "mistral")
-SUPPORTED_VISION_MODEL_TYPES = ("siglip_vision_model", "clip_vision_model")
+from .families import TEXT_FAMILIES, VISION_ENCODERS, text_family
+
+# Decoder families whose blocks the WINGS layer runs (described in `wings.families`), and vision encoders.
+SUPPORTED_TEXT_MODEL_TYPES = tuple(TEXT_FAMILIES)
+SUPPORTED_VISION_MODEL_TYPES = tuple(VISION_ENCODERS)
 ROUTERS = ("segment", "positional")
 LEARNER_MODES = ("routed", "visual_only")
 
@@ -25,8 +26,9 @@ class WingsConfig(PreTrainedConfig):
     r"""Configuration of a WINGS multimodal LLM.
 
     Args:
-        text_config: config of the Llama-family causal LM (Qwen2, Llama, Mistral).
-        vision_config: config of the vision encoder (SigLIP or CLIP vision model).
+        text_config: config of the causal LM (a family of `wings.families.TEXT_FAMILIES`: Llama, Qwen2/3,
+            Mistral, Gemma 2/3, Phi-3, OLMo 2, SmolLM3, Granite, ...).
+        vision_config: config of the vision encoder (SigLIP, SigLIP 2 or CLIP vision model).
         image_token_id: id of the image placeholder token; `image_seq_length` consecutive copies stand
             for one image in `input_ids` (the HF LLaVA contract).
         image_seq_length: image tokens per image (= patch tokens of the encoder).
@@ -80,11 +82,10 @@ class WingsConfig(PreTrainedConfig):
     def check(self) -> None:
         """Raise a `ConfigError` (a `ValueError`) naming the first inconsistent setting."""
         text, vision = self.text_config, self.vision_config
-        if text.model_type not in SUPPORTED_TEXT_MODEL_TYPES:
-            raise UnsupportedModelError(
-                f"WingsConfig: text model type '{text.model_type}' is not supported; WINGS wraps Llama-family "
-                f"decoders ({', '.join(SUPPORTED_TEXT_MODEL_TYPES)})."
-            )
+        try:
+            text_family(text.model_type)
+        except ValueError as error:
+            raise UnsupportedModelError(f"WingsConfig: {error}") from None
         if vision.model_type not in SUPPORTED_VISION_MODEL_TYPES:
             raise UnsupportedModelError(
                 f"WingsConfig: vision model type '{vision.model_type}' is not supported "
@@ -93,11 +94,16 @@ class WingsConfig(PreTrainedConfig):
         heads = text.num_attention_heads
         if text.hidden_size % heads:
             raise ConfigError(f"WingsConfig: hidden_size {text.hidden_size} is not divisible by {heads} heads.")
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        if head_dim != text.hidden_size // heads:
+        if (text.hidden_size // heads) % 2:
             raise ConfigError(
                 f"WingsConfig: LoRRA learners split hidden_size {text.hidden_size} into {heads} heads of "
-                f"{text.hidden_size // heads}, but the LLM's RoPE head_dim is {head_dim}."
+                f"{text.hidden_size // heads} channels, an odd number that RoPE cannot rotate."
+            )
+        partial = partial_rotary_factor(text)
+        if partial != 1.0:
+            raise ConfigError(
+                f"WingsConfig: the LLM rotates only part of each head (partial_rotary_factor={partial}); the "
+                "learners' RoPE covers whole heads."
             )
         if self.router not in ROUTERS:
             raise ConfigError(f"WingsConfig: router must be one of {ROUTERS}, got '{self.router}'.")
@@ -133,6 +139,21 @@ def _sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) 
     return CONFIG_MAPPING[value.setdefault("model_type", default_model_type)](**value)
 
 
+def partial_rotary_factor(text_config: PreTrainedConfig) -> float:
+    """The fraction of each head RoPE rotates (1.0 unless a config says otherwise, per layer type or not)."""
+    rope = getattr(text_config, "rope_parameters", None) or {}
+    per_type = [p for p in rope.values() if isinstance(p, dict)]
+    factors = [p.get("partial_rotary_factor", 1.0) for p in (per_type or [rope])]
+    factors.append(getattr(text_config, "partial_rotary_factor", None) or 1.0)
+    return min(factors)
+
+
 def default_image_seq_length(vision_config: PreTrainedConfig) -> int:
-    """Patch tokens per image: (image_size / patch_size)^2 (the CLS token of CLIP is dropped)."""
+    """Patch tokens per image: (image_size / patch_size)^2 (the CLS token of CLIP is dropped).
+
+    SigLIP 2 (NaFlex) has no fixed image size: WINGS feeds it square images at its native grid of
+    `num_patches` patches.
+    """
+    if vision_config.model_type == "siglip2_vision_model":
+        return vision_config.num_patches
     return (vision_config.image_size // vision_config.patch_size) ** 2

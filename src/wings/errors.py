@@ -25,3 +25,7 @@ class UnsupportedModelError(ConfigError):
 
 class UsageError(WingsError, ValueError):
     """Command arguments that do not fit together (e.g. neither of two alternatives given)."""
+
+
+class UnsupportedLayerError(UnsupportedModelError, TypeError):
+    """A decoder layer lacks a part its family's block layout needs (a TypeError too: the wrong module)."""

@@ -1,8 +1,10 @@
-"""The main self-attention of a wrapped Llama-family layer, returning what the router reads.
+"""The main self-attention of a wrapped decoder layer, returning what the router reads.
 
 WINGS' router needs, per query token, either the attention mass on image tokens (segment router) or
 the whole attention row (positional router). The HF decoder layer discards attention weights, so the
-wrapper runs the attention itself from the original `self_attn` module's projections:
+wrapper runs the attention itself from the original `self_attn` module's own parts (projections,
+q/k norms, scaling, softcap, sliding window), composed as the family's `AttentionLayout` describes,
+with the attention kernel the LLM is configured for:
 
 - segment router: one extra value channel holding "is this key an image token" makes the same
   attention kernel (SDPA, flash, ...) return the image mass next to the output: no T x T weights.
@@ -16,7 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ..families import AttentionLayout
 from .lorra import apply_rope
+
+LLAMA_ATTENTION = AttentionLayout()
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -45,19 +50,48 @@ def eager_attention(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
+    softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with explicit weights. query [B, H, T, d], key/value [B, H_kv, S, d_v].
 
+    `softcap` caps the logits as softcap * tanh(logits / softcap) before the mask (Gemma 2).
     Returns output [B, T, H, d_v] and weights [B, H, T, S] (float32 softmax, as HF eager does).
     """
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     scores = scores + additive_mask(attention_mask, query.shape[2], key.shape[2], scores.dtype, scores.device)
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def project_qkv(
+    self_attn: nn.Module, x: torch.Tensor, layout: AttentionLayout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys, values [B, H(_kv), T, d] of normed input x [B, T, d], before RoPE, with q/k norms."""
+    input_shape = x.shape[:-1]
+    hidden_shape = (*input_shape, -1, self_attn.head_dim)
+    if layout.qkv == "fused":
+        q_width = self_attn.config.num_attention_heads * self_attn.head_dim
+        kv_width = (self_attn.qkv_proj.out_features - q_width) // 2
+        q, k, v = self_attn.qkv_proj(x).split([q_width, kv_width, kv_width], dim=-1)
+    else:
+        q, k, v = self_attn.q_proj(x), self_attn.k_proj(x), self_attn.v_proj(x)
+    if layout.qk_norm == "projection":
+        q, k = self_attn.q_norm(q), self_attn.k_norm(k)
+    q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
+    if layout.qk_norm == "head":
+        q, k = self_attn.q_norm(q), self_attn.k_norm(k)
+    return q, k, v
+
+
+def uses_rope(self_attn: nn.Module, layout: AttentionLayout) -> bool:
+    """False on layers whose attention applies no RoPE (SmolLM3's NoPE layers)."""
+    return bool(getattr(self_attn, layout.rope_switch)) if layout.rope_switch else True
 
 
 def main_attention(
@@ -68,40 +102,51 @@ def main_attention(
     cache,
     key_is_image: torch.Tensor | None,
     need_weights: bool,
+    layout: AttentionLayout = LLAMA_ATTENTION,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Run a Llama-family `self_attn` on normed input x [B, T, d].
+    """Run a decoder layer's `self_attn` on its input x [B, T, d] (normed, where the block norms it).
 
     key_is_image: [B, S] flags of all keys (cached + current); when given, also returns the per-head
     image mass [B, T, H]. need_weights: run eager attention and return weights [B, H, T, S].
     Returns (output after o_proj [B, T, d], image_mass or None, weights or None).
     """
     input_shape = x.shape[:-1]
-    hidden_shape = (*input_shape, -1, self_attn.head_dim)
-    q = self_attn.q_proj(x).view(hidden_shape).transpose(1, 2)
-    k = self_attn.k_proj(x).view(hidden_shape).transpose(1, 2)
-    v = self_attn.v_proj(x).view(hidden_shape).transpose(1, 2)
+    q, k, v = project_qkv(self_attn, x, layout)
     head_dim = v.shape[-1]
     implementation = self_attn.config._attn_implementation or "sdpa"
-    eager = need_weights or implementation == "eager"
+    softcap = getattr(self_attn, layout.softcap, None) if layout.softcap else None
+    # The SDPA kernel cannot cap logits; HF's own SDPA path would silently skip the cap, so run eager.
+    eager = need_weights or implementation == "eager" or (softcap is not None and implementation == "sdpa")
     # Segment router through SDPA: one extra value channel holding the image flags makes the kernel return
     # the attention mass on image keys beside the output. The fused kernels need equal q/k/v widths, so q
     # and k get zero channels (their scores do not change; the scale is passed explicitly).
     pad = 0
     if key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] > 1:
         pad = mass_channel_width(head_dim, v.device) - head_dim
-    cos, sin = position_embeddings
-    q = apply_rope(q, cos, sin, pad=pad)
-    k = apply_rope(k, cos, sin, pad=pad if cache is None else 0)  # the cache keeps keys unpadded
+    k_pad = pad if cache is None else 0  # the cache keeps keys unpadded
+    if uses_rope(self_attn, layout):
+        cos, sin = position_embeddings
+        q = apply_rope(q, cos, sin, pad=pad)
+        k = apply_rope(k, cos, sin, pad=k_pad)
+    else:
+        q = F.pad(q, (0, pad)) if pad else q
+        k = F.pad(k, (0, k_pad)) if k_pad else k
     if cache is not None:
         k, v = cache.update(k, v, self_attn.layer_idx)
 
+    sliding_window = (
+        self_attn.sliding_window if hasattr(self_attn, "sliding_window")
+        else getattr(self_attn.config, "sliding_window", None)
+    )
     common = dict(
         dropout=0.0 if not self_attn.training else self_attn.attention_dropout,
         scaling=self_attn.scaling,
-        sliding_window=getattr(self_attn, "sliding_window", None),
+        sliding_window=sliding_window,
         **kwargs,
     )
+    if softcap is not None:
+        common["softcap"] = softcap
     flags = None if key_is_image is None else key_is_image[:, -k.shape[2] :]
     weights = image_mass = None
     if eager:

@@ -1,12 +1,14 @@
-"""`WingsDecoderLayer`: owns an HF Llama-family decoder layer and runs its block with the learners.
+"""`WingsDecoderLayer`: owns an HF decoder layer and runs its block with the learners.
 
-    h = x + SelfAttn(LN_1(x))
+    h = x + Attn-branch(x)                                          (the family's norms, multipliers)
     h = h + w_v * visual_learner(h) + w_t * textual_learner(h)     (router weights, token-wise)
-    out = h + MLP(LN_2(h))
+    out = h + MLP-branch(h)
 
-The original layer's modules are used as they are (never patched): the wrapper adopts them as its
-own children, under their own names, and adds `visual_learner`, `textual_learner` and `router` beside
-them. So a wrapped layer's LLM weights keep the plain LLM's checkpoint keys
+Where the norms sit around each branch (pre-norm, sandwich, post-norm), any residual dropout or
+multiplier, and how the attention builds its queries and keys, come from the family's description in
+`wings.families`. The original layer's modules are used as they are (never patched): the wrapper
+adopts them as its own children, under their own names, and adds `visual_learner`, `textual_learner`
+and `router` beside them. So a wrapped layer's LLM weights keep the plain LLM's checkpoint keys
 (`layers.N.self_attn.q_proj.weight`) and the LLM part of a WINGS checkpoint loads into the plain LLM.
 """
 
@@ -16,29 +18,54 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import main_attention
+from ..errors import UnsupportedLayerError
+from ..families import PRE_NORM, TEXT_FAMILIES, TextFamily, text_family
+from .attention import main_attention, uses_rope
 from .cache import LEARNER_KINDS, LearnerInputs
 from .lorra import LoRRA
+from .rope import LearnerRope, identity_tables
 from .router import make_router
 
-REQUIRED_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-REQUIRED_ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx")
+LLAMA_FAMILY = TextFamily(PRE_NORM)
+REQUIRED_ATTENTION_ATTRIBUTES = ("head_dim", "scaling", "layer_idx", "config")
+
+
+def check_layer(layer: nn.Module, layer_idx: int, family: TextFamily = LLAMA_FAMILY) -> None:
+    """Raise a clear error naming the parts a decoder layer lacks for the family's block layout."""
+    layout, attention = family.layout, family.attention
+    in_block_order = (layout.attention_norm, "self_attn", layout.attention_out_norm, layout.attention_dropout,
+                      layout.mlp_norm, "mlp", layout.mlp_out_norm, layout.mlp_dropout)
+    missing = [p for p in in_block_order if p is not None and not hasattr(layer, p)]
+    if not missing:
+        missing = [f"self_attn.{p}" for p in (*attention.modules, *REQUIRED_ATTENTION_ATTRIBUTES)
+                   if not hasattr(layer.self_attn, p)]
+        for attribute in (attention.softcap, attention.rope_switch):
+            if attribute and not hasattr(layer.self_attn, attribute):
+                missing.append(f"self_attn.{attribute}")
+    if missing:
+        raise UnsupportedLayerError(
+            f"decoder layer {layer_idx} ({type(layer).__name__}) lacks {', '.join(missing)}, which the "
+            f"'{layout.name}' block layout WINGS runs needs (norms {', '.join(layout.modules)}; attention parts "
+            f"{', '.join(attention.modules)}); describe its family in wings.families.TEXT_FAMILIES."
+        )
+    if attention.qk_norm is None and any(hasattr(layer.self_attn, p) for p in ("q_norm", "k_norm")):
+        raise UnsupportedLayerError(
+            f"decoder layer {layer_idx} ({type(layer).__name__}) normalises queries/keys (q_norm/k_norm), but its "
+            "family's AttentionLayout declares no qk_norm; set qk_norm='head' or 'projection' in wings.families."
+        )
 
 
 def check_llama_family_layer(layer: nn.Module, layer_idx: int) -> None:
-    """Raise a clear error when a decoder layer lacks the Llama block layout the wrapper runs."""
-    missing = [p for p in REQUIRED_LAYER_PARTS if not hasattr(layer, p)]
-    if not missing:
-        missing = [f"self_attn.{p}" for p in REQUIRED_ATTENTION_PARTS if not hasattr(layer.self_attn, p)]
-    if missing:
-        raise TypeError(
-            f"decoder layer {layer_idx} ({type(layer).__name__}) lacks {', '.join(missing)}: WINGS wraps "
-            "Llama-family layers (input_layernorm -> self_attn(q/k/v/o_proj) -> post_attention_layernorm -> mlp)."
-        )
-    if any(hasattr(layer.self_attn, p) for p in ("q_norm", "k_norm")):
-        raise TypeError(
-            f"decoder layer {layer_idx} ({type(layer).__name__}) normalises queries/keys (q_norm/k_norm), which the "
-            "WINGS wrapper does not reproduce; use a Llama, Qwen2 or Mistral LLM."
+    """For code that recomputes a layer's attention the Llama way (separate q/k/v projections, RoPE on every
+    layer, no q/k norms, no softcap): `check_layer` with Llama's layout, and a refusal of families whose
+    attention differs although their modules have Llama's names (Gemma 2's softcap, SmolLM3's NoPE layers)."""
+    check_layer(layer, layer_idx, LLAMA_FAMILY)
+    model_type = getattr(getattr(layer.self_attn, "config", None), "model_type", None)
+    family = TEXT_FAMILIES.get(model_type)
+    if family is not None and family.attention != LLAMA_FAMILY.attention:
+        raise UnsupportedLayerError(
+            f"decoder layer {layer_idx} ({type(layer).__name__}): {model_type} attention ({family.notes}) is not the "
+            "Llama attention this code recomputes."
         )
 
 
@@ -50,6 +77,10 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             `post_attention_layernorm`, `mlp`, ...) become this layer's children under the same names.
         hidden_size, num_heads: the LLM's d and H.
         rank: LoRRA rank; router: "segment" or "positional"; router_max_positions: positional router width.
+        family: the LLM family's description (block layout, attention layout); Llama's by default.
+        learner_rope: tables for learner heads narrower or wider than the LLM's heads (None: the layer's
+            own RoPE tables fit the learners).
+        layer_type: the layer's entry of the LLM's `layer_types` (which RoPE a Gemma 3 layer uses).
     """
 
     def __init__(
@@ -60,9 +91,13 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         rank: int,
         router: str,
         router_max_positions: int,
+        family: TextFamily = LLAMA_FAMILY,
+        learner_rope: LearnerRope | None = None,
+        layer_type: str | None = None,
     ):
         super().__init__()
-        check_llama_family_layer(decoder_layer, getattr(getattr(decoder_layer, "self_attn", None), "layer_idx", -1))
+        check_layer(decoder_layer, getattr(getattr(decoder_layer, "self_attn", None), "layer_idx", -1), family)
+        self.family, self.learner_rope, self.layer_type = family, learner_rope, layer_type
         for name, child in decoder_layer.named_children():
             self.add_module(name, child)
         # Non-module attributes the decoder reads per layer (e.g. sliding vs full attention).
@@ -95,45 +130,70 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         """hidden_states [B, T, d] -> [B, T, d]. Without `learner_inputs` the layer computes what the LLM computes."""
         if cache is None:  # transformers < 5.20 passes the cache as `past_key_values`
             cache = kwargs.pop("past_key_values", None)
+        layout = self.family.layout
         routed = learner_inputs is not None and learner_inputs.mode == "routed"
         positional = self.router.needs_attention_weights
         asked = learner_inputs is not None and learner_inputs.attentions is not None
         need_weights = (routed and positional) or asked
         key_is_image = learner_inputs.key_is_image if routed and not positional else None
+        attn_in = self._run(layout.attention_norm, hidden_states)
         attn_out, image_mass, weights = main_attention(
             self.self_attn,
-            self.input_layernorm(hidden_states),
+            attn_in,
             position_embeddings,
             attention_mask,
             cache,
             key_is_image=key_is_image,
             need_weights=need_weights,
+            layout=self.family.attention,
             **kwargs,
         )
-        hidden = hidden_states + attn_out
+        hidden = hidden_states + self._branch(attn_out, layout.attention_out_norm, layout.attention_dropout)
         if asked:
             learner_inputs.attentions[self.layer_idx] = weights
         if learner_inputs is not None:
-            visual = self._learner("visual", hidden, position_embeddings, learner_inputs)
+            rope = self._learner_rope(position_embeddings, position_ids, hidden.dtype)
+            visual = self._learner("visual", hidden, rope, learner_inputs)
             if routed:
-                textual = self._learner("textual", hidden, position_embeddings, learner_inputs)
+                textual = self._learner("textual", hidden, rope, learner_inputs)
                 w = self.router(weights if positional else image_mass).to(hidden.dtype)
                 # hidden + w_v * visual + w_t * textual, without full-size temporaries for the products.
                 hidden = torch.addcmul(hidden, w[..., :1], visual).addcmul_(w[..., 1:], textual)
             else:
                 hidden = hidden + visual
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        mlp_out = self.mlp(self._run(layout.mlp_norm, hidden))
+        return hidden + self._branch(mlp_out, layout.mlp_out_norm, layout.mlp_dropout)
+
+    def _run(self, name: str | None, x: torch.Tensor) -> torch.Tensor:
+        return x if name is None else getattr(self, name)(x)
+
+    def _branch(self, out: torch.Tensor, norm: str | None, dropout: str | None) -> torch.Tensor:
+        """A branch's output as the block adds it to the residual: normed, dropped out, multiplied."""
+        out = self._run(dropout, self._run(norm, out))
+        multiplier = self.family.layout.residual_multiplier
+        return out if multiplier is None else out * getattr(self.self_attn.config, multiplier)
+
+    def _learner_rope(
+        self, position_embeddings: tuple[torch.Tensor, torch.Tensor], position_ids: torch.Tensor | None, dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learners' RoPE tables [B or 1, T, d/H]: the layer's rotation at the learners' head width."""
+        head_dim = self.visual_learner.head_dim
+        if not uses_rope(self.self_attn, self.family.attention):
+            return identity_tables(position_embeddings, head_dim)
+        if self.learner_rope is None:
+            return position_embeddings
+        return self.learner_rope.tables(position_ids, self.layer_type, dtype)
 
     def _learner(
         self,
         kind: str,
         hidden: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        rope: tuple[torch.Tensor, torch.Tensor],
         inputs: LearnerInputs,
     ) -> torch.Tensor:
         learner = self.visual_learner if kind == "visual" else self.textual_learner
         keys = inputs.keys[kind]
-        cos, sin = position_embeddings
+        cos, sin = rope
         if keys.index.shape[1] or inputs.cache is None:
             # K/V of this chunk's new keys only: image tokens once (when they arrive), text tokens once each.
             key_cos, key_sin = keys.rope_tables(cos, sin)
@@ -149,4 +209,40 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         return learner(hidden, cos_b, sin_b, k, v, keys.mask)
 
 
-__all__ = ["WingsDecoderLayer", "check_llama_family_layer", "LEARNER_KINDS"]
+
+
+def wrap_decoder_layers(layers: nn.ModuleList, language_model: nn.Module, config) -> None:
+    """Replace the decoder layers `config.layers_with_learners` of `layers` by `WingsDecoderLayer`s (in place).
+
+    config: the `WingsConfig`. The family description comes from the text config's model type; the learners
+    get their own RoPE tables when their head width d/H differs from the LLM's heads.
+    """
+    text = config.text_config
+    family = text_family(text.model_type)
+    learner_head_dim = text.hidden_size // text.num_attention_heads
+    llm_head_dim = getattr(text, "head_dim", None) or learner_head_dim
+    learner_rope = None
+    if learner_head_dim != llm_head_dim:
+        rotary = getattr(language_model.get_decoder(), "rotary_emb", None)
+        if rotary is None:
+            raise UnsupportedLayerError(
+                f"{type(language_model).__name__} has no `model.rotary_emb`: the learners' heads ({learner_head_dim} "
+                f"channels) differ from the LLM's ({llm_head_dim}), and WINGS builds their RoPE with the LLM's rotary class."
+            )
+        learner_rope = LearnerRope(type(rotary), text, learner_head_dim)
+    layer_types = getattr(text, "layer_types", None)
+    for i in config.layers_with_learners:
+        layers[i] = WingsDecoderLayer(
+            layers[i],
+            text.hidden_size,
+            text.num_attention_heads,
+            config.learner_rank,
+            config.router,
+            config.router_max_positions,
+            family=family,
+            learner_rope=learner_rope,
+            layer_type=layer_types[i] if layer_types else None,
+        )
+
+
+__all__ = ["WingsDecoderLayer", "check_layer", "check_llama_family_layer", "wrap_decoder_layers", "LEARNER_KINDS"]

@@ -1,8 +1,8 @@
-"""`WingsForConditionalGeneration`: vision tower + projector + a Llama-family LLM whose layers carry learners.
+"""`WingsForConditionalGeneration`: vision tower + projector + an LLM of a `wings.families` family, with learners.
 
 Module tree (print the model to see it):
 
-    vision_tower            SiglipVisionModel / CLIPVisionModel (frozen in the paper's recipes)
+    vision_tower            SiglipVisionModel / Siglip2VisionModel / CLIPVisionModel (frozen in the recipes)
     multi_modal_projector   mlp2x_gelu
     language_model          the HF *ForCausalLM; chosen decoder layers are replaced by
                             WingsDecoderLayer(decoder_layer, visual_learner, textual_learner, router)
@@ -29,14 +29,16 @@ from transformers import (
     DynamicCache,
     GenerationMixin,
     PreTrainedModel,
+    Siglip2VisionModel,
     SiglipVisionModel,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..config import WingsConfig
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedLayerError, UnsupportedModelError
+from ..families import text_family
 from .cache import LEARNER_KINDS, LearnerInputs, LearnerKeys, WingsCache, select_keys
-from .decoder_layer import WingsDecoderLayer
+from .decoder_layer import WingsDecoderLayer, wrap_decoder_layers
 from .vision import WingsMultiModalProjector, patch_features
 
 # Checkpoints written before the decoder layer kept the LLM's own keys stored a wrapped layer's LLM
@@ -51,6 +53,8 @@ VISION_MODEL_CLASSES = {
     "siglip_vision_model": SiglipVisionModel,
     "clip": CLIPVisionModel,
     "clip_vision_model": CLIPVisionModel,
+    "siglip2": Siglip2VisionModel,
+    "siglip2_vision_model": Siglip2VisionModel,
 }
 
 
@@ -88,23 +92,19 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         for sub in (config.text_config, config.vision_config):
             if sub._attn_implementation is None:
                 sub._attn_implementation_internal = config._attn_implementation
+            if getattr(sub, "_experts_implementation", "") is None:  # MoE LLMs (Qwen3-MoE): same for the experts
+                sub._experts_implementation_internal = getattr(config, "_experts_implementation", None) or "eager"
         self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = WingsMultiModalProjector(
             config.vision_config.hidden_size, text.hidden_size, config.projector_hidden_act
         )
+        llm_class = type(language_model) if language_model is not None else AutoModelForCausalLM._model_mapping[type(text)]
+        if text._attn_implementation == "sdpa" and not llm_class._supports_sdpa:
+            text._attn_implementation_internal = "eager"  # e.g. Gemma 2: SDPA cannot softcap its logits
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(text)
         )
-        layers = self.decoder_layers
-        for i in config.layers_with_learners:
-            layers[i] = WingsDecoderLayer(
-                layers[i],
-                text.hidden_size,
-                text.num_attention_heads,
-                config.learner_rank,
-                config.router,
-                config.router_max_positions,
-            )
+        wrap_decoder_layers(self.decoder_layers, self.language_model, config)
         self.post_init()
         # post_init lets the LLM's own initialiser touch the new learner modules (they sit in its tree),
         # so the WINGS init (B = 0: learners start as a no-op) is applied explicitly afterwards.
@@ -152,7 +152,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if isinstance(vision, str):
             model_type = AutoConfig.from_pretrained(vision).model_type
             if model_type not in VISION_MODEL_CLASSES:
-                raise UnsupportedModelError(f"vision encoder '{vision}' has model type '{model_type}'; expected SigLIP or CLIP.")
+                raise UnsupportedModelError(f"vision encoder '{vision}' has model type '{model_type}'; expected SigLIP, SigLIP 2 or CLIP.")
             vision = VISION_MODEL_CLASSES[model_type].from_pretrained(vision)
         if image_token_id is None:
             if tokenizer is None:
@@ -174,7 +174,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         inner = getattr(self.language_model, "model", None)
         layers = getattr(inner, "layers", None)
         if not isinstance(layers, nn.ModuleList):
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"{type(self.language_model).__name__} has no `model.layers`: WINGS needs a Llama-family causal LM."
             )
         return layers
@@ -344,7 +344,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             if attention_mask is not None and attention_mask.dim() == 2
             else torch.ones(batch, length, dtype=torch.bool, device=inputs_embeds.device)
         )
-        learner_inputs = self._learner_inputs(inputs_embeds, is_image, valid, position_ids, cache)
+        learner_inputs = self._learner_inputs(self._decoder_input(inputs_embeds), is_image, valid, position_ids, cache)
         # HF records hidden states with hooks on its own decoder-layer class, which a wrapped layer does
         # not run; so the model collects them itself, in HF's layout.
         want_hidden = kwargs.pop("output_hidden_states", None) or self.config.text_config.output_hidden_states
@@ -373,6 +373,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         if want_attentions:
             outputs.attentions = tuple(learner_inputs.attentions[i] for i in range(len(self.decoder_layers)))
         return outputs
+
+    def _decoder_input(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """What the first decoder layer receives from inputs_embeds [B, T, d]: decoders that scale their input
+        embeddings themselves (Granite's embedding_multiplier) give the learners the scaled features too."""
+        multiplier = text_family(self.config.text_config.model_type).embedding_multiplier
+        return inputs_embeds if multiplier is None else inputs_embeds * getattr(self.config.text_config, multiplier)
 
     def _learner_inputs(
         self,

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from ..families import VISION_ENCODERS
+
 
 class WingsMultiModalProjector(nn.Module):
     """`mlp2x_gelu`: Linear(d_vis, d) -> act -> Linear(d, d). Names follow HF LLaVA's projector."""
@@ -27,8 +29,34 @@ def patch_features(vision_tower: nn.Module, pixel_values: torch.Tensor, feature_
     pixel_values [n_images, 3, H, W] -> [n_images, n_patches, d_vis].
     """
     dtype = next(vision_tower.parameters()).dtype
-    outputs = vision_tower(pixel_values.to(dtype), output_hidden_states=True)
+    config = vision_tower.config
+    if config.model_type == "siglip2_vision_model":
+        outputs = vision_tower(**siglip2_inputs(pixel_values.to(dtype), config), output_hidden_states=True)
+    else:
+        outputs = vision_tower(pixel_values.to(dtype), output_hidden_states=True)
     features = outputs.hidden_states[feature_layer]
-    if vision_tower.config.model_type == "clip_vision_model":
-        features = features[:, 1:]
-    return features
+    return features[:, VISION_ENCODERS.get(config.model_type, 0) :]
+
+
+def siglip2_inputs(pixel_values: torch.Tensor, config) -> dict[str, torch.Tensor]:
+    """What `Siglip2VisionModel` takes for square images at its native grid of `num_patches` patches.
+
+    pixel_values [n, C, H, W] -> pixel_values [n, N, p * p * C] (patches row by row, each flattened as
+    (row, column, channel), as SigLIP 2's image processor lays them out), an all-ones
+    pixel_attention_mask [n, N] and spatial_shapes [n, 2].
+    """
+    n, channels, height, width = pixel_values.shape
+    p = config.patch_size
+    rows, cols = height // p, width // p
+    if rows * cols != config.num_patches or height % p or width % p:
+        side = int(config.num_patches**0.5) * p
+        raise ValueError(
+            f"SigLIP 2 tower: images of {height}x{width} pixels give {rows * cols} patches of {p}; WINGS feeds it "
+            f"square images of {side}x{side} (its {config.num_patches} position embeddings). Resize to that size."
+        )
+    patches = pixel_values.reshape(n, channels, rows, p, cols, p).permute(0, 2, 4, 3, 5, 1)
+    return {
+        "pixel_values": patches.reshape(n, rows * cols, p * p * channels),
+        "pixel_attention_mask": torch.ones(n, rows * cols, dtype=torch.long, device=pixel_values.device),
+        "spatial_shapes": torch.tensor([[rows, cols]] * n, dtype=torch.long, device=pixel_values.device),
+    }

@@ -13,6 +13,19 @@ decide shapes, plus `_name_or_path` = the hub id), named after the hub id with "
     wings-qwen2.5-1.5b    Qwen/Qwen2.5-1.5B-Instruct          same
     wings-qwen2.5-7b      Qwen/Qwen2.5-7B-Instruct            same
     wings-llama3.1-8b     meta-llama/Llama-3.1-8B-Instruct    same
+    wings-qwen3-0.6b      Qwen/Qwen3-0.6B                     same
+    wings-qwen3-1.7b      Qwen/Qwen3-1.7B                     same
+    wings-qwen3-4b        Qwen/Qwen3-4B                       same
+    wings-qwen3-8b        Qwen/Qwen3-8B                       same
+    wings-gemma3-1b       google/gemma-3-1b-it                same
+    wings-gemma3-4b       google/gemma-3-4b-it (text tower)   same
+    wings-phi3-mini       microsoft/Phi-3-mini-4k-instruct    same
+    wings-olmo2-1b        allenai/OLMo-2-0425-1B-Instruct     same
+    wings-smollm3-3b      HuggingFaceTB/SmolLM3-3B            same
+
+The fixtures of the Qwen3, Gemma 3, Phi-3, OLMo 2 and SmolLM3 backbones were written by hand from the
+published `config.json` of each model (shape fields only); the parameter counts they give are checked
+against the sizes the publishers state.
 
 Usage:
 
@@ -32,6 +45,7 @@ import torch
 from transformers import CONFIG_MAPPING, PreTrainedConfig
 
 from ..config import WingsConfig
+from ..families import text_family
 from ..modeling import WingsForConditionalGeneration
 from ..modeling.model import PARAMETER_GROUPS
 
@@ -73,6 +87,8 @@ class Preset:
         router: "segment" (this project's default) or "positional" (the released code's).
         data_mix: the training data of the two stages.
         notes: provenance (released by the authors, or a current equivalent).
+        llm_class: transformers class that loads the LLM from `llm_id` when `AutoModelForCausalLM` would
+            load something else (the text tower of a multimodal checkpoint); None for the Auto class.
     """
 
     name: str
@@ -82,6 +98,7 @@ class Preset:
     router: str = "segment"
     data_mix: str = LLAVA_15_MIX
     notes: str = ""
+    llm_class: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -107,6 +124,20 @@ PRESETS: dict[str, Preset] = {
         Preset("wings-qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", notes="Current equivalent of WINGS-1.8B."),
         Preset("wings-qwen2.5-7b", "Qwen/Qwen2.5-7B-Instruct", notes="Current equivalent of WINGS-base."),
         Preset("wings-llama3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", notes="Current equivalent, Llama family."),
+        Preset("wings-qwen3-0.6b", "Qwen/Qwen3-0.6B", notes="Qwen3: per-head q/k norms; learner heads 64 wide."),
+        Preset("wings-qwen3-1.7b", "Qwen/Qwen3-1.7B", notes="Qwen3, tied embeddings."),
+        Preset("wings-qwen3-4b", "Qwen/Qwen3-4B", notes="Qwen3; learner heads 80 wide (the LLM's are 128)."),
+        Preset("wings-qwen3-8b", "Qwen/Qwen3-8B", notes="Qwen3, current equivalent of WINGS-base."),
+        Preset("wings-gemma3-1b", "google/gemma-3-1b-it", notes="Gemma 3 text model: sandwich norms, local/global layers."),
+        Preset(
+            "wings-gemma3-4b",
+            "google/gemma-3-4b-it",
+            notes="The text tower of Gemma 3 4B (its own vision tower is not used).",
+            llm_class="Gemma3ForCausalLM",
+        ),
+        Preset("wings-phi3-mini", "microsoft/Phi-3-mini-4k-instruct", notes="Phi-3 mini: fused qkv and gate/up."),
+        Preset("wings-olmo2-1b", "allenai/OLMo-2-0425-1B-Instruct", notes="OLMo 2: post-norm blocks."),
+        Preset("wings-smollm3-3b", "HuggingFaceTB/SmolLM3-3B", notes="SmolLM3: every fourth layer without RoPE."),
     )
 }
 
@@ -181,6 +212,14 @@ def from_preset(name: str, llm=None, vision=None, **overrides) -> WingsForCondit
     `image_token_id`, `tokenizer`, ...) and take precedence over the preset's settings.
     """
     preset = get_preset(name)
+    if llm is None and preset.llm_class is not None:
+        import transformers
+
+        try:
+            llm = getattr(transformers, preset.llm_class).from_pretrained(preset.llm_id)
+        except OSError as error:
+            raise OSError(f"from_preset('{name}'): could not load the LLM '{preset.llm_id}': {error}") from error
+        overrides.setdefault("tokenizer", transformers.AutoTokenizer.from_pretrained(preset.llm_id))
     llm = preset.llm_id if llm is None else llm
     vision = preset.vision_id if vision is None else vision
     settings = {"learner_rank": preset.learner_rank, "router": preset.router, **overrides}
@@ -209,7 +248,15 @@ def _linear(n_in: int, n_out: int, bias: bool) -> int:
 
 
 def _llm_parameters(text: PreTrainedConfig) -> int:
-    """Llama-family causal LM: embeddings, decoder layers, final RMSNorm, lm_head unless tied."""
+    """A causal LM of a supported family: embeddings, decoder layers, final norm, lm_head unless tied.
+
+    Norms are RMSNorms (weight only): the block layout's norms per layer, and the q/k norms the
+    attention layout names (per head, or over the whole projection). Fused projections (Phi-3) hold
+    as many weights as separate ones.
+    """
+    family = text_family(text.model_type)
+    if text.model_type == "qwen3_moe":
+        raise ValueError("expected_parameter_counts: no formula for MoE MLPs (qwen3_moe)")
     d, n_layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
     heads, kv_heads = text.num_attention_heads, text.num_key_value_heads or text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or d // heads
@@ -221,21 +268,35 @@ def _llm_parameters(text: PreTrainedConfig) -> int:
         + 2 * _linear(d, kv_heads * head_dim, qkv_bias)
         + _linear(heads * head_dim, d, attention_bias)
     )
+    qk_norm = family.attention.qk_norm
+    if qk_norm == "head":
+        attention += 2 * head_dim
+    elif qk_norm == "projection":
+        attention += (heads + kv_heads) * head_dim
     mlp = 2 * _linear(d, text.intermediate_size, mlp_bias) + _linear(text.intermediate_size, d, mlp_bias)
-    layer = attention + mlp + 2 * d  # input_layernorm + post_attention_layernorm (RMSNorm: weight only)
+    layout = family.layout
+    norms = sum(n is not None for n in (layout.attention_norm, layout.attention_out_norm,
+                                        layout.mlp_norm, layout.mlp_out_norm))
+    layer = attention + mlp + norms * d
     lm_head = 0 if text.tie_word_embeddings else vocab * d
     return vocab * d + n_layers * layer + d + lm_head
 
 
 def _vision_parameters(vision: PreTrainedConfig) -> int:
-    """SigLIP / CLIP vision transformer as built by `AutoModel.from_config`."""
+    """SigLIP / SigLIP 2 / CLIP vision transformer as built by `AutoModel.from_config`."""
     d, inner = vision.hidden_size, vision.intermediate_size
-    patches = (vision.image_size // vision.patch_size) ** 2
+    patches = (vision.image_size // vision.patch_size) ** 2 if hasattr(vision, "image_size") else 0
     conv = vision.num_channels * vision.patch_size**2 * d
     layer_norm = 2 * d
     mlp = _linear(d, inner, True) + _linear(inner, d, True)
     layer = 4 * _linear(d, d, True) + 2 * layer_norm + mlp
     encoder = vision.num_hidden_layers * layer
+    if vision.model_type == "siglip2_vision_model":
+        # Patches are flattened and embedded by a Linear (with bias); position table of num_patches rows.
+        total = conv + d + vision.num_patches * d + encoder + layer_norm
+        if vision.vision_use_head:
+            total += d + (3 * d * d + 3 * d) + _linear(d, d, True) + layer_norm + mlp
+        return total
     if vision.model_type == "siglip_vision_model":
         total = conv + d + patches * d + encoder + layer_norm  # conv has a bias; post_layernorm
         if vision.vision_use_head:

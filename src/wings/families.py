@@ -1,0 +1,159 @@
+"""The LLM families and vision encoders WINGS knows how to wrap, described as data.
+
+A WINGS layer runs the LLM's own decoder block, "residual + attention, residual + MLP", with the
+learners added to the residual stream right after the attention branch. Decoders differ in where
+they put their norms, in multipliers on the branches, and in how the attention builds its queries and
+keys. Each supported text `model_type` is described once here; the modeling code reads only these
+descriptions (`wings.modeling.decoder_layer`, `wings.modeling.attention`), so a new family that
+fits one of the layouts is one table entry.
+
+Block layouts (x: layer input, h: the learners' query):
+
+    pre-norm    h = x + m * Attn(norm_1(x));        out = h + m * MLP(norm_2(h))
+    sandwich    h = x + norm_a(Attn(norm_1(x)));    out = h + norm_b(MLP(norm_2(h)))
+    post-norm   h = x + norm_a(Attn(x));            out = h + norm_b(MLP(h))
+
+`m` is a residual multiplier (Granite) or 1; some families add a residual dropout (Phi-3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Names of the decoder layer's modules around its attention and MLP (None: not present).
+
+    Args:
+        name: label used in errors and docs.
+        attention_norm: normalises the attention's input (pre-norm, sandwich).
+        attention_out_norm: normalises the attention's output before the residual add (sandwich, post-norm).
+        mlp_norm: normalises the MLP's input.
+        mlp_out_norm: normalises the MLP's output before the residual add.
+        attention_dropout, mlp_dropout: dropout modules on each branch's output (Phi-3).
+        residual_multiplier: config attribute that scales each branch's output (Granite).
+    """
+
+    name: str
+    attention_norm: str | None
+    attention_out_norm: str | None
+    mlp_norm: str | None
+    mlp_out_norm: str | None
+    attention_dropout: str | None = None
+    mlp_dropout: str | None = None
+    residual_multiplier: str | None = None
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Every module the layout reads from the decoder layer (besides `self_attn` and `mlp`)."""
+        names = (self.attention_norm, self.attention_out_norm, self.mlp_norm, self.mlp_out_norm,
+                 self.attention_dropout, self.mlp_dropout)
+        return tuple(n for n in names if n is not None)
+
+
+PRE_NORM = BlockLayout("pre-norm", "input_layernorm", None, "post_attention_layernorm", None)
+PRE_NORM_DROPOUT = replace(
+    PRE_NORM, name="pre-norm, residual dropout", attention_dropout="resid_attn_dropout", mlp_dropout="resid_mlp_dropout"
+)
+PRE_NORM_MULTIPLIER = replace(PRE_NORM, name="pre-norm, residual multiplier", residual_multiplier="residual_multiplier")
+SANDWICH = BlockLayout(
+    "sandwich", "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"
+)
+POST_NORM = BlockLayout("post-norm", None, "post_attention_layernorm", None, "post_feedforward_layernorm")
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """How a family's `self_attn` builds queries, keys and values before the attention kernel.
+
+    Args:
+        qkv: "separate" (q_proj, k_proj, v_proj) or "fused" (one qkv_proj, split as [q | k | v]).
+        qk_norm: None, "head" (q_norm/k_norm over each head's channels: Qwen3, Gemma 3) or "projection"
+            (over the whole projection, before splitting into heads: OLMo 2).
+        softcap: attribute of the attention module holding the attention-logit softcap (Gemma 2), or None.
+        rope_switch: attribute of the attention module that is False on layers without RoPE (SmolLM3), or None.
+    """
+
+    qkv: str = "separate"
+    qk_norm: str | None = None
+    softcap: str | None = None
+    rope_switch: str | None = None
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The attention module's parts the layout reads."""
+        projections = ("qkv_proj",) if self.qkv == "fused" else ("q_proj", "k_proj", "v_proj")
+        norms = ("q_norm", "k_norm") if self.qk_norm else ()
+        return (*projections, *norms, "o_proj")
+
+
+@dataclass(frozen=True)
+class TextFamily:
+    """One supported decoder family.
+
+    Args:
+        layout: where the block puts norms, dropouts and multipliers.
+        attention: how its attention builds queries and keys.
+        embedding_multiplier: config attribute by which the decoder multiplies its input embeddings
+            itself (Granite); the learners' features are multiplied alike, so they see what the decoder
+            receives. Families that scale inside their embedding module (Gemma) need nothing here.
+        notes: what differs from Llama (for docs and errors).
+    """
+
+    layout: BlockLayout
+    attention: AttentionLayout = AttentionLayout()
+    embedding_multiplier: str | None = None
+    notes: str = ""
+
+
+TEXT_FAMILIES: dict[str, TextFamily] = {
+    "llama": TextFamily(PRE_NORM, notes="the reference layout"),
+    "qwen2": TextFamily(PRE_NORM, notes="q/k/v biases"),
+    "mistral": TextFamily(PRE_NORM, notes="optional sliding window"),
+    "ministral": TextFamily(PRE_NORM, notes="sliding window on some layers"),
+    "qwen3": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms"),
+    "qwen3_moe": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms, MoE MLP"),
+    "gemma2": TextFamily(
+        SANDWICH,
+        AttentionLayout(softcap="attn_logit_softcapping"),
+        notes="sandwich norms, sqrt(d) embedding scale, query_pre_attn_scalar, logit softcapping, sliding layers",
+    ),
+    "gemma3_text": TextFamily(
+        SANDWICH,
+        AttentionLayout(qk_norm="head"),
+        notes="sandwich norms, sqrt(d) embedding scale, per-head q/k norms, local/global layers with two RoPE bases",
+    ),
+    "phi3": TextFamily(PRE_NORM_DROPOUT, AttentionLayout(qkv="fused"), notes="fused qkv_proj and gate_up_proj"),
+    "olmo2": TextFamily(POST_NORM, AttentionLayout(qk_norm="projection"), notes="post-norm, q/k norms over the projection"),
+    "smollm3": TextFamily(PRE_NORM, AttentionLayout(rope_switch="use_rope"), notes="NoPE layers between RoPE layers"),
+    "granite": TextFamily(
+        PRE_NORM_MULTIPLIER,
+        embedding_multiplier="embedding_multiplier",
+        notes="embedding, attention and residual multipliers, logits scaling",
+    ),
+}
+
+# Vision encoders: model_type -> how many leading non-patch tokens its hidden states carry.
+# SigLIP 2 at a fixed resolution comes two ways: checkpoints in SigLIP's format (model_type
+# "siglip_vision_model", e.g. google/siglip2-so400m-patch14-384) and the NaFlex `Siglip2VisionModel`
+# ("siglip2_vision_model"), which WINGS feeds square images at its native patch grid.
+VISION_ENCODERS: dict[str, int] = {
+    "siglip_vision_model": 0,
+    "clip_vision_model": 1,  # CLS token first
+    "siglip2_vision_model": 0,
+}
+
+
+def text_family(model_type: str) -> TextFamily:
+    """The description of `model_type`, or an `UnsupportedModelError` naming what is missing."""
+    if model_type not in TEXT_FAMILIES:
+        raise UnsupportedModelError(
+            f"text model type '{model_type}' is not supported: WINGS has no block layout for it. Supported: "
+            f"{', '.join(TEXT_FAMILIES)}. A decoder whose block is 'residual + attention, residual + MLP' can be "
+            "added as one entry of wings.families.TEXT_FAMILIES, naming its norms (BlockLayout) and how its "
+            "attention builds queries and keys (AttentionLayout)."
+        )
+    return TEXT_FAMILIES[model_type]

@@ -1,9 +1,12 @@
 """Worker for the multi-process tests: FSDP2 training of a tiny WINGS model on CPU with gloo.
 
-Run with `torchrun --nproc_per_node 2 distributed_worker.py OUT --steps N --save-at K [--resume CKPT]`.
-The wrap units come from the shipped `recipes/accelerate_fsdp.yaml` through accelerate's own FSDP2
-wrap-policy function; the global batch of every step is fixed by its step number, and each rank takes
-an equal share of it, so the run is comparable with a single process on the whole batch.
+Run with `torchrun --nproc_per_node 2 distributed_worker.py OUT --steps N --save-at K [--resume CKPT]`
+(FSDP2), or with `--engine zero2` / `--engine zero3` (DeepSpeed with its CPU accelerator).
+FSDP2's wrap units come from the shipped `recipes/accelerate_fsdp.yaml` through accelerate's own
+FSDP2 wrap-policy function; DeepSpeed runs the shipped `recipes/deepspeed_zero{2,3}.json` with their
+"auto" values filled in as the HF integration would. The global batch of every step is fixed by its
+step number, and each rank takes an equal share of it, so a run is comparable with a single process on
+the whole batch.
 """
 
 from __future__ import annotations
@@ -93,6 +96,46 @@ def shard(model, mesh):
     return units
 
 
+def deepspeed_config(stage: int, world: int) -> dict:
+    """The shipped ZeRO config with its "auto" values filled in for this run (fp32, no clipping)."""
+    config = json.loads((REPO / "recipes" / f"deepspeed_zero{stage}.json").read_text())
+    config["zero_optimization"] = {k: v for k, v in config["zero_optimization"].items() if v != "auto"}
+    config.update(bf16={"enabled": False}, train_micro_batch_size_per_gpu=GLOBAL_BATCH // world,
+                  gradient_accumulation_steps=1, train_batch_size=GLOBAL_BATCH, gradient_clipping=0.0,
+                  zero_allow_untested_optimizer=True)  # plain torch SGD beside ZeRO
+    return config
+
+
+def run_deepspeed(stage: int, out: Path, steps: int) -> None:
+    import deepspeed
+    import torch.distributed as dist
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    share = GLOBAL_BATCH // world
+    rows = slice(rank * share, (rank + 1) * share)
+    model = make_model()
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(model),
+                                           config=deepspeed_config(stage, world))
+    losses = []
+    for step in range(steps):
+        loss = engine(**make_batch(step, rows)).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    per_step = torch.tensor(losses)
+    dist.all_reduce(per_step)
+    # ZeRO-3 holds each parameter in pieces: gather one full copy (collective), written by rank 0 alone.
+    weights = engine._zero3_consolidated_16bit_state_dict() if stage == 3 else model.state_dict()
+    if rank == 0:
+        model.save_pretrained(out / "final", state_dict=weights)
+        partitioned = sum(1 for p in model.parameters() if hasattr(p, "ds_id"))
+        (out / "run.json").write_text(json.dumps({"losses": (per_step / world).tolist(), "world": world,
+                                                  "zero_partitioned_params": partitioned}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def main() -> None:
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import (
@@ -110,8 +153,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--save-at", type=int, default=None)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--engine", choices=("fsdp", "zero2", "zero3"), default="fsdp")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.engine != "fsdp":
+        return run_deepspeed(int(args.engine[-1]), Path(args.output), args.steps)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     share = GLOBAL_BATCH // world

@@ -1,9 +1,15 @@
-"""Multi-process training on CPU (gloo, 2 processes): FSDP2 with the shipped recipe's wrap units reaches
-the single-process losses and weights, saves one full state dict that loads with from_pretrained, and
-resumes from its checkpoint to the same result."""
+"""Multi-process training on CPU (gloo, 2 processes): FSDP2 with the shipped recipe's wrap units, and
+DeepSpeed ZeRO-2 / ZeRO-3 with the shipped configs (its CPU accelerator), reach the single-process losses
+and weights and save one full state dict that loads with from_pretrained; FSDP2 also resumes from its
+checkpoint to the same result.
+
+The `accelerate launch` side of these recipes cannot run on CPU (docs/tools.md says why), so the
+worker applies the same settings through accelerate's wrap policy, torch's `fully_shard` and
+`deepspeed.initialize` directly."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -35,18 +41,34 @@ def _launch(out: Path, *args: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), str(Path(worker.__file__)), str(out), "--steps", str(STEPS), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "DS_ACCELERATOR": "cpu"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((out / "run.json").read_text())
 
 
-@pytest.mark.slow
-def test_fsdp2_two_processes_match_one(tmp_path):
+@pytest.fixture(scope="module")
+def reference():
+    """One process, the whole global batch: losses per step and the final weights."""
     torch.set_num_threads(1)
-    reference = worker.make_model()
-    reference_losses = worker.train_steps(reference, worker.make_optimizer(reference), range(STEPS))
+    model = worker.make_model()
+    losses = worker.train_steps(model, worker.make_optimizer(model), range(STEPS))
+    return losses, model.state_dict()
 
+
+def _assert_weights(directory: Path, expected: dict, atol: float = WEIGHT_TOL) -> dict:
+    assert sorted(p.name for p in directory.glob("*.safetensors")) == ["model.safetensors"]
+    loaded = WingsForConditionalGeneration.from_pretrained(directory).state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, value in loaded.items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=atol, msg=name)
+    return loaded
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_one(tmp_path, reference):
+    reference_losses, reference_weights = reference
     run = _launch(tmp_path / "fsdp", "--save-at", str(SAVE_AT))
     assert run["world"] == 2
     layers = [f"language_model.model.layers.{i}" for i in range(3)]
@@ -54,19 +76,25 @@ def test_fsdp2_two_processes_match_one(tmp_path):
     assert run["losses"] == pytest.approx(reference_losses, abs=LOSS_TOL)
 
     # One full copy of the weights, loadable as a plain WINGS directory, equal to the single-process result.
-    final = tmp_path / "fsdp" / "final"
-    assert sorted(p.name for p in final.glob("*.safetensors")) == ["model.safetensors"]
-    loaded = WingsForConditionalGeneration.from_pretrained(final)
-    expected = reference.state_dict()
-    for name, value in loaded.state_dict().items():
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=WEIGHT_TOL, msg=name)
+    loaded = _assert_weights(tmp_path / "fsdp" / "final", reference_weights)
 
     # Resume from the step-2 checkpoint in a fresh launch: the same last losses and final weights.
     resumed = _launch(tmp_path / "resumed", "--resume", str(tmp_path / "fsdp" / f"checkpoint-{SAVE_AT}"))
     assert resumed["losses"] == pytest.approx(run["losses"][SAVE_AT:], abs=LOSS_TOL)
-    again = WingsForConditionalGeneration.from_pretrained(tmp_path / "resumed" / "final").state_dict()
-    for name, value in loaded.state_dict().items():
-        torch.testing.assert_close(again[name], value, rtol=0, atol=1e-6, msg=name)
+    _assert_weights(tmp_path / "resumed" / "final", loaded, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_two_processes_match_one(tmp_path, reference, stage):
+    reference_losses, reference_weights = reference
+    run = _launch(tmp_path / f"zero{stage}", "--engine", f"zero{stage}")
+    assert run["world"] == 2
+    if stage == 3:
+        assert run["zero_partitioned_params"] > 0  # ZeRO-3 really partitioned the parameters
+    assert run["losses"] == pytest.approx(reference_losses, abs=LOSS_TOL)
+    _assert_weights(tmp_path / f"zero{stage}" / "final", reference_weights)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])

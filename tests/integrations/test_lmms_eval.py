@@ -168,3 +168,36 @@ def test_unknown_model_args_are_named(setup):
 
     with pytest.raises(ValueError, match="unknown model_args.*'max_lenght'"):
         WingsLMMs(pretrained=str(setup[1]), max_lenght=4)
+
+
+def test_loglikelihood_requests_in_process(setup):
+    """Conditional requests (with images) and lmms-eval's unconditional ones, batched across documents."""
+    import torch
+    from lmms_eval.api.instance import Instance
+
+    from wings.integrations.lmms_eval import WingsLMMs
+
+    root, model_dir, tasks, docs, model, processor = setup
+    lm = WingsLMMs(pretrained=str(model_dir), device="cpu", batch_size=3)
+    lm.task_dict = {"t": {"test": docs}}
+
+    def visual(doc):
+        return [Image.open(doc["image"])]
+
+    requests = [Instance("loglikelihood", (QUESTION, " " + c, visual, d, "t", "test"), idx=j,
+                         metadata={"task": "t", "doc_id": d, "repeats": 1})
+                for d in range(3) for j, c in enumerate(docs[d]["choices"][:2])]
+    requests.append(Instance("loglikelihood", ("", " red"), idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1}))
+    results = [r.text for r in lm.loglikelihood(requests)]
+    ours = choice_loglikelihoods(model, processor, [_prompt(processor)] * 3,
+                                 [[" " + c for c in d["choices"][:2]] for d in docs[:3]],
+                                 [[d["image"]] for d in docs[:3]], normalize="sum")
+    assert [-nll for nll, _ in results[:-1]] == pytest.approx([s for row in ours for s in row], abs=1e-4)
+    # No context: the continuation follows the end-of-text token, as in lm-eval.
+    ids = processor.tokenizer(" red", add_special_tokens=False)["input_ids"]
+    row = torch.tensor([[lm.eos_token_id, *ids]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=row).logits[0, :-1].float(), -1)
+    expected = -float(logprobs[torch.arange(len(ids)), torch.tensor(ids)].sum())
+    assert results[-1][0] == pytest.approx(expected, abs=1e-4)
+    assert all(isinstance(greedy, bool) for _, greedy in results)

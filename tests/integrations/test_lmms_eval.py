@@ -168,6 +168,8 @@ def test_unknown_model_args_are_named(setup):
 
     with pytest.raises(ValueError, match="unknown model_args.*'max_lenght'"):
         WingsLMMs(pretrained=str(setup[1]), max_lenght=4)
+    with pytest.raises(ValueError, match="batch_size must be a positive number, got 'auto'"):
+        WingsLMMs(pretrained=str(setup[1]), batch_size="auto")
 
 
 def test_loglikelihood_requests_in_process(setup):

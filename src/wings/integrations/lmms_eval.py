@@ -65,9 +65,11 @@ class WingsLMMs(lmms):
             raise ValueError(f"lmms-eval model 'wings': unknown model_args {sorted(unknown)}")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
+            raise ValueError(f"lmms-eval model 'wings': batch_size must be a positive number, got {batch_size!r}")
+        self.batch_size_per_gpu = int(batch_size)
         self.model, self.processor = load_model_and_processor(pretrained, device=device, dtype=dtype)
         self.tokenizer = self.processor.tokenizer
-        self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self._device = torch.device(device)
         eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -130,7 +132,8 @@ class WingsLMMs(lmms):
             context, target, *rest = request.args
             if not rest:  # lmms-eval's unconditional requests (acc_mutual_info): no context, no images
                 continuation = target
-                context_ids, pixels = [self.eos_token_id], None
+                eot = self.eos_token_id[0] if isinstance(self.eos_token_id, list) else self.eos_token_id
+                context_ids, pixels = [eot], None
             else:
                 doc_to_target, doc_to_visual, doc_id, task, split = target, *rest
                 doc = self.task_dict[task][split][doc_id]

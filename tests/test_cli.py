@@ -93,6 +93,7 @@ def _library_functions():
     from wings.training.run import train
 
     from wings.evaluation.converters import convert_pool
+    from wings.export import export_hub, export_llm
 
     eval_data = {f.name: f.default for f in dataclasses.fields(EvalData)}
     lab_config = {f.name: f.default for f in dataclasses.fields(LabConfig) if f.name != "sizes"}
@@ -107,6 +108,8 @@ def _library_functions():
         "chat": (_defaults(chat_loop, skip={"lines", "out"}), {"model_dir": "model", "images": "image"}),
         "demo": (_defaults(run_demo), {}),
         "pool convert": (_defaults(convert_pool), {}),
+        "export": (_defaults(export_hub), {}),
+        "export-llm": (_defaults(export_llm), {}),
     }
 
 

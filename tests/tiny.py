@@ -179,3 +179,33 @@ def tiny_siglip2(seed: int = 1):
     config = Siglip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                                  patch_size=PATCH, num_patches=(IMAGE_SIZE // PATCH) ** 2)
     return Siglip2VisionModel(config).eval()
+
+
+SAVED_CORPUS = [
+    "what colour is the image? red green blue yellow. hello how are you? fine thanks.",
+    "Which statement is true? The answer is B. describe the picture: a red circle.",
+] * 10
+
+
+def save_tiny_wings(path, seed: int = 0):
+    """A saved WINGS directory (model with non-zero learners + processor), as `wings train` writes it."""
+    processor = tiny_processor(SAVED_CORPUS)
+    tok = processor.tokenizer
+    torch.manual_seed(seed)
+    llm = Qwen2ForCausalLM(Qwen2Config(
+        hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=64,
+        vocab_size=len(tok), max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=None,
+    )).eval()
+    torch.manual_seed(seed + 1)
+    vision = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=PATCH,
+    )).eval()
+    model = WingsForConditionalGeneration.from_llm_and_vision(
+        llm, vision, image_token_id=processor.image_token_id, learner_rank=4
+    ).eval()
+    randomize_learners(model, seed=seed + 2)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -49,7 +49,7 @@ def chat_loop(
         history.append({"role": "user", "content": content})
         history_images += pending
         pending = []
-        inputs = processor(processor.apply_chat_template(history), images=history_images or None)
+        inputs = processor(processor.apply_chat_template(history, add_generation_prompt=True), images=history_images or None)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         reply = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()

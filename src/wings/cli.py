@@ -66,6 +66,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("chat", "wings.cli_commands:chat"),
     Command("demo", "wings.cli_commands:demo"),
     Passthrough("serve", "wings.serving:serve_main"),
+    Command("export", "wings.cli_commands:export"),
+    Command("export-llm", "wings.cli_commands:export_llm"),
+    Passthrough("lmms-eval", "wings.integrations.lmms_eval:lmms_eval_main"),
 )
 GROUPS = {
     "iit": "the Interleaved Image-Text benchmark",

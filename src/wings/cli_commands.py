@@ -329,6 +329,36 @@ def pool_convert(
     return 0
 
 
+def export(model_dir: str, /, *, output: str, metrics: str | None = None, overwrite: bool = False) -> int:
+    """Write a Hub-ready copy of a saved WINGS directory: it loads with only transformers and torch installed
+    (`trust_remote_code=True`), with a model card.
+
+    Args:
+        model_dir: a saved WINGS directory (`wings train` output).
+        output: the directory to write.
+        metrics: a JSON file of results for the model card (default: metrics.json in model_dir, if any).
+        overwrite: replace the contents of an existing output directory.
+    """
+    from .export import export_hub
+
+    print(f"[wings export] wrote {export_hub(model_dir, output, metrics=metrics, overwrite=overwrite)}")
+    return 0
+
+
+def export_llm(model_dir: str, /, *, output: str, overwrite: bool = False) -> int:
+    """Write the (possibly stage-2-trained) LLM of a saved WINGS model as a plain Hugging Face causal LM.
+
+    Args:
+        model_dir: a saved WINGS directory.
+        output: the directory to write (model and tokenizer; loads with AutoModelForCausalLM).
+        overwrite: replace the contents of an existing output directory.
+    """
+    from .export import export_llm as write_llm
+
+    print(f"[wings export-llm] wrote {write_llm(model_dir, output, overwrite=overwrite)}")
+    return 0
+
+
 def lm_eval(argv: list[str]) -> int:
     """lm-evaluation-harness CLI with WINGS models loadable (arguments passed through)."""
     import wings  # noqa: F401  (registers the Auto classes in this process)

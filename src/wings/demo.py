@@ -106,7 +106,7 @@ def run_demo(seed: int = 0, steps: int = 150, output: str = "runs/demo") -> str:
         ([{"role": "user", "content": "how are you?"}], None),  # text-only: what WINGS must not forget
     )
     for messages, images in chats:
-        inputs = processor(processor.apply_chat_template(messages), images=images)
+        inputs = processor(processor.apply_chat_template(messages, add_generation_prompt=True), images=images)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
         reply = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

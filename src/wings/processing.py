@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from typing import Any
 
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
 from .modeling.model import ensure_image_token
+
+
+# Options of the tokenizer call that `apply_chat_template(..., tokenize=True)` hands to the processor.
+PROCESSOR_CALL_KWARGS = ("padding", "truncation", "max_length", "padding_side", "images")
 
 
 def flatten_content(content: str | list[dict]) -> str:
@@ -24,6 +30,66 @@ def flatten_content(content: str | list[dict]) -> str:
         else:
             raise ValueError(f"unsupported content part type {kind!r} (expected 'image' or 'text')")
     return "".join(pieces)
+
+
+def images_in_conversation(messages: list[dict]) -> list[Image.Image]:
+    """The images of a conversation's image parts, in order, loaded as RGB PIL images.
+
+    A part holds its image under "image" (PIL image or path), "path" or "url" (a local path, a
+    `file://` URL or an http(s) URL). Raises `ValueError` naming the message and part otherwise.
+    """
+    images = []
+    for m, message in enumerate(messages):
+        content = message["content"]
+        if isinstance(content, str):
+            continue
+        for p, part in enumerate(content):
+            if part.get("type") != "image":
+                continue
+            source = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
+            if source is None:
+                raise ValueError(
+                    f"message {m}, content part {p}: an image part without its image; give "
+                    "{'type': 'image', 'image': <PIL image or path>} (or pass the images in processor_kwargs)"
+                )
+            images.append(load_image_source(source, where=f"message {m}, content part {p}"))
+    return images
+
+
+def flatten_images(images: Any | None) -> list[Image.Image]:
+    """One image, a list, or a list of per-sample lists (as HF pipelines pass them) -> a flat list of images.
+
+    Paths are opened as RGB images; PIL images and arrays are passed through.
+    """
+    if images is None:
+        return []
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    flat = []
+    for i, item in enumerate(images):
+        for image in item if isinstance(item, (list, tuple)) else [item]:
+            if isinstance(image, (str, os.PathLike)):
+                image = load_image_source(image, where=f"image {i}")
+            flat.append(image)
+    return flat
+
+
+def load_image_source(source: Image.Image | str | os.PathLike, where: str) -> Image.Image:
+    """A PIL image, a local path, a `file://` URL or an http(s) URL -> an RGB PIL image."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    source = os.fspath(source)
+    if source.startswith("file://"):
+        source = urllib.parse.unquote(urllib.parse.urlparse(source).path)
+    if source.startswith(("http://", "https://")):
+        from transformers.image_utils import load_image
+
+        return load_image(source)
+    try:
+        with Image.open(source) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{where}: cannot read image '{source}': {err}") from err
 
 
 def pad_to_square(img: Image.Image, background_rgb: tuple[int, int, int]) -> Image.Image:
@@ -101,7 +167,7 @@ class WingsProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("WingsProcessor needs text (use '<image>' markers where images go)")
         texts = [text] if isinstance(text, str) else list(text)
-        image_list = [] if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])
+        image_list = flatten_images(images)
         n_markers = sum(t.count(self.image_token) for t in texts)
         if n_markers != len(image_list):
             raise ValueError(
@@ -125,17 +191,63 @@ class WingsProcessor(ProcessorMixin):
             data["pixel_values"] = self.image_processor(image_list, return_tensors=return_tensors)["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        """Render HF chat messages (string or content-part lists) to a prompt string with `<image>` markers."""
-        messages = [{**m, "content": flatten_content(m["content"])} for m in conversation]
-        template = kwargs.pop("chat_template", None) or self.chat_template
-        return self.tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            chat_template=template,
-            **kwargs,
-        )
+    def apply_chat_template(
+        self,
+        conversation: list[dict] | list[list[dict]],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_tensors: str | None = "pt",
+        return_dict: bool = False,
+        processor_kwargs: dict | None = None,
+        **kwargs,
+    ) -> str | list[str] | Any:
+        """Render HF chat messages (one conversation or a batch) to prompts, optionally model inputs.
+
+        Content is a string or a list of parts: `{"type": "text", "text": ...}` and
+        `{"type": "image"}`, each image part rendering as an `<image>` marker. With `tokenize=True`
+        an image part must carry its image (`"image"`: a PIL image or a local path; `"path"`; or
+        `"url"`: a local path, `file://` or http(s) URL), unless `processor_kwargs["images"]` gives
+        them all in order.
+
+        Returns the prompt string (a list for a batch); with `tokenize=True` the input_ids [B, T];
+        with `return_dict=True` too, the processor's `BatchFeature` (input_ids, attention_mask and,
+        with images, pixel_values [n_images, 3, H, W]), ready for `model.generate(**inputs)`.
+        Keyword arguments that are tokenizer call options (padding, truncation, max_length,
+        padding_side) go to the processor; the others reach the chat template.
+        """
+        is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = list(conversation) if is_batched else [conversation]
+        template = chat_template or self.chat_template
+        processor_kwargs = dict(processor_kwargs or {})
+        for key in PROCESSOR_CALL_KWARGS:
+            if key in kwargs:
+                processor_kwargs[key] = kwargs.pop(key)
+        prompts = [
+            self.tokenizer.apply_chat_template(
+                [{**m, "content": flatten_content(m["content"])} for m in messages],
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                chat_template=template,
+                **kwargs,
+            )
+            for messages in conversations
+        ]
+        if not tokenize:
+            return prompts if is_batched else prompts[0]
+        images = processor_kwargs.pop("images", None)
+        if images is None:
+            images = [image for messages_images in map(images_in_conversation, conversations) for image in messages_images]
+        inputs = self(text=prompts, images=images or None, return_tensors=return_tensors, **processor_kwargs)
+        return inputs if return_dict else inputs["input_ids"]
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        """Token ids [B, T] (or [T]) from `generate()` -> decoded texts (what the pipeline shows)."""
+        if hasattr(generated_outputs, "dim") and generated_outputs.dim() == 1:
+            generated_outputs = generated_outputs.unsqueeze(0)
+        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)

@@ -18,7 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import main_attention
 from .cache import LEARNER_KINDS, LearnerInputs
-from .lorra import LoRRA
+from .lorra import LoRRA, mix_learners
 from .router import make_router
 
 REQUIRED_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -106,45 +106,28 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             cache,
             key_is_image=key_is_image,
             need_weights=need_weights,
+            rope=None if learner_inputs is None else learner_inputs.query_rope(*position_embeddings),
             **kwargs,
         )
         hidden = hidden_states + attn_out
         if asked:
             learner_inputs.attentions[self.layer_idx] = weights
         if learner_inputs is not None:
-            visual = self._learner("visual", hidden, position_embeddings, learner_inputs)
-            if routed:
-                textual = self._learner("textual", hidden, position_embeddings, learner_inputs)
-                w = self.router(weights if positional else image_mass).to(hidden.dtype)
-                # hidden + w_v * visual + w_t * textual, without full-size temporaries for the products.
-                hidden = torch.addcmul(hidden, w[..., :1], visual).addcmul_(w[..., 1:], textual)
-            else:
-                hidden = hidden + visual
+            hidden = self._learners(hidden, position_embeddings, learner_inputs, weights, image_mass, routed, positional)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
-    def _learner(
-        self,
-        kind: str,
-        hidden: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        inputs: LearnerInputs,
-    ) -> torch.Tensor:
-        learner = self.visual_learner if kind == "visual" else self.textual_learner
-        keys = inputs.keys[kind]
+    def _learners(self, hidden, position_embeddings, inputs: LearnerInputs, weights, image_mass, routed, positional):
+        """hidden [B, T, d] plus the learners' outputs: routed (both, mixed by the router) or visual only."""
         cos, sin = position_embeddings
-        if keys.index.shape[1] or inputs.cache is None:
-            # K/V of this chunk's new keys only: image tokens once (when they arrive), text tokens once each.
-            key_cos, key_sin = keys.rope_tables(cos, sin)
-            k, v = learner.keys_values(keys.features(inputs.source), key_cos, key_sin)
-            if inputs.cache is not None:
-                k, v = inputs.cache.update_learner(kind, self.layer_idx, k, v)
-        else:  # decoding: nothing new for this learner (the visual one during text); its K/V are in the cache
-            none = hidden.new_zeros(hidden.shape[0], learner.num_heads, 0, learner.head_dim)
-            k, v = inputs.cache.learner_kv.get((kind, self.layer_idx), (none, none))
-        # RoPE tables broadcast over the batch when all rows share positions.
-        batch = hidden.shape[0]
-        cos_b, sin_b = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
-        return learner(hidden, cos_b, sin_b, k, v, keys.mask)
+        rope = inputs.query_rope(cos, sin)
+        visual_kv = inputs.keys_values("visual", self.layer_idx, self.visual_learner, cos, sin)
+        if not routed:
+            visual = self.visual_learner(hidden, cos, sin, *visual_kv, inputs.keys["visual"].mask, rope=rope)
+            return hidden + visual
+        textual_kv = inputs.keys_values("textual", self.layer_idx, self.textual_learner, cos, sin)
+        w = self.router(weights if positional else image_mass).to(hidden.dtype)
+        masks = (inputs.keys["visual"].mask, inputs.keys["textual"].mask)
+        return mix_learners(self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w)
 
 
 __all__ = ["WingsDecoderLayer", "check_llama_family_layer", "LEARNER_KINDS"]

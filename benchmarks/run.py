@@ -680,6 +680,65 @@ def bench_decode_ops(models: dict, ids, feats) -> dict:
                wrapper_ops=counts["wrapper"][0])
 
 
+def compile_config(device: str) -> CompileConfig:
+    """What generate() compiles a static-cache decode step with: inductor, one graph; CUDA graphs on GPUs."""
+    if device == "cuda":
+        return CompileConfig(fullgraph=True, mode="reduce-overhead")  # CUDA graphs
+    config = CompileConfig(fullgraph=True, backend="inductor")
+    config._compile_all_devices = True  # generate() compiles only on accelerators unless told
+    return config
+
+
+def bench_decode_static(s: Settings, device: str, vocab: int) -> list[dict]:
+    """Per-token decode time with cache_implementation="static", eager and compiled, WINGS / LLM."""
+    shape = replace(s.shape, vocab=vocab)
+    models = build_models(shape, device, wrapper=False)
+    ids, feats = make_inputs(shape, s.prompt_length, s.image_start, seed=2, device=device)
+    mask = torch.ones_like(ids)
+    rows = []
+    variants = {"eager": dict(cache_implementation="static", disable_compile=True)}
+    if s.compile:
+        variants["compiled"] = dict(cache_implementation="static", compile_config=compile_config(device))
+    for variant, kwargs in variants.items():
+        runs = {name: generate_fn(name, m, ids, feats, mask, s.decode_steps, device, **kwargs)
+                for name, m in models.items()}
+        start = time.perf_counter()
+        per_token = decode_rounds(runs, s.decode_rounds, device)
+        label = {"eager": "eager", "compiled": "CUDA graphs" if device == "cuda" else "inductor"}[variant]
+        rows.append(decode_row(f"decode static per token, vocab {vocab}, {label}", per_token, 1.2,
+                               wall_s=time.perf_counter() - start))
+    return rows
+
+
+def bench_decode_batch(s: Settings, device: str, batch: int) -> list[dict]:
+    """Per-token (per step) decode time of a left-padded batch with 0-2 images per row, WINGS / LLM."""
+    image_side = int(round(s.batch_image_tokens**0.5))
+    shape = replace(s.shape, vocab=SMALL_VOCAB, image_tokens=image_side * image_side)
+    models = build_models(shape, device, wrapper=False)
+    ids, mask, feats = make_batch(shape, batch, shape.image_tokens, seed=5, device=device)
+    runs = {name: generate_fn(name, m, ids, feats, mask, s.batch_steps, device) for name, m in models.items()}
+    per_token = decode_rounds(runs, s.decode_rounds, device)
+    return [decode_row(f"decode batch {batch} per step, vocab {SMALL_VOCAB}", per_token, 1.3,
+                       prompt_width=ids.shape[1], images=feats.shape[0])]
+
+
+# Dense bf16 peak FLOP/s of common accelerators (for the MFU row); others report achieved FLOP/s only.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def bench_mfu(models: dict, s: Settings, device: str) -> list[dict]:
+    """Model FLOPs utilisation of one WINGS stage-2 training step (3 x forward matmul FLOPs / time / peak)."""
+    step = train_steps(models, s, device)["wings"]
+    step()  # warm-up
+    seconds = min(timed(step, device) for _ in range(s.train_repeats))
+    flops = 3 * sum(forward_flops(s.shape, s.train_length, s.shape.image_tokens, wings=True).values())
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    achieved = flops / seconds
+    return [row(f"train step@{s.train_length} MFU (bf16)", achieved / peak if peak else float("nan"), None,
+                achieved_tflops=achieved / 1e12, peak_tflops=(peak or float("nan")) / 1e12, step_s=seconds, gpu=name)]
+
+
 def bench_router(models: dict, s: Settings, peaks: dict[str, float], device: str) -> list[dict]:
     ids, feats = make_inputs(s.shape, s.memory_length, s.image_start, device=device)
 
@@ -794,6 +853,11 @@ def run(settings: Settings, device: str = "cpu", preset: str = "custom", log=pri
     for vocab in s.decode_vocabs:
         log(f"decode, vocab {vocab} ...")
         rows += bench_decode(s, device, vocab)
+    log("decode, static cache (eager and compiled) ...")
+    rows += bench_decode_static(s, device, min(s.decode_vocabs))
+    for batch in s.batch_sizes:
+        log(f"decode, batch {batch} ...")
+        rows += bench_decode_batch(s, device, batch)
     log("generate ...")
     rows += bench_generate(models, s, device)
     log("router ...")
@@ -804,6 +868,9 @@ def run(settings: Settings, device: str = "cpu", preset: str = "custom", log=pri
     del models["positional"], models["wrapper"]
     log("train ...")
     rows += bench_train(models, s, device)
+    if device == "cuda":
+        log("train MFU ...")
+        rows += bench_mfu(models, s, device)
     seven_b = {f"qwen1.5-7b@{t}": flop_ratio(QWEN15_7B, t) for t in (1024, 2048, 4096)}
     return {
         "rows": rows,

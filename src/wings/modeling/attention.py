@@ -19,7 +19,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..families import AttentionLayout
-from .lorra import apply_rope
+from .lorra import apply_rope, rotate
 
 LLAMA_ATTENTION = AttentionLayout()
 
@@ -103,9 +103,14 @@ def main_attention(
     key_is_image: torch.Tensor | None,
     need_weights: bool,
     layout: AttentionLayout = LLAMA_ATTENTION,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run a decoder layer's `self_attn` on its input x [B, T, d] (normed, where the block norms it).
+
+    layout: how the family's attention builds queries and keys. rope: the RoPE tables of
+    `position_embeddings` already prepared by `lorra.rope_tables` (shared with the learners where their heads
+    have the LLM's width), or None; unused on layers without RoPE.
 
     key_is_image: [B, S] flags of all keys (cached + current); when given, also returns the per-head
     image mass [B, T, H]. need_weights: run eager attention and return weights [B, H, T, S].
@@ -125,13 +130,15 @@ def main_attention(
     if key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] > 1:
         pad = mass_channel_width(head_dim, v.device) - head_dim
     k_pad = pad if cache is None else 0  # the cache keeps keys unpadded
-    if uses_rope(self_attn, layout):
+    if not uses_rope(self_attn, layout):
+        q = F.pad(q, (0, pad)) if pad else q
+        k = F.pad(k, (0, k_pad)) if k_pad else k
+    elif rope is not None and not pad:
+        q, k = rotate(q, rope), rotate(k, rope)
+    else:
         cos, sin = position_embeddings
         q = apply_rope(q, cos, sin, pad=pad)
         k = apply_rope(k, cos, sin, pad=k_pad)
-    else:
-        q = F.pad(q, (0, pad)) if pad else q
-        k = F.pad(k, (0, k_pad)) if k_pad else k
     if cache is not None:
         k, v = cache.update(k, v, self_attn.layer_idx)
 
@@ -200,11 +207,18 @@ def single_query_attention(
     """
     batch, heads, _, head_dim = q.shape
     kv_heads, length = k.shape[1], k.shape[2]
-    grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    scores = torch.matmul(grouped, k.transpose(2, 3)).view(batch, heads, 1, length) * scaling
-    if attention_mask is not None:
-        scores = scores + additive_mask(attention_mask, 1, length, scores.dtype, scores.device)
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    out = torch.matmul(weights.view(batch, kv_heads, heads // kv_heads, length), v)
-    image_mass = torch.matmul(weights.view(batch, heads, length), flags.to(weights.dtype).unsqueeze(-1))
+    group = heads // kv_heads
+    # [B * H_kv, ...] views (no copy of the cache): each key/value head serves its group of query heads.
+    scores = torch.bmm(
+        q.reshape(batch * kv_heads, group, head_dim), k.reshape(batch * kv_heads, length, head_dim).transpose(1, 2)
+    ).view(batch, heads, 1, length)
+    if attention_mask is None:
+        scores = scores * scaling
+    else:
+        scores = torch.add(additive_mask(attention_mask, 1, length, scores.dtype, scores.device), scores, alpha=scaling)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32)
+    if weights.dtype != q.dtype:
+        weights = weights.to(q.dtype)
+    out = torch.bmm(weights.view(batch * kv_heads, group, length), v.reshape(batch * kv_heads, length, head_dim))
+    image_mass = torch.bmm(weights.view(batch, heads, length), flags.to(weights.dtype).unsqueeze(-1))
     return out.view(batch, 1, heads, head_dim), image_mass.view(batch, 1, heads)

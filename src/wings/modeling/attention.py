@@ -104,6 +104,7 @@ def main_attention(
     need_weights: bool,
     layout: AttentionLayout = LLAMA_ATTENTION,
     rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    key_end: int | torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run a decoder layer's `self_attn` on its input x [B, T, d] (normed, where the block norms it).
@@ -112,8 +113,8 @@ def main_attention(
     `position_embeddings` already prepared by `lorra.rope_tables` (shared with the learners where their heads
     have the LLM's width), or None; unused on layers without RoPE.
 
-    key_is_image: [B, S] flags of all keys (cached + current); when given, also returns the per-head
-    image mass [B, T, H]. need_weights: run eager attention and return weights [B, H, T, S].
+    key_is_image: [B, S] flags of all keys (cached + current, or every slot of a static cache); when given,
+    also returns the per-head image mass [B, T, H]. key_end: see `key_flags`. need_weights: run eager attention and return weights [B, H, T, S].
     Returns (output after o_proj [B, T, d], image_mass or None, weights or None).
     """
     input_shape = x.shape[:-1]
@@ -154,7 +155,7 @@ def main_attention(
     )
     if softcap is not None:
         common["softcap"] = softcap
-    flags = None if key_is_image is None else key_is_image[:, -k.shape[2] :]
+    flags = None if key_is_image is None else key_flags(key_is_image, k.shape[2], key_end)
     weights = image_mass = None
     if eager:
         out, weights = eager_attention(self_attn, q, k, v, attention_mask, **common)
@@ -184,6 +185,24 @@ def main_attention(
                 image_mass = attend(self_attn, q, k, flag_values, attention_mask, **common)[0][..., 0]
     out = out.reshape(*input_shape, -1)
     return self_attn.o_proj(out), image_mass, weights
+
+
+def key_flags(key_is_image: torch.Tensor, n_keys: int, key_end: int | torch.Tensor | None) -> torch.Tensor:
+    """The image flags [B, n_keys] of the keys a layer's cache returned, from the flags of all keys [B, S].
+
+    A cache returns either all its slots from the first (a static layer; a static sliding-window layer before it
+    fills) or the n_keys keys that end at the chunk's last token (a dynamic layer; a full sliding-window layer,
+    which keeps the window in order). key_end: tokens seen after this chunk (past + T) for a static cache, whose
+    flags span every slot; None for a dynamic cache, whose flags end at the chunk.
+    """
+    if key_end is None or key_is_image.shape[1] == n_keys:
+        return key_is_image[:, -n_keys:]
+    if isinstance(key_end, int):
+        start = max(key_end - n_keys, 0)
+        return key_is_image[:, start : start + n_keys]
+    # A tensor length (a static full-attention layer's): gather at a device-side offset, no host sync.
+    index = (key_end - n_keys).clamp(min=0) + torch.arange(n_keys, device=key_is_image.device)
+    return key_is_image.index_select(1, index)
 
 
 def mass_channel_width(head_dim: int, device: torch.device) -> int:

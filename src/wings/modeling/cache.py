@@ -121,6 +121,8 @@ class LearnerInputs:
     cache: the `WingsCache` / `WingsStaticCache` to read/extend, or None.
     attentions: when the caller asked for attention weights, each wrapped layer stores its main
         attention's weights [B, H, T, S] here under its layer index (eager attention for that call).
+    key_end: with a `WingsStaticCache`, the number of tokens seen after this chunk (past + T), where the keys a
+        sliding-window layer returns end (see `attention.key_flags`); None otherwise.
     """
 
     source: torch.Tensor
@@ -129,6 +131,7 @@ class LearnerInputs:
     mode: str
     cache: LearnerCacheMixin | None = None
     attentions: dict[int, torch.Tensor] | None = None
+    key_end: int | torch.Tensor | None = None
     _rope: list | None = field(default=None, init=False, repr=False)
 
     def query_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

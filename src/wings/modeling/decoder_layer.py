@@ -153,6 +153,7 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             need_weights=need_weights,
             layout=self.family.attention,
             rope=main_rope,
+            key_end=None if learner_inputs is None else learner_inputs.key_end,
             **kwargs,
         )
         hidden = hidden_states + self._branch(attn_out, layout.attention_out_norm, layout.attention_dropout)

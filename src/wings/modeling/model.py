@@ -419,10 +419,14 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             visible = (key_pos.unsqueeze(1) <= positions.unsqueeze(2)) & key_valid.unsqueeze(1)
             keys[kind] = LearnerKeys(index=index, visible=visible, n_new=n_new)
         key_is_image = is_image.to(source.dtype)
+        # A static cache's flags span all its slots; its sliding-window layers return keys that end at this chunk's
+        # last token, which the main attention locates by `key_end`.
+        key_end = cache.get_seq_length() + length if isinstance(cache, WingsStaticCache) else None
         if cache is not None:
             key_is_image = cache.append_key_is_image(key_is_image)
         return LearnerInputs(
-            source=source, keys=keys, key_is_image=key_is_image, mode=self.config.learner_mode, cache=cache
+            source=source, keys=keys, key_is_image=key_is_image, mode=self.config.learner_mode, cache=cache,
+            key_end=key_end,
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -454,7 +458,10 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 model_kwargs[key] = WingsCache(config=self.config.text_config)
             elif type(cache) is StaticCache and not cache.is_initialized:
                 # cache_implementation="static": the same preallocated main cache, plus the learners' state.
-                max_cache_len = cache.layers[0].max_cache_len
+                # Sliding-window layers hold only their window, so the length comes from what generate sized.
+                max_cache_len = getattr(self, "_previous_max_cache_length", None) or max(
+                    layer.max_cache_len for layer in cache.layers
+                )
                 model_kwargs[key] = WingsStaticCache(config=self.config.text_config, max_cache_len=max_cache_len)
 
 
@@ -532,7 +539,7 @@ def chunk_validity(
 
     attention_mask: the 2D padding mask [B, past + T]; or the 4D mask [B or 1, 1, T, S] (bool, or additive
     float with 0 where allowed) that `generate` builds for a static cache, possibly in a dict by layer type,
-    where a real token is the one that sees its own slot past + t; or None (no padding).
+    where a real token is one that sees any key; or None (no padding).
     """
     if isinstance(attention_mask, dict):
         attention_mask = attention_mask.get("full_attention", next(iter(attention_mask.values()), None))
@@ -540,10 +547,10 @@ def chunk_validity(
         return torch.ones(batch, length, dtype=torch.bool, device=device)
     if attention_mask.dim() == 2:
         return attention_mask[:, -length:].bool()
-    queries = torch.arange(length, device=attention_mask.device)
-    own_slot = attention_mask[:, 0, queries, queries + past]
-    own_slot = own_slot if own_slot.dtype == torch.bool else own_slot == 0
-    return own_slot.expand(batch, length)
+    # A real token sees at least itself; a padding token sees no key (every key up to it is padding). This holds
+    # for full and sliding-window masks alike, whatever slot the cache keeps a token's key in.
+    allowed = attention_mask[:, 0] if attention_mask.dtype == torch.bool else attention_mask[:, 0] == 0
+    return allowed[:, -length:].any(-1).expand(batch, length)
 
 
 def ensure_image_token(tokenizer, image_token: str = "<image>") -> int:

@@ -141,7 +141,7 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         main_rope = None
         if learner_inputs is not None:
             learner_rope = self._learner_rope(position_embeddings, position_ids, hidden_states.dtype)
-            if learner_rope is position_embeddings:  # same head width and rotation: one prepared copy for all
+            if self.shares_rope:  # same head width and rotation: one prepared copy for the main attention and learners
                 main_rope = learner_inputs.query_rope(*position_embeddings)
         attn_out, image_mass, weights = main_attention(
             self.self_attn,
@@ -173,13 +173,16 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         multiplier = self.family.layout.residual_multiplier
         return out if multiplier is None else out * getattr(self.self_attn.config, multiplier)
 
+    @property
+    def shares_rope(self) -> bool:
+        """True when the learners rotate with the layer's own RoPE tables (a RoPE layer whose heads have the
+        learners' width), so that the main attention and the learners share one prepared copy."""
+        return self.learner_rope is None and uses_rope(self.self_attn, self.family.attention)
+
     def _learner_rope(
         self, position_embeddings: tuple[torch.Tensor, torch.Tensor], position_ids: torch.Tensor | None, dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The learners' RoPE tables [B or 1, T, d/H]: the layer's rotation at the learners' head width.
-
-        Returns `position_embeddings` itself exactly when the learners' tables are the main attention's (then
-        both share one prepared copy)."""
+        """The learners' RoPE tables [B or 1, T, d/H]: the layer's rotation at the learners' head width."""
         head_dim = self.visual_learner.head_dim
         if not uses_rope(self.self_attn, self.family.attention):
             return identity_tables(position_embeddings, head_dim)

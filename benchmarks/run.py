@@ -1,22 +1,28 @@
-"""WINGS cost benchmarks: ratios WINGS / plain LLM, measured in one run on one machine.
+"""WINGS cost benchmarks: ratios WINGS / the unwrapped LLM, measured in one run on one machine.
 
     python benchmarks/run.py [--quick] [--device cpu|cuda] [--output benchmarks/results/latest.json]
 
-A random Qwen2 model of a realistic shape (see `REALISTIC`) is wrapped twice from the same weights:
-WINGS (learners in every layer, segment router) and the plain LLM (the same WINGS class with
-`learner_layers=[]`, i.e. the unwrapped HF decoder layers). Images enter as precomputed
-`image_features` [n_images, image_seq_length, d] so the vision tower does not dominate the timings
-(the training step runs the projector on random tower features so that the projector trains).
-Timings interleave the models and report medians; every row is a ratio of two numbers measured in
-this run, so the machine's speed cancels (the machine is shared: see the README).
+A random Qwen2 model of a realistic shape (see `REALISTIC`) is built once; WINGS wraps a copy of it
+(learners in every layer, segment router) and the baseline is what a user would otherwise run: the plain
+Hugging Face `Qwen2ForCausalLM` with the same weights (`WingsForConditionalGeneration.to_llm()`), fed the
+same multimodal prompt as `inputs_embeds` with the image features scattered into the image-token slots
+(what LLaVA does). The WINGS wrapper with `learner_layers=[]` is timed beside them as a diagnostic
+(`wrapper_over_llm`: what the wrapping alone costs). Images enter as precomputed `image_features`
+[n_images, image_seq_length, d] so the vision tower does not dominate the timings (the training step runs
+the projector on random tower features so that the projector trains). Every row is a ratio of two numbers
+measured in this run, so the machine's speed cancels (the machine is shared: see the README).
 
-Rows and their targets:
-  forward@T       forward time WINGS / plain, next to the analytic matmul-FLOP ratio; target 1.15 x FLOP ratio
-  memory@T        peak memory of that forward, WINGS / plain (fresh subprocess each); target 1.3
+Rows:
+  memory@T        peak memory of a forward, WINGS / LLM (fresh subprocess each); target 1.3
+  forward@T       forward time WINGS / LLM, next to the analytic matmul-FLOP ratio; target 1.15 x FLOP ratio
+  decode ops      aten ops of one cached decode step (torch.profiler), WINGS / LLM; target 1.6
+  decode          per-token time inside generate(), WINGS / LLM, at two vocab sizes; target 1.2
+  decode static   the same with cache_implementation="static", eager and torch.compile'd; target 1.2
+  decode batch B  left-padded batches with 0-2 images per row; target 1.3
   generate        full recompute (use_cache=False, the released code's method) / cached generate(); target 10
-  decode          per-token cached decode time WINGS / plain; target 1.3
   router          positional router (eager attention) / segment router: forward time and memory; no target
   train           forward+backward+AdamW step, WINGS stage 2 / LLaVA-style full finetune; target 1.15 x FLOP ratio
+  mfu (cuda)      model FLOPs utilisation of the WINGS stage-2 training step; no target
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,10 +48,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel  # noqa: E402
+from transformers import (  # noqa: E402
+    CompileConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from wings import WingsCache, WingsForConditionalGeneration  # noqa: E402
+from wings import WingsForConditionalGeneration  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 # shapes and settings
@@ -70,8 +85,11 @@ class Shape:
 
 
 # The benchmark model: Qwen2, hidden 1024, 16 heads and 16 KV heads (plain multi-head attention, as in
-# Qwen1.5), MLP 2816, 4 layers, vocab 32000 (the image token is id 31999), LoRRA rank 64, 256 image tokens.
+# Qwen1.5), MLP 2816, 4 layers, vocab 32000 (the image token is the last id), LoRRA rank 64, 256 image tokens.
 REALISTIC = Shape(hidden=1024, heads=16, kv_heads=16, mlp=2816, layers=4, vocab=32000, rank=64, image_tokens=256)
+# Decode rows also run at a small vocab: at 32,000 the lm_head is ~40% of the weights read per token and
+# dilutes the layers' share; at 7B scale the layers dominate, as they do here at vocab 2,000.
+SMALL_VOCAB = 2000
 # The released WINGS-base LLM (Qwen1.5-7B-Chat, SigLIP-so400m-patch14-384): analytic FLOPs only.
 QWEN15_7B = Shape(hidden=4096, heads=32, kv_heads=32, mlp=11008, layers=32, vocab=151936, rank=64, image_tokens=729)
 MICRO = Shape(hidden=64, heads=4, kv_heads=2, mlp=96, layers=2, vocab=128, rank=8, image_tokens=16, vision_hidden=32)
@@ -86,7 +104,13 @@ class Settings:
     prompt_length: int  # generate / decode rows: multimodal prompt length
     new_tokens: int  # tokens generated by the generate row
     recompute_samples: int  # 0: run generate(use_cache=False) for real; k: time k of its forwards, integrate
-    decode_steps: int  # timed decode steps per model
+    decode_steps: int  # tokens generated per decode round
+    decode_rounds: int  # decode rounds per model (each round's per-token time is a median; rows take the minimum)
+    decode_vocabs: tuple[int, ...]  # vocab sizes of the decode rows
+    batch_sizes: tuple[int, ...]  # batched decode rows
+    batch_image_tokens: int  # image_seq_length of the batched rows (their prompts are 0-2 images + text)
+    batch_steps: int
+    compile: bool  # static-cache decode through torch.compile (inductor on CPU)
     train_length: int
     repeats: int  # timed rounds of the forward rows (medians reported)
     train_repeats: int
@@ -103,14 +127,20 @@ FULL = Settings(
     prompt_length=512,
     new_tokens=128,
     recompute_samples=0,
-    decode_steps=64,
+    decode_steps=32,
+    decode_rounds=5,
+    decode_vocabs=(REALISTIC.vocab, SMALL_VOCAB),
+    batch_sizes=(8, 32),
+    batch_image_tokens=64,
+    batch_steps=16,
+    compile=True,
     train_length=1024,
     repeats=5,
     train_repeats=3,
     router_repeats=3,
     generate_repeats=2,
 )
-# --quick: fewer repeats; the full-recompute cost of generating 128 tokens is integrated from 5 of its
+# --quick: fewer rounds; the full-recompute cost of generating 128 tokens is integrated from 5 of its
 # 128 forwards (their lengths spread over 512..639) instead of running all of them; training at 512 tokens.
 QUICK = replace(
     FULL,
@@ -119,7 +149,9 @@ QUICK = replace(
     router_repeats=1,
     generate_repeats=1,
     recompute_samples=5,
-    decode_steps=24,
+    decode_steps=16,
+    decode_rounds=3,
+    batch_steps=8,
     train_length=512,
 )
 MICRO_SETTINGS = Settings(
@@ -130,7 +162,13 @@ MICRO_SETTINGS = Settings(
     prompt_length=40,
     new_tokens=6,
     recompute_samples=3,
-    decode_steps=3,
+    decode_steps=4,
+    decode_rounds=1,
+    decode_vocabs=(MICRO.vocab, 96),
+    batch_sizes=(3,),
+    batch_image_tokens=16,
+    batch_steps=3,
+    compile=False,
     train_length=48,
     repeats=1,
     train_repeats=1,
@@ -222,7 +260,7 @@ def build_base(shape: Shape, seed: int = 0) -> tuple[Qwen2ForCausalLM, SiglipVis
 
 
 def wrap(llm, vision, shape: Shape, learners: bool, router: str = "segment", seed: int = 1):
-    """WINGS around a copy of `llm` (learner_layers=[] gives the plain LLM); learners get random non-zero B."""
+    """WINGS around a copy of `llm` (learner_layers=[]: the wrapper without learners); learners get random B."""
     model = WingsForConditionalGeneration.from_llm_and_vision(
         copy.deepcopy(llm),
         copy.deepcopy(vision),
@@ -241,6 +279,16 @@ def wrap(llm, vision, shape: Shape, learners: bool, router: str = "segment", see
     return model
 
 
+def build_models(shape: Shape, device: str, wrapper: bool = True) -> dict:
+    """{"wings": WINGS, "llm": the unwrapped HF LLM with the same weights, "wrapper": WINGS without learners}."""
+    llm, vision = build_base(shape)
+    models = {"wings": wrap(llm, vision, shape, learners=True).to(device)}
+    models["llm"] = models["wings"].to_llm().eval().to(device)
+    if wrapper:
+        models["wrapper"] = wrap(llm, vision, shape, learners=False).to(device)
+    return models
+
+
 def make_inputs(shape: Shape, length: int, image_start: int, seed: int = 0, device="cpu"):
     """input_ids [1, length] with one image block at image_start, and image_features [1, n_img, d]."""
     gen = torch.Generator().manual_seed(seed)
@@ -248,6 +296,46 @@ def make_inputs(shape: Shape, length: int, image_start: int, seed: int = 0, devi
     ids[0, image_start : image_start + shape.image_tokens] = image_token_id(shape)
     features = torch.randn(1, shape.image_tokens, shape.hidden, generator=gen) * 0.02
     return ids.to(device), features.to(device)
+
+
+def make_batch(shape: Shape, batch: int, image_tokens: int, seed: int = 0, device="cpu"):
+    """A left-padded batch: row i holds i % 3 images of `image_tokens` tokens among 32-96 text tokens.
+
+    Returns input_ids [B, T], attention_mask [B, T], image_features [n_images, image_tokens, d].
+    """
+    gen = torch.Generator().manual_seed(seed)
+    image_id = image_token_id(shape)
+    rows = []
+    for i in range(batch):
+        text = int(torch.randint(32, 97, (1,), generator=gen))
+        tokens = torch.randint(3, shape.vocab - 1, (text,), generator=gen).tolist()
+        for j in range(i % 3):
+            at = 4 + j * (image_tokens + 8)
+            tokens[at:at] = [image_id] * image_tokens
+        rows.append(tokens)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    n_images = sum(i % 3 for i in range(batch))
+    features = torch.randn(n_images, image_tokens, shape.hidden, generator=gen) * 0.02
+    return ids.to(device), mask.to(device), features.to(device)
+
+
+def merged_embeds(llm, ids: torch.Tensor, features: torch.Tensor, image_id: int) -> torch.Tensor:
+    """The LLaVA input of the unwrapped LLM: token embeddings with image features in the image slots."""
+    is_image = ids == image_id
+    embeds = llm.get_input_embeddings()(ids.masked_fill(is_image, 0))
+    return embeds.masked_scatter(is_image.unsqueeze(-1), features.to(embeds.dtype))
+
+
+def model_inputs(name: str, model, ids, features, mask=None) -> dict:
+    """Keyword inputs of a forward/generate call: WINGS takes ids + image features, the LLM takes embeddings."""
+    if mask is None:
+        mask = torch.ones_like(ids)
+    if name == "llm":
+        image_id = model.config.vocab_size - 1
+        return dict(inputs_embeds=merged_embeds(model, ids, features, image_id), attention_mask=mask)
+    return dict(input_ids=ids, image_features=features, attention_mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,6 +378,37 @@ def interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> tuple[
     return {name: statistics.median(ts) for name, ts in times.items()}, statistics.median(ratios)
 
 
+class StepClock(LogitsProcessor):
+    """Records the time at every generation step (after each forward); differences are per-token costs."""
+
+    def __init__(self, device: str):
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids, scores):
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def decode_rounds(runs: dict, rounds: int, device: str) -> dict[str, list[float]]:
+    """Per-token seconds of each generate-like fn, one value per round (median of that round's steps).
+
+    runs: name -> fn(clock) that calls generate with `clock` among its logits processors. The order of the
+    models rotates every round; each model runs once before timing (warm-up, compile).
+    """
+    names = list(runs)
+    for name in names:
+        runs[name](StepClock(device))
+    per_token: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            clock = StepClock(device)
+            runs[name](clock)
+            steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
+            per_token[name].append(statistics.median(steps))
+    return per_token
+
+
 def ratio_of(numerator: float, denominator: float) -> float:
     """numerator / denominator, or NaN when the denominator was too small to measure (micro shapes)."""
     return numerator / denominator if denominator > 0 else float("nan")
@@ -315,12 +434,12 @@ def bench_forward(models: dict, s: Settings, device: str) -> list[dict]:
     for length in s.forward_lengths:
         ids, feats = make_inputs(s.shape, length, s.image_start, device=device)
 
-        def run(model):
+        def run(name):
             with torch.no_grad(), autocast(device):
-                model(ids, image_features=feats, use_cache=False)
+                models[name](**model_inputs(name, models[name], ids, feats), use_cache=False)
 
         t, ratio = interleaved(
-            {"wings": lambda: run(models["wings"]), "plain": lambda: run(models["plain"])},
+            {name: (lambda name=name: run(name)) for name in ("wings", "llm", "wrapper")},
             s.repeats,
             device,
             warmup=1 if length == s.forward_lengths[0] else 0,
@@ -333,7 +452,8 @@ def bench_forward(models: dict, s: Settings, device: str) -> list[dict]:
                 1.15 * fr,
                 flop_ratio=fr,
                 wings_s=t["wings"],
-                plain_s=t["plain"],
+                llm_s=t["llm"],
+                wrapper_over_llm=t["wrapper"] / t["llm"],
             )
         )
     return rows
@@ -350,27 +470,31 @@ def _rss_kib(field_name: str) -> int:
 def peak_forward_memory(kind: str, s: Settings, device: str) -> float:
     """Peak memory (bytes) of one no-grad forward at s.memory_length above the memory held before it.
 
-    kind: "plain", "wings" (segment router) or "positional". CUDA: max_memory_allocated. CPU: peak RSS
-    (VmHWM, reset through /proc/self/clear_refs) minus RSS before the forward; run it in a fresh
-    process (`--memory-child`) so other rows' allocations do not blur it.
+    kind: "llm" (the unwrapped LLM), "wings" (segment router) or "positional". CUDA: max_memory_allocated.
+    CPU: peak RSS (VmHWM, reset through /proc/self/clear_refs) minus RSS before the forward; run it in a
+    fresh process (`--memory-child`) so other rows' allocations do not blur it.
     """
     llm, vision = build_base(s.shape)
     router = "positional" if kind == "positional" else "segment"
-    model = wrap(llm, vision, s.shape, learners=kind != "plain", router=router)
+    model = wrap(llm, vision, s.shape, learners=True, router=router)
+    if kind == "llm":
+        model = model.to_llm().eval()
     del llm, vision
     model.to(device)
     small_length = s.shape.image_tokens + s.image_start + 8
     small_ids, small_feats = make_inputs(s.shape, small_length, s.image_start, device=device)
     ids, feats = make_inputs(s.shape, s.memory_length, s.image_start, device=device)
+    name = "llm" if kind == "llm" else "wings"
     with torch.no_grad(), autocast(device):
-        model(small_ids, image_features=small_feats, use_cache=False)  # load kernels, thread pools
+        model(**model_inputs(name, model, small_ids, small_feats), use_cache=False)  # load kernels, thread pools
+    inputs = model_inputs(name, model, ids, feats)
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         with torch.no_grad(), autocast(device):
-            out = model(ids, image_features=feats, use_cache=False)
+            out = model(**inputs, use_cache=False)
         torch.cuda.synchronize()
         del out
         return float(torch.cuda.max_memory_allocated() - before)
@@ -383,7 +507,7 @@ def peak_forward_memory(kind: str, s: Settings, device: str) -> float:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak_of = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
     with torch.no_grad():
-        out = model(ids, image_features=feats, use_cache=False)
+        out = model(**inputs, use_cache=False)
     peak = peak_of()
     del out
     return 1024.0 * (peak - before)
@@ -401,14 +525,14 @@ def measure_memory(kind: str, s: Settings, preset: str, device: str) -> float:
 
 
 def bench_memory(s: Settings, preset: str, device: str) -> tuple[list[dict], dict[str, float]]:
-    peaks = {kind: measure_memory(kind, s, preset, device) for kind in ("plain", "wings", "positional")}
+    peaks = {kind: measure_memory(kind, s, preset, device) for kind in ("llm", "wings", "positional")}
     rows = [
         row(
             f"memory@{s.memory_length}",
-            ratio_of(peaks["wings"], peaks["plain"]),
+            ratio_of(peaks["wings"], peaks["llm"]),
             1.3,
             wings_mib=peaks["wings"] / 2**20,
-            plain_mib=peaks["plain"] / 2**20,
+            llm_mib=peaks["llm"] / 2**20,
         )
     ]
     return rows, peaks
@@ -472,42 +596,147 @@ def bench_generate(models: dict, s: Settings, device: str) -> list[dict]:
     ]
 
 
-def bench_decode(models: dict, s: Settings, device: str) -> list[dict]:
-    """Median time of one cached decode step (batch 1) after the same prompt, WINGS / plain, steps interleaved."""
-    ids, feats = make_inputs(s.shape, s.prompt_length, s.image_start, seed=2, device=device)
-    state = {}
-    with torch.no_grad(), autocast(device):
-        for name in ("wings", "plain"):
-            cache = WingsCache(config=models[name].config.text_config)
-            out = models[name](ids, image_features=feats, cache=cache, use_cache=True, logits_to_keep=1)
-            state[name] = [cache, out.logits[:, -1:].argmax(-1)]
+def generate_fn(name: str, model, ids, feats, mask, steps: int, device: str, **generate_kwargs):
+    """fn(clock) running `steps` greedy tokens of generate() for one model, timing each step with `clock`."""
+    inputs = model_inputs(name, model, ids, feats, mask)
 
-    def step(name):
-        cache, token = state[name]
-        out = models[name](token, cache=cache, use_cache=True)
-        state[name][1] = out.logits[:, -1:].argmax(-1)
+    def run(clock):
+        with torch.no_grad(), autocast(device):
+            model.generate(
+                **inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
+                logits_processor=LogitsProcessorList([clock]), **generate_kwargs,
+            )
 
-    times: dict[str, list[float]] = {"wings": [], "plain": []}
-    with torch.no_grad(), autocast(device):
-        for i in range(s.decode_steps + 2):
-            for name in ("wings", "plain") if i % 2 else ("plain", "wings"):
-                t = timed(lambda: step(name), device)
-                if i >= 2:  # two warm-up steps
-                    times[name].append(t)
-    w, p = statistics.median(times["wings"]), statistics.median(times["plain"])
-    ratio = statistics.median(a / b for a, b in zip(times["wings"], times["plain"]))
-    half = len(times["wings"]) // 2
-    growth = statistics.median(times["wings"][half:]) / statistics.median(times["wings"][:half]) if half else 1.0
-    return [
-        row(
-            "decode per token",
-            ratio,
-            1.3,
-            wings_ms=1000 * w,
-            plain_ms=1000 * p,
-            wings_late_over_early=growth,
-        )
-    ]
+    return run
+
+
+def decode_row(name: str, per_token: dict[str, list[float]], target: float, **details) -> dict:
+    """WINGS / LLM of the per-token minimum over rounds (the least-disturbed round of each model)."""
+    best = {model: min(times) for model, times in per_token.items()}
+    paired = statistics.median(w / p for w, p in zip(per_token["wings"], per_token["llm"]))
+    extra = {"wrapper_over_llm": best["wrapper"] / best["llm"]} if "wrapper" in best else {}
+    return row(name, best["wings"] / best["llm"], target, wings_ms=1000 * best["wings"], llm_ms=1000 * best["llm"],
+               paired_median=paired, **extra, **details)
+
+
+def bench_decode(s: Settings, device: str, vocab: int) -> list[dict]:
+    """Per-token decode time inside generate() (batch 1, one image, s.prompt_length prompt) at one vocab size."""
+    shape = replace(s.shape, vocab=vocab)
+    models = build_models(shape, device)
+    ids, feats = make_inputs(shape, s.prompt_length, s.image_start, seed=2, device=device)
+    mask = torch.ones_like(ids)
+    runs = {name: generate_fn(name, m, ids, feats, mask, s.decode_steps, device) for name, m in models.items()}
+    per_token = decode_rounds(runs, s.decode_rounds, device)
+    rows = [decode_row(f"decode per token, vocab {vocab}", per_token, 1.2)]
+    if vocab == min(s.decode_vocabs):
+        rows.append(bench_decode_ops(models, ids, feats))
+    return rows
+
+
+# Ops that only make a view or metadata (no kernel on an accelerator).
+VIEW_OPS = {
+    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::unsqueeze", "aten::squeeze", "aten::expand",
+    "aten::slice", "aten::select", "aten::transpose", "aten::t", "aten::permute", "aten::as_strided", "aten::alias",
+    "aten::narrow", "aten::_unsafe_view", "aten::numpy_T", "aten::resolve_conj", "aten::resolve_neg",
+    "aten::detach", "aten::lift_fresh", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::to",
+    "aten::_to_copy", "aten::contiguous", "aten::split", "aten::chunk", "aten::unbind", "aten::view_as",
+    "aten::expand_as", "aten::item", "aten::_local_scalar_dense", "aten::is_nonzero",
+}
+
+
+def count_ops(fn) -> tuple[int, int, Counter]:
+    """(all aten ops, ops that run a kernel, counts by name) recorded by torch.profiler while fn runs.
+
+    All ops include nested ones (linear -> t -> mm) and views; "kernel ops" are the leaves that are not
+    views/metadata (roughly the kernel launches of an accelerator, where decoding is launch-bound).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    parents = {id(e.cpu_parent) for e in events if e.cpu_parent is not None}
+    kernels = [e for e in events if id(e) not in parents and e.name not in VIEW_OPS]
+    return len(events), len(kernels), Counter(e.name for e in events)
+
+
+def decode_step_ops(name: str, model, ids, feats) -> tuple[int, int, Counter]:
+    """Ops of one cached decode step (after the prompt and one warm-up step)."""
+    with torch.no_grad():
+        out = model(**model_inputs(name, model, ids, feats), use_cache=True, logits_to_keep=1)
+        cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+        mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long, device=ids.device)
+        out = model(token, cache=cache, attention_mask=mask, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+        mask = torch.ones(1, ids.shape[1] + 2, dtype=torch.long, device=ids.device)
+        return count_ops(lambda: model(token, cache=cache, attention_mask=mask, use_cache=True))
+
+
+def bench_decode_ops(models: dict, ids, feats) -> dict:
+    counts = {name: decode_step_ops(name, m, ids, feats) for name, m in models.items()}
+    (w_all, w_kernels, _), (l_all, l_kernels, _) = counts["wings"], counts["llm"]
+    return row("decode ops per step", w_all / l_all, 1.6, wings_ops=w_all, llm_ops=l_all,
+               wings_kernel_ops=w_kernels, llm_kernel_ops=l_kernels, kernel_ops_ratio=w_kernels / l_kernels,
+               wrapper_ops=counts["wrapper"][0])
+
+
+def compile_config(device: str) -> CompileConfig:
+    """What generate() compiles a static-cache decode step with: inductor, one graph; CUDA graphs on GPUs."""
+    if device == "cuda":
+        return CompileConfig(fullgraph=True, mode="reduce-overhead")  # CUDA graphs
+    config = CompileConfig(fullgraph=True, backend="inductor")
+    config._compile_all_devices = True  # generate() compiles only on accelerators unless told
+    return config
+
+
+def bench_decode_static(s: Settings, device: str, vocab: int) -> list[dict]:
+    """Per-token decode time with cache_implementation="static", eager and compiled, WINGS / LLM."""
+    shape = replace(s.shape, vocab=vocab)
+    models = build_models(shape, device, wrapper=False)
+    ids, feats = make_inputs(shape, s.prompt_length, s.image_start, seed=2, device=device)
+    mask = torch.ones_like(ids)
+    rows = []
+    variants = {"eager": dict(cache_implementation="static", disable_compile=True)}
+    if s.compile:
+        variants["compiled"] = dict(cache_implementation="static", compile_config=compile_config(device))
+    for variant, kwargs in variants.items():
+        runs = {name: generate_fn(name, m, ids, feats, mask, s.decode_steps, device, **kwargs)
+                for name, m in models.items()}
+        start = time.perf_counter()
+        per_token = decode_rounds(runs, s.decode_rounds, device)
+        label = {"eager": "eager", "compiled": "CUDA graphs" if device == "cuda" else "inductor"}[variant]
+        rows.append(decode_row(f"decode static per token, vocab {vocab}, {label}", per_token, 1.2,
+                               wall_s=time.perf_counter() - start))
+    return rows
+
+
+def bench_decode_batch(s: Settings, device: str, batch: int) -> list[dict]:
+    """Per-token (per step) decode time of a left-padded batch with 0-2 images per row, WINGS / LLM."""
+    image_side = int(round(s.batch_image_tokens**0.5))
+    shape = replace(s.shape, vocab=SMALL_VOCAB, image_tokens=image_side * image_side)
+    models = build_models(shape, device, wrapper=False)
+    ids, mask, feats = make_batch(shape, batch, shape.image_tokens, seed=5, device=device)
+    runs = {name: generate_fn(name, m, ids, feats, mask, s.batch_steps, device) for name, m in models.items()}
+    per_token = decode_rounds(runs, s.decode_rounds, device)
+    return [decode_row(f"decode batch {batch} per step, vocab {SMALL_VOCAB}", per_token, 1.3,
+                       prompt_width=ids.shape[1], images=feats.shape[0])]
+
+
+# Dense bf16 peak FLOP/s of common accelerators (for the MFU row); others report achieved FLOP/s only.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def bench_mfu(models: dict, s: Settings, device: str) -> list[dict]:
+    """Model FLOPs utilisation of one WINGS stage-2 training step (3 x forward matmul FLOPs / time / peak)."""
+    step = train_steps(models, s, device)["wings"]
+    step()  # warm-up
+    seconds = min(timed(step, device) for _ in range(s.train_repeats))
+    flops = 3 * sum(forward_flops(s.shape, s.train_length, s.shape.image_tokens, wings=True).values())
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    achieved = flops / seconds
+    return [row(f"train step@{s.train_length} MFU (bf16)", achieved / peak if peak else float("nan"), None,
+                achieved_tflops=achieved / 1e12, peak_tflops=(peak or float("nan")) / 1e12, step_s=seconds, gpu=name)]
 
 
 def bench_router(models: dict, s: Settings, peaks: dict[str, float], device: str) -> list[dict]:
@@ -533,35 +762,51 @@ def bench_router(models: dict, s: Settings, peaks: dict[str, float], device: str
     ]
 
 
-def bench_train(models: dict, s: Settings, device: str) -> list[dict]:
-    """One optimizer step: WINGS stage 2 (LLM, learners, routers, projector) vs full finetune (LLM, projector)."""
+def train_steps(models: dict, s: Settings, device: str) -> dict:
+    """One optimizer step each: WINGS stage 2 (LLM, learners, routers, projector) and LLaVA-style full
+    finetuning of the unwrapped LLM with the same projector."""
     ids, _ = make_inputs(s.shape, s.train_length, s.image_start, seed=3, device=device)
     gen = torch.Generator().manual_seed(4)
     tower_out = (torch.randn(1, s.shape.image_tokens, s.shape.vision_hidden, generator=gen)).to(device)
-    labels = ids.masked_fill(ids == image_token_id(s.shape), -100)
+    image_id = image_token_id(s.shape)
+    labels = ids.masked_fill(ids == image_id, -100)
     steps = {}
-    for name in ("wings", "plain"):
+    for name in ("wings", "llm"):
         # A copy per run: training changes the weights the other rows use.
         model = copy.deepcopy(models[name]).train()
-        model.vision_tower.requires_grad_(False)
+        projector = model.multi_modal_projector if name == "wings" else copy.deepcopy(
+            models["wings"].multi_modal_projector).train()
+        if name == "wings":
+            model.vision_tower.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
+        if name == "llm":
+            params += list(projector.parameters())
         optimizer = torch.optim.AdamW(params, lr=1e-6, fused=True)
 
-        def step(model=model, optimizer=optimizer):
+        def step(name=name, model=model, projector=projector, optimizer=optimizer):
             with autocast(device):
-                feats = model.multi_modal_projector(tower_out)
-                loss = model(ids, image_features=feats, labels=labels, use_cache=False).loss
+                feats = projector(tower_out)
+                if name == "wings":
+                    loss = model(ids, image_features=feats, labels=labels, use_cache=False).loss
+                else:
+                    embeds = merged_embeds(model, ids, feats.reshape(-1, feats.shape[-1]), image_id)
+                    loss = model(inputs_embeds=embeds, labels=labels, use_cache=False).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
         steps[name] = step
+    return steps
+
+
+def bench_train(models: dict, s: Settings, device: str) -> list[dict]:
+    steps = train_steps(models, s, device)
     t, ratio = interleaved(steps, s.train_repeats, device)
     fr = flop_ratio(s.shape, s.train_length)
     del steps
     gc.collect()
     return [row(f"train step@{s.train_length}", ratio, 1.15 * fr, flop_ratio=fr,
-                wings_s=t["wings"], plain_s=t["plain"])]
+                wings_s=t["wings"], llm_s=t["llm"])]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -602,16 +847,17 @@ def run(settings: Settings, device: str = "cpu", preset: str = "custom", log=pri
     memory_rows, peaks = bench_memory(s, preset, device)
     rows += memory_rows
     log("building models ...")
-    llm, vision = build_base(s.shape)
-    models = {
-        "wings": wrap(llm, vision, s.shape, learners=True).to(device),
-        "plain": wrap(llm, vision, s.shape, learners=False).to(device),
-    }
-    del llm, vision
+    models = build_models(s.shape, device)
     log("forward ...")
     rows += bench_forward(models, s, device)
-    log("decode ...")
-    rows += bench_decode(models, s, device)
+    for vocab in s.decode_vocabs:
+        log(f"decode, vocab {vocab} ...")
+        rows += bench_decode(s, device, vocab)
+    log("decode, static cache (eager and compiled) ...")
+    rows += bench_decode_static(s, device, min(s.decode_vocabs))
+    for batch in s.batch_sizes:
+        log(f"decode, batch {batch} ...")
+        rows += bench_decode_batch(s, device, batch)
     log("generate ...")
     rows += bench_generate(models, s, device)
     log("router ...")
@@ -619,9 +865,12 @@ def run(settings: Settings, device: str = "cpu", preset: str = "custom", log=pri
     models["positional"] = wrap(llm, vision, s.shape, learners=True, router="positional").to(device)
     del llm, vision
     rows += bench_router(models, s, peaks, device)
-    del models["positional"]
+    del models["positional"], models["wrapper"]
     log("train ...")
     rows += bench_train(models, s, device)
+    if device == "cuda":
+        log("train MFU ...")
+        rows += bench_mfu(models, s, device)
     seven_b = {f"qwen1.5-7b@{t}": flop_ratio(QWEN15_7B, t) for t in (1024, 2048, 4096)}
     return {
         "rows": rows,
@@ -650,7 +899,7 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, sampled full recompute (< 2 min on CPU)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, sampled full recompute")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="settings preset (overrides --quick)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the results")
@@ -661,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU threads (default 1 on CPU: on a shared machine a busy core stalls every multi-threaded "
         "kernel and timings swing several-fold; 0 keeps torch's default)",
     )
-    parser.add_argument("--memory-child", choices=("plain", "wings", "positional"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=("llm", "wings", "positional"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     preset = args.preset or ("quick" if args.quick else "full")
     settings = PRESETS[preset]

@@ -23,8 +23,9 @@ def bench():
 def test_every_row_runs_on_a_micro_shape(bench, tmp_path):
     result = bench.run(bench.MICRO_SETTINGS, device="cpu", preset="micro", log=lambda msg: None)
     names = [row["name"] for row in result["rows"]]
-    for prefix in ("memory@", "forward@48", "forward@96", "decode per token", "generate ", "router time@",
-                   "router memory@", "train step@"):
+    for prefix in ("memory@", "forward@48", "forward@96", "decode per token, vocab 128", "decode per token, vocab 96",
+                   "decode ops per step", "decode static per token, vocab 96, eager",
+                   "decode batch 3 per step", "generate ", "router time@", "router memory@", "train step@"):
         assert any(name.startswith(prefix) for name in names), prefix
     for row in result["rows"]:
         if row["name"].startswith(("memory@", "router memory@")):

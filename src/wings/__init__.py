@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 from .config import WingsConfig
-from .modeling import WingsCache, WingsForConditionalGeneration
+from .modeling import WingsCache, WingsForConditionalGeneration, WingsStaticCache
 from .processing import WingsProcessor
 
 
@@ -19,6 +19,7 @@ register_auto_classes()
 
 __all__ = [
     "WingsCache",
+    "WingsStaticCache",
     "WingsConfig",
     "WingsForConditionalGeneration",
     "WingsProcessor",

@@ -141,13 +141,13 @@ def test_decode_steps_do_not_recompute_image_keys(monkeypatch):
     calls = {"visual": [], "textual": []}
     for layer in model.wings_layers:
         for kind, learner in (("visual", layer.visual_learner), ("textual", layer.textual_learner)):
-            original = learner.keys_values
+            original = learner.project_keys
 
-            def counting(features, cos, sin, kind=kind, original=original):
+            def counting(features, rope, kind=kind, original=original):
                 calls[kind].append(features.shape[1])
-                return original(features, cos, sin)
+                return original(features, rope)
 
-            monkeypatch.setattr(learner, "keys_values", counting)
+            monkeypatch.setattr(learner, "project_keys", counting)
     ids = torch.tensor([image_prompt([10, 11], [12, 13], n_images=2)])
     n_image = int((ids == IMAGE_TOKEN_ID).sum())
     n_layers = len(model.wings_layers)

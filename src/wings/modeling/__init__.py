@@ -1,6 +1,6 @@
 """WINGS modeling: LoRRA learners, routers, the decoder-layer wrapper, learner cache, vision side, model."""
 
-from .cache import WingsCache
+from .cache import WingsCache, WingsStaticCache
 from .decoder_layer import WingsDecoderLayer
 from .lorra import LoRRA
 from .model import WingsForConditionalGeneration, WingsPreTrainedModel
@@ -11,6 +11,7 @@ __all__ = [
     "PositionalRouter",
     "SegmentRouter",
     "WingsCache",
+    "WingsStaticCache",
     "WingsDecoderLayer",
     "WingsForConditionalGeneration",
     "WingsPreTrainedModel",

@@ -19,7 +19,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..families import AttentionLayout
-from .lorra import apply_rope
+from .lorra import apply_rope, rotate
 
 LLAMA_ATTENTION = AttentionLayout()
 
@@ -103,12 +103,18 @@ def main_attention(
     key_is_image: torch.Tensor | None,
     need_weights: bool,
     layout: AttentionLayout = LLAMA_ATTENTION,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    key_end: int | torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run a decoder layer's `self_attn` on its input x [B, T, d] (normed, where the block norms it).
 
-    key_is_image: [B, S] flags of all keys (cached + current); when given, also returns the per-head
-    image mass [B, T, H]. need_weights: run eager attention and return weights [B, H, T, S].
+    layout: how the family's attention builds queries and keys. rope: the RoPE tables of
+    `position_embeddings` already prepared by `lorra.rope_tables` (shared with the learners where their heads
+    have the LLM's width), or None; unused on layers without RoPE.
+
+    key_is_image: [B, S] flags of all keys (cached + current, or every slot of a static cache); when given,
+    also returns the per-head image mass [B, T, H]. key_end: see `key_flags`. need_weights: run eager attention and return weights [B, H, T, S].
     Returns (output after o_proj [B, T, d], image_mass or None, weights or None).
     """
     input_shape = x.shape[:-1]
@@ -125,13 +131,15 @@ def main_attention(
     if key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] > 1:
         pad = mass_channel_width(head_dim, v.device) - head_dim
     k_pad = pad if cache is None else 0  # the cache keeps keys unpadded
-    if uses_rope(self_attn, layout):
+    if not uses_rope(self_attn, layout):
+        q = F.pad(q, (0, pad)) if pad else q
+        k = F.pad(k, (0, k_pad)) if k_pad else k
+    elif rope is not None and not pad:
+        q, k = rotate(q, rope), rotate(k, rope)
+    else:
         cos, sin = position_embeddings
         q = apply_rope(q, cos, sin, pad=pad)
         k = apply_rope(k, cos, sin, pad=k_pad)
-    else:
-        q = F.pad(q, (0, pad)) if pad else q
-        k = F.pad(k, (0, k_pad)) if k_pad else k
     if cache is not None:
         k, v = cache.update(k, v, self_attn.layer_idx)
 
@@ -147,7 +155,7 @@ def main_attention(
     )
     if softcap is not None:
         common["softcap"] = softcap
-    flags = None if key_is_image is None else key_is_image[:, -k.shape[2] :]
+    flags = None if key_is_image is None else key_flags(key_is_image, k.shape[2], key_end)
     weights = image_mass = None
     if eager:
         out, weights = eager_attention(self_attn, q, k, v, attention_mask, **common)
@@ -179,6 +187,24 @@ def main_attention(
     return self_attn.o_proj(out), image_mass, weights
 
 
+def key_flags(key_is_image: torch.Tensor, n_keys: int, key_end: int | torch.Tensor | None) -> torch.Tensor:
+    """The image flags [B, n_keys] of the keys a layer's cache returned, from the flags of all keys [B, S].
+
+    A cache returns either all its slots from the first (a static layer; a static sliding-window layer before it
+    fills) or the n_keys keys that end at the chunk's last token (a dynamic layer; a full sliding-window layer,
+    which keeps the window in order). key_end: tokens seen after this chunk (past + T) for a static cache, whose
+    flags span every slot; None for a dynamic cache, whose flags end at the chunk.
+    """
+    if key_end is None or key_is_image.shape[1] == n_keys:
+        return key_is_image[:, -n_keys:]
+    if isinstance(key_end, int):
+        start = max(key_end - n_keys, 0)
+        return key_is_image[:, start : start + n_keys]
+    # A tensor length (a static full-attention layer's): gather at a device-side offset, no host sync.
+    index = (key_end - n_keys).clamp(min=0) + torch.arange(n_keys, device=key_is_image.device)
+    return key_is_image.index_select(1, index)
+
+
 def mass_channel_width(head_dim: int, device: torch.device) -> int:
     """Head width carrying the image-flag channel: d + 1 on CPU, else the next multiple of 8 (the
     alignment the accelerator kernels need)."""
@@ -200,11 +226,18 @@ def single_query_attention(
     """
     batch, heads, _, head_dim = q.shape
     kv_heads, length = k.shape[1], k.shape[2]
-    grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    scores = torch.matmul(grouped, k.transpose(2, 3)).view(batch, heads, 1, length) * scaling
-    if attention_mask is not None:
-        scores = scores + additive_mask(attention_mask, 1, length, scores.dtype, scores.device)
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    out = torch.matmul(weights.view(batch, kv_heads, heads // kv_heads, length), v)
-    image_mass = torch.matmul(weights.view(batch, heads, length), flags.to(weights.dtype).unsqueeze(-1))
+    group = heads // kv_heads
+    # [B * H_kv, ...] views (no copy of the cache): each key/value head serves its group of query heads.
+    scores = torch.bmm(
+        q.reshape(batch * kv_heads, group, head_dim), k.reshape(batch * kv_heads, length, head_dim).transpose(1, 2)
+    ).view(batch, heads, 1, length)
+    if attention_mask is None:
+        scores = scores * scaling
+    else:
+        scores = torch.add(additive_mask(attention_mask, 1, length, scores.dtype, scores.device), scores, alpha=scaling)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32)
+    if weights.dtype != q.dtype:
+        weights = weights.to(q.dtype)
+    out = torch.bmm(weights.view(batch * kv_heads, group, length), v.reshape(batch * kv_heads, length, head_dim))
+    image_mass = torch.bmm(weights.view(batch, heads, length), flags.to(weights.dtype).unsqueeze(-1))
     return out.view(batch, 1, heads, head_dim), image_mass.view(batch, 1, heads)

@@ -1,12 +1,17 @@
-"""Learner side state: per-forward inputs (`LearnerInputs`) and the generation cache (`WingsCache`).
+"""Learner side state: per-forward inputs (`LearnerInputs`) and the generation caches (`WingsCache`,
+`WingsStaticCache`).
 
 The learners' keys/values come from layer-0 inputs, so which tokens are keys (image tokens for the
 visual learner, text tokens for the textual one) and at which positions is the same for every layer:
-it is computed once per forward. Only the projected K/V differ per layer. During generation the
-`WingsCache` (a `DynamicCache` for the main attention) also keeps, per learner, the K/V of every
-layer and the keys' positions/validity, and per cached main-attention key whether it is an image
-token (the segment router's input). Image K/V are stored once, when the image tokens arrive; text
-K/V grow by one key per generated token.
+it is computed once per forward. Only the projected K/V differ per layer. During generation the cache
+(a `DynamicCache` or `StaticCache` for the main attention) also keeps, per learner, the K/V of every
+layer and the keys' positions/validity, and per cached main-attention key whether it is an image token
+(the segment router's input). Image K/V are stored once, when the image tokens arrive; text K/V grow by
+one key per generated token.
+
+A chunk without image features (every decode step) holds no image tokens, so its textual keys are simply
+its tokens, in order: nothing is selected, counted or synchronised with the host, which is what lets a
+decode step run under `torch.compile(fullgraph=True)` and CUDA graphs with the static cache.
 """
 
 from __future__ import annotations
@@ -14,15 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
-from .lorra import CrossAttentionMask
+from .lorra import CrossAttentionMask, rope_tables
 
 LEARNER_KINDS = ("visual", "textual")
 
 
 def select_keys(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pack the selected tokens of each row to the front, in order.
+    """Pack the selected tokens of each row to the front, in order (one host sync: the largest count).
 
     selected: [B, T] bool. Returns index [B, N] (into T) and valid [B, N] bool, N = max count per row.
     """
@@ -41,25 +46,39 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, flat)
 
 
+def prepared_once(prepared: list, cos: torch.Tensor, sin: torch.Tensor, prepare) -> tuple[torch.Tensor, torch.Tensor]:
+    """`prepare(cos, sin)`, computed once per pair of tables and remembered in `prepared` (a list of
+    (cos, sin, result), matched by identity). Models whose layers use several RoPE tables (Gemma 3's local and
+    global layers, the learners' own tables) keep one entry per table instead of recomputing at every layer."""
+    for known_cos, known_sin, result in prepared:
+        if known_cos is cos and known_sin is sin:
+            return result
+    result = prepare(cos, sin)
+    prepared.append((cos, sin, result))
+    return result
+
+
 @dataclass
 class LearnerKeys:
     """Which tokens of the current chunk are one learner's new keys, and what every query may see.
 
-    index: [B, n] positions in the chunk of the new keys; visible: [B, T, N] bool over all keys
-    (cached + new), True where key position <= query position and the key is real (not padding).
-    Derived tensors that every layer needs (the SDPA mask, the keys' RoPE tables) are built on first
+    index: [B, n] positions in the chunk of the new keys, or None when the new keys are all T tokens of
+    the chunk in order (a chunk without images, for the textual learner). visible: [B, T, N] bool over all
+    keys (cached + new), True where key position <= query position and the key is real (not padding).
+    Derived tensors that every layer needs (the attention mask, the keys' RoPE tables) are built on first
     use and shared by all layers of the forward pass.
     """
 
-    index: torch.Tensor
+    index: torch.Tensor | None
     visible: torch.Tensor
+    n_new: int
     _mask: CrossAttentionMask | None = field(default=None, init=False, repr=False)
-    _rope: tuple | None = field(default=None, init=False, repr=False)
+    _rope: list | None = field(default=None, init=False, repr=False)
     _features: tuple | None = field(default=None, init=False, repr=False)
 
     @property
     def mask(self) -> CrossAttentionMask:
-        """`visible` prepared for SDPA (built on first use, then shared by all layers)."""
+        """`visible` prepared for attention (built on first use, then shared by all layers)."""
         if self._mask is None:
             self._mask = CrossAttentionMask(self.visible)
         return self._mask
@@ -70,19 +89,25 @@ class LearnerKeys:
         Shared by all layers when no gradient flows to `source`; gathered per layer otherwise, so that
         recomputation under gradient checkpointing rebuilds the path to the projector.
         """
+        if self.index is None:
+            return source
         if torch.is_grad_enabled() and source.requires_grad:
             return gather_tokens(source, self.index)
         if self._features is None or self._features[0] is not source:
             self._features = (source, gather_tokens(source, self.index))
         return self._features[1]
 
-    def rope_tables(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The new keys' rows of the chunk's RoPE tables cos, sin [B or 1, T, d_h] -> [B, n, d_h]."""
-        if self._rope is None or self._rope[0] is not cos or self._rope[1] is not sin:
+    def rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new keys' RoPE tables, prepared by `lorra.rope_tables` from the chunk's cos, sin [B or 1, T, d_h]."""
+        def prepare(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.index is None:
+                return rope_tables(cos, sin)
             batch = self.index.shape[0]
-            tables = tuple(gather_tokens(t.expand(batch, -1, -1), self.index) for t in (cos, sin))
-            self._rope = (cos, sin, tables)
-        return self._rope[2]
+            return rope_tables(*(gather_tokens(t.expand(batch, -1, -1), self.index) for t in (cos, sin)))
+
+        if self._rope is None:
+            self._rope = []
+        return prepared_once(self._rope, cos, sin, prepare)
 
 
 @dataclass
@@ -93,37 +118,87 @@ class LearnerInputs:
     keys: per learner kind ("visual", "textual"), its `LearnerKeys`.
     key_is_image: [B, S] float, 1.0 where a main-attention key (cached + chunk) is an image token.
     mode: "routed" or "visual_only" (stage 1).
-    cache: the `WingsCache` to read/extend, or None.
+    cache: the `WingsCache` / `WingsStaticCache` to read/extend, or None.
     attentions: when the caller asked for attention weights, each wrapped layer stores its main
         attention's weights [B, H, T, S] here under its layer index (eager attention for that call).
+    key_end: with a `WingsStaticCache`, the number of tokens seen after this chunk (past + T), where the keys a
+        sliding-window layer returns end (see `attention.key_flags`); None otherwise.
     """
 
     source: torch.Tensor
     keys: dict[str, LearnerKeys]
     key_is_image: torch.Tensor
     mode: str
-    cache: WingsCache | None = None
+    cache: LearnerCacheMixin | None = None
     attentions: dict[int, torch.Tensor] | None = None
+    key_end: int | torch.Tensor | None = None
+    _rope: list | None = field(default=None, init=False, repr=False)
+
+    def query_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's RoPE tables prepared once for every layer's learner queries (and the main attention's,
+        where the learners' heads have the LLM's width)."""
+        if self._rope is None:
+            self._rope = []
+        return prepared_once(self._rope, cos, sin, rope_tables)
+
+    def keys_values(self, kind: str, layer_idx: int, learner, cos: torch.Tensor, sin: torch.Tensor):
+        """One layer's K/V [B, H, N, d_h] for `kind`: the chunk's new keys projected (and cached), after the
+        cached ones. Decode steps project only the new text token; image K/V come from the cache."""
+        keys = self.keys[kind]
+        if keys.n_new or self.cache is None:
+            k, v = learner.project_keys(keys.features(self.source), keys.rope(cos, sin))
+            if self.cache is not None:
+                k, v = self.cache.update_learner(kind, layer_idx, k, v)
+            return k, v
+        return self.cache.cached_learner_kv(kind, layer_idx, learner, self.source)
 
 
-class WingsCache(DynamicCache):
+class LearnerCacheMixin:
+    """The learner side state of a WINGS cache; `WingsCache` and `WingsStaticCache` store it differently.
+
+    learner_kv: (kind, layer_idx) -> cached K, V [B, H, N, d_h]. learner_key_meta: kind -> key positions
+    [B, N] (long) and validity [B, N] (bool), shared by all layers. key_is_image: [B, S] image flags of the
+    main attention's cached keys.
+    """
+
+    def _init_learner_state(self) -> None:
+        self.learner_kv: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.learner_key_meta: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.key_is_image: torch.Tensor | None = None
+
+    def cached_learner_kv(self, kind: str, layer_idx: int, learner, like: torch.Tensor):
+        """K/V of `kind` in layer `layer_idx` when the chunk adds none; [B, H, 0, d_h] if there are none."""
+        if (kind, layer_idx) in self.learner_kv:
+            return self.learner_kv[(kind, layer_idx)]
+        none = like.new_zeros(like.shape[0], learner.num_heads, 0, learner.head_dim)
+        return none, none
+
+    def key_meta(self, kind: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached key positions/validity of `kind`, or empty [B, 0] ones."""
+        if kind in self.learner_key_meta:
+            return self.learner_key_meta[kind]
+        batch = like.shape[0]
+        return (torch.zeros(batch, 0, dtype=torch.long, device=like.device),
+                torch.zeros(batch, 0, dtype=torch.bool, device=like.device))
+
+
+class WingsCache(LearnerCacheMixin, DynamicCache):
     """A `DynamicCache` (main attention) that also holds the WINGS learners' keys and values."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.learner_kv: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._init_learner_state()
         # Preallocated storage behind learner_kv (grown geometrically, so appending one text key per
         # decode step is amortised O(1) instead of copying all cached keys every step).
         self._learner_storage: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        # Per learner kind: key positions [B, N] (long) and validity [B, N] (bool), shared by all layers.
-        self.learner_key_meta: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.key_is_image: torch.Tensor | None = None
 
     def append_key_meta(
-        self, kind: str, positions: torch.Tensor, valid: torch.Tensor
+        self, kind: str, positions: torch.Tensor, valid: torch.Tensor, chunk_length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append a chunk's key positions/validity [B, n] for `kind`; return all [B, N]."""
         if kind in self.learner_key_meta:
+            if positions.shape[1] == 0:
+                return self.learner_key_meta[kind]
             old_pos, old_valid = self.learner_key_meta[kind]
             positions = torch.cat([old_pos, positions], dim=1)
             valid = torch.cat([old_valid, valid], dim=1)
@@ -195,6 +270,131 @@ class WingsCache(DynamicCache):
 
     def reset(self) -> None:
         super().reset()
-        self.learner_kv, self.learner_key_meta, self.key_is_image = {}, {}, None
+        self._init_learner_state()
         self._learner_storage = {}
 
+
+class WingsStaticCache(LearnerCacheMixin, StaticCache):
+    """A `StaticCache` (main attention preallocated to `max_cache_len`) with preallocated learner state.
+
+    Storage is allocated by the first chunk that writes it (the prefill in `generate`) and written in place
+    afterwards at offsets held in tensors, so a decode step has fixed shapes and no host syncs:
+
+    - visual learner K/V [B, H, N_img, d_h] per layer, exactly the image keys of that chunk (a later chunk
+      with new images reallocates them, outside any compiled step);
+    - textual learner K/V [B, H, N_text + room, d_h] per layer, where room = max_cache_len minus the tokens
+      seen so far: every later token is text, so the textual keys never outgrow it;
+    - key positions/validity per kind (unwritten columns are invalid, so attention never sees them) and the
+      image flags of the main attention's keys [B, max_cache_len].
+
+    `generate(cache_implementation="static")` builds this cache for WINGS models.
+    """
+
+    def __init__(self, config, max_cache_len: int, *args, **kwargs):
+        super().__init__(config, max_cache_len, *args, **kwargs)
+        self.max_cache_len = max_cache_len
+        self._init_learner_state()
+        self._static_init()
+
+    def _static_init(self) -> None:
+        # Per kind: the number of key columns written (a tensor, so compiled steps do not specialise on it)
+        # and the columns the current chunk writes into, shared by every layer of the forward.
+        self._key_length: dict[str, torch.Tensor] = {}
+        self._write_index: dict[str, torch.Tensor] = {}
+        self._capacity: dict[str, int] = {}
+
+    def _seen_tokens(self) -> int:
+        past = self.get_seq_length()
+        return int(past)
+
+    def append_key_meta(
+        self, kind: str, positions: torch.Tensor, valid: torch.Tensor, chunk_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write a chunk's key positions/validity [B, n] for `kind` in place; return all columns [B, capacity]."""
+        new = positions.shape[1]
+        if new == 0:
+            return self.key_meta(kind, positions)
+        if kind not in self.learner_key_meta:
+            room = self.max_cache_len - self._seen_tokens() - chunk_length if kind == "textual" else 0
+            self._allocate_meta(kind, positions, new + max(room, 0))
+        elif kind == "visual":
+            # Images after the first chunk: grow the visual columns (eager only; decode steps carry no images).
+            self._grow(kind, int(self._key_length[kind]) + new)
+        index = self._key_length[kind] + torch.arange(new, device=positions.device)
+        self._key_length[kind].add_(new)
+        self._write_index[kind] = index
+        all_pos, all_valid = self.learner_key_meta[kind]
+        all_pos.index_copy_(1, index, positions)
+        all_valid.index_copy_(1, index, valid)
+        return all_pos, all_valid
+
+    def _allocate_meta(self, kind: str, like: torch.Tensor, capacity: int) -> None:
+        batch, device = like.shape[0], like.device
+        self.learner_key_meta[kind] = (
+            torch.zeros(batch, capacity, dtype=torch.long, device=device),
+            torch.zeros(batch, capacity, dtype=torch.bool, device=device),
+        )
+        self._key_length[kind] = torch.zeros((), dtype=torch.long, device=device)
+        self._capacity[kind] = capacity
+        if not torch.compiler.is_compiling():
+            for t in (*self.learner_key_meta[kind], self._key_length[kind]):
+                torch._dynamo.mark_static_address(t)
+
+    def _grow(self, kind: str, capacity: int) -> None:
+        def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = capacity - shape[dim]
+            return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+        self.learner_key_meta[kind] = tuple(widen(t, 1) for t in self.learner_key_meta[kind])
+        for slot in [s for s in self.learner_kv if s[0] == kind]:
+            self.learner_kv[slot] = tuple(widen(t, 2) for t in self.learner_kv[slot])
+        self._capacity[kind] = capacity
+
+    def append_key_is_image(self, flags: torch.Tensor) -> torch.Tensor:
+        """Write a chunk's image flags [B, T] at its cache slots; return the flags of all slots [B, max_cache_len]."""
+        past = self.get_seq_length()
+        if self.key_is_image is None:
+            self.key_is_image = flags.new_zeros(flags.shape[0], self.max_cache_len)
+            if not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(self.key_is_image)
+        index = torch.arange(flags.shape[1], device=flags.device) + past
+        self.key_is_image.index_copy_(1, index, flags)
+        return self.key_is_image
+
+    def update_learner(
+        self, kind: str, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new learner K/V [B, H, n, d_h] of one layer in place; return all columns [B, H, capacity, d_h]."""
+        slot = (kind, layer_idx)
+        if slot not in self.learner_kv:
+            shape = (*keys.shape[:2], self._capacity[kind], keys.shape[3])
+            self.learner_kv[slot] = (keys.new_zeros(shape), values.new_zeros((*shape[:3], values.shape[3])))
+            if not torch.compiler.is_compiling():
+                for t in self.learner_kv[slot]:
+                    torch._dynamo.mark_static_address(t)
+        k, v = self.learner_kv[slot]
+        index = self._write_index[kind]
+        k.index_copy_(2, index, keys.to(k.dtype))
+        v.index_copy_(2, index, values.to(v.dtype))
+        return k, v
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        # In place: compiled steps hold these tensors' addresses.
+        for tensors in (*self.learner_kv.values(), *self.learner_key_meta.values()):
+            for t in tensors:
+                t.copy_(t.index_select(0, beam_idx.to(t.device)))
+        if self.key_is_image is not None:
+            self.key_is_image.copy_(self.key_is_image.index_select(0, beam_idx.to(self.key_is_image.device)))
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError(
+            "WingsStaticCache cannot be cropped (assisted/speculative decoding is not supported); "
+            "use greedy, sampling or beam search."
+        )
+
+    def reset(self) -> None:
+        super().reset()
+        self._init_learner_state()
+        self._static_init()

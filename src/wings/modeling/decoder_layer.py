@@ -22,7 +22,7 @@ from ..errors import UnsupportedLayerError
 from ..families import PRE_NORM, TEXT_FAMILIES, TextFamily, text_family
 from .attention import main_attention, uses_rope
 from .cache import LEARNER_KINDS, LearnerInputs
-from .lorra import LoRRA
+from .lorra import LoRRA, mix_learners
 from .rope import LearnerRope, identity_tables
 from .router import make_router
 
@@ -137,6 +137,12 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         need_weights = (routed and positional) or asked
         key_is_image = learner_inputs.key_is_image if routed and not positional else None
         attn_in = self._run(layout.attention_norm, hidden_states)
+        learner_rope = None
+        main_rope = None
+        if learner_inputs is not None:
+            learner_rope = self._learner_rope(position_embeddings, position_ids, hidden_states.dtype)
+            if self.shares_rope:  # same head width and rotation: one prepared copy for the main attention and learners
+                main_rope = learner_inputs.query_rope(*position_embeddings)
         attn_out, image_mass, weights = main_attention(
             self.self_attn,
             attn_in,
@@ -146,21 +152,15 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             key_is_image=key_is_image,
             need_weights=need_weights,
             layout=self.family.attention,
+            rope=main_rope,
+            key_end=None if learner_inputs is None else learner_inputs.key_end,
             **kwargs,
         )
         hidden = hidden_states + self._branch(attn_out, layout.attention_out_norm, layout.attention_dropout)
         if asked:
             learner_inputs.attentions[self.layer_idx] = weights
         if learner_inputs is not None:
-            rope = self._learner_rope(position_embeddings, position_ids, hidden.dtype)
-            visual = self._learner("visual", hidden, rope, learner_inputs)
-            if routed:
-                textual = self._learner("textual", hidden, rope, learner_inputs)
-                w = self.router(weights if positional else image_mass).to(hidden.dtype)
-                # hidden + w_v * visual + w_t * textual, without full-size temporaries for the products.
-                hidden = torch.addcmul(hidden, w[..., :1], visual).addcmul_(w[..., 1:], textual)
-            else:
-                hidden = hidden + visual
+            hidden = self._learners(hidden, learner_rope, learner_inputs, weights, image_mass, routed, positional)
         mlp_out = self.mlp(self._run(layout.mlp_norm, hidden))
         return hidden + self._branch(mlp_out, layout.mlp_out_norm, layout.mlp_dropout)
 
@@ -173,6 +173,12 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         multiplier = self.family.layout.residual_multiplier
         return out if multiplier is None else out * getattr(self.self_attn.config, multiplier)
 
+    @property
+    def shares_rope(self) -> bool:
+        """True when the learners rotate with the layer's own RoPE tables (a RoPE layer whose heads have the
+        learners' width), so that the main attention and the learners share one prepared copy."""
+        return self.learner_rope is None and uses_rope(self.self_attn, self.family.attention)
+
     def _learner_rope(
         self, position_embeddings: tuple[torch.Tensor, torch.Tensor], position_ids: torch.Tensor | None, dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,29 +190,20 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             return position_embeddings
         return self.learner_rope.tables(position_ids, self.layer_type, dtype)
 
-    def _learner(
-        self,
-        kind: str,
-        hidden: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        inputs: LearnerInputs,
-    ) -> torch.Tensor:
-        learner = self.visual_learner if kind == "visual" else self.textual_learner
-        keys = inputs.keys[kind]
-        cos, sin = rope
-        if keys.index.shape[1] or inputs.cache is None:
-            # K/V of this chunk's new keys only: image tokens once (when they arrive), text tokens once each.
-            key_cos, key_sin = keys.rope_tables(cos, sin)
-            k, v = learner.keys_values(keys.features(inputs.source), key_cos, key_sin)
-            if inputs.cache is not None:
-                k, v = inputs.cache.update_learner(kind, self.layer_idx, k, v)
-        else:  # decoding: nothing new for this learner (the visual one during text); its K/V are in the cache
-            none = hidden.new_zeros(hidden.shape[0], learner.num_heads, 0, learner.head_dim)
-            k, v = inputs.cache.learner_kv.get((kind, self.layer_idx), (none, none))
-        # RoPE tables broadcast over the batch when all rows share positions.
-        batch = hidden.shape[0]
-        cos_b, sin_b = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
-        return learner(hidden, cos_b, sin_b, k, v, keys.mask)
+    def _learners(self, hidden, rope_cos_sin, inputs: LearnerInputs, weights, image_mass, routed, positional):
+        """hidden [B, T, d] plus the learners' outputs: routed (both, mixed by the router) or visual only.
+
+        rope_cos_sin: the learners' RoPE tables cos, sin [B or 1, T, d/H] (from `_learner_rope`)."""
+        cos, sin = rope_cos_sin
+        rope = inputs.query_rope(cos, sin)
+        visual_kv = inputs.keys_values("visual", self.layer_idx, self.visual_learner, cos, sin)
+        if not routed:
+            visual = self.visual_learner(hidden, cos, sin, *visual_kv, inputs.keys["visual"].mask, rope=rope)
+            return hidden + visual
+        textual_kv = inputs.keys_values("textual", self.layer_idx, self.textual_learner, cos, sin)
+        w = self.router(weights if positional else image_mass).to(hidden.dtype)
+        masks = (inputs.keys["visual"].mask, inputs.keys["textual"].mask)
+        return mix_learners(self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w)
 
 
 

@@ -31,13 +31,14 @@ from transformers import (
     PreTrainedModel,
     Siglip2VisionModel,
     SiglipVisionModel,
+    StaticCache,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..config import WingsConfig
 from ..errors import UnsupportedLayerError, UnsupportedModelError
 from ..families import text_family
-from .cache import LEARNER_KINDS, LearnerInputs, LearnerKeys, WingsCache, select_keys
+from .cache import LEARNER_KINDS, LearnerCacheMixin, LearnerInputs, LearnerKeys, WingsCache, WingsStaticCache, select_keys
 from .decoder_layer import WingsDecoderLayer, wrap_decoder_layers
 from .vision import WingsMultiModalProjector, patch_features
 
@@ -272,6 +273,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         """
         is_image = input_ids == self.config.image_token_id
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        if pixel_values is None and image_features is None and torch.compiler.is_compiling():
+            # A compiled decode step: generation never emits the image token, and checking would sync.
+            return embeds, is_image
         n_slots = int(is_image.sum())
         if image_features is None and pixel_values is not None:
             image_features = self.get_image_features(pixel_values)
@@ -330,21 +334,20 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             use_cache = False
         if use_cache and cache is None:
             cache = WingsCache(config=self.config.text_config)
-        if cache is not None and not isinstance(cache, WingsCache):
+        if cache is not None and not isinstance(cache, LearnerCacheMixin):
             raise TypeError(
-                f"WINGS keeps learner state in a WingsCache; got {type(cache).__name__}. "
+                f"WINGS keeps learner state in a WingsCache or WingsStaticCache; got {type(cache).__name__}. "
                 "Pass wings.WingsCache(config=model.config.text_config) or let the model create one."
             )
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, batch, length, past, inputs_embeds.device)
-        valid = (
-            attention_mask[:, -length:].bool()
-            if attention_mask is not None and attention_mask.dim() == 2
-            else torch.ones(batch, length, dtype=torch.bool, device=inputs_embeds.device)
+        valid = chunk_validity(attention_mask, batch, length, past, inputs_embeds.device)
+        has_images = pixel_values is not None or image_features is not None
+        learner_inputs = self._learner_inputs(
+            self._decoder_input(inputs_embeds), is_image, valid, position_ids, cache, has_images
         )
-        learner_inputs = self._learner_inputs(self._decoder_input(inputs_embeds), is_image, valid, position_ids, cache)
         # HF records hidden states with hooks on its own decoder-layer class, which a wrapped layer does
         # not run; so the model collects them itself, in HF's layout.
         want_hidden = kwargs.pop("output_hidden_states", None) or self.config.text_config.output_hidden_states
@@ -386,27 +389,44 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         is_image: torch.Tensor,
         valid: torch.Tensor,
         position_ids: torch.LongTensor,
-        cache: WingsCache | None,
+        cache: LearnerCacheMixin | None,
+        has_images: bool = True,
     ) -> LearnerInputs | None:
-        """Key selection and visibility for both learners, computed once per forward for all layers."""
+        """Key selection and visibility for both learners, computed once per forward for all layers.
+
+        Without images in the chunk (`has_images` False: every decode step) nothing is selected: the
+        textual keys are the chunk's tokens in order and the visual learner gets none (no host sync).
+        """
         if not self.wings_layers:
             return None
-        positions = position_ids.expand(source.shape[0], -1)
+        batch, length = source.shape[:2]
+        positions = position_ids.expand(batch, -1)
         keys = {}
         for kind in LEARNER_KINDS:
-            selected = (is_image if kind == "visual" else ~is_image) & valid
-            index, key_valid = select_keys(selected)
-            key_pos = torch.gather(positions, 1, index)
+            if has_images:
+                selected = (is_image if kind == "visual" else ~is_image) & valid
+                index, key_valid = select_keys(selected)
+                key_pos = torch.gather(positions, 1, index)
+            elif kind == "textual":
+                index, key_pos, key_valid = None, positions, valid
+            else:
+                index = positions.new_zeros(batch, 0)
+                key_pos, key_valid = index, valid.new_zeros(batch, 0)
+            n_new = key_pos.shape[1]
             if cache is not None:
-                key_pos, key_valid = cache.append_key_meta(kind, key_pos, key_valid)
+                key_pos, key_valid = cache.append_key_meta(kind, key_pos, key_valid, length)
             # Strictly causal by original position: a token at position i sees keys at positions <= i.
             visible = (key_pos.unsqueeze(1) <= positions.unsqueeze(2)) & key_valid.unsqueeze(1)
-            keys[kind] = LearnerKeys(index=index, visible=visible)
+            keys[kind] = LearnerKeys(index=index, visible=visible, n_new=n_new)
         key_is_image = is_image.to(source.dtype)
+        # A static cache's flags span all its slots; its sliding-window layers return keys that end at this chunk's
+        # last token, which the main attention locates by `key_end`.
+        key_end = cache.get_seq_length() + length if isinstance(cache, WingsStaticCache) else None
         if cache is not None:
             key_is_image = cache.append_key_is_image(key_is_image)
         return LearnerInputs(
-            source=source, keys=keys, key_is_image=key_is_image, mode=self.config.learner_mode, cache=cache
+            source=source, keys=keys, key_is_image=key_is_image, mode=self.config.learner_mode, cache=cache,
+            key_end=key_end,
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -433,8 +453,16 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         for key in ("cache", "past_key_values"):  # the kwarg is `past_key_values` before transformers 5.20
-            if type(model_kwargs.get(key)) is DynamicCache and model_kwargs[key].get_seq_length() == 0:
+            cache = model_kwargs.get(key)
+            if type(cache) is DynamicCache and cache.get_seq_length() == 0:
                 model_kwargs[key] = WingsCache(config=self.config.text_config)
+            elif type(cache) is StaticCache and not cache.is_initialized:
+                # cache_implementation="static": the same preallocated main cache, plus the learners' state.
+                # Sliding-window layers hold only their window, so the length comes from what generate sized.
+                max_cache_len = getattr(self, "_previous_max_cache_length", None) or max(
+                    layer.max_cache_len for layer in cache.layers
+                )
+                model_kwargs[key] = WingsStaticCache(config=self.config.text_config, max_cache_len=max_cache_len)
 
 
 @contextlib.contextmanager
@@ -492,13 +520,37 @@ def cache_kwarg(language_model: nn.Module) -> str:
 
 
 def default_position_ids(
-    attention_mask: torch.Tensor | None, batch: int, length: int, past: int, device: torch.device
+    attention_mask: torch.Tensor | None, batch: int, length: int, past: int | torch.Tensor, device: torch.device
 ) -> torch.LongTensor:
-    """Positions that skip left padding: cumsum of the 2D mask (past + current), else past..past+T."""
-    if attention_mask is not None and attention_mask.dim() == 2:
+    """Positions that skip left padding: cumsum of the 2D mask (past + current), else past..past+T.
+
+    `past` is a tensor for a static cache (its length lives on the device).
+    """
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return positions[:, -length:]
-    return torch.arange(past, past + length, device=device).unsqueeze(0).expand(batch, -1)
+    return (torch.arange(length, device=device) + past).unsqueeze(0).expand(batch, -1)
+
+
+def chunk_validity(
+    attention_mask, batch: int, length: int, past: int | torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """[B, T] bool: which tokens of the chunk are real (not padding).
+
+    attention_mask: the 2D padding mask [B, past + T]; or the 4D mask [B or 1, 1, T, S] (bool, or additive
+    float with 0 where allowed) that `generate` builds for a static cache, possibly in a dict by layer type,
+    where a real token is one that sees any key; or None (no padding).
+    """
+    if isinstance(attention_mask, dict):
+        attention_mask = attention_mask.get("full_attention", next(iter(attention_mask.values()), None))
+    if not isinstance(attention_mask, torch.Tensor):
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if attention_mask.dim() == 2:
+        return attention_mask[:, -length:].bool()
+    # A real token sees at least itself; a padding token sees no key (every key up to it is padding). This holds
+    # for full and sliding-window masks alike, whatever slot the cache keeps a token's key in.
+    allowed = attention_mask[:, 0] if attention_mask.dtype == torch.bool else attention_mask[:, 0] == 0
+    return allowed[:, -length:].any(-1).expand(batch, length)
 
 
 def ensure_image_token(tokenizer, image_token: str = "<image>") -> int:

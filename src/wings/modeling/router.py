@@ -25,9 +25,11 @@ class SegmentRouter(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, image_mass: torch.Tensor) -> torch.Tensor:
-        image_mass = image_mass.to(self.linear.weight.dtype)
+        shape = image_mass.shape
+        image_mass = image_mass.reshape(-1, shape[-1]).to(self.linear.weight.dtype)
         features = torch.cat([image_mass, 1.0 - image_mass], dim=-1)
-        return F.softmax(self.linear(features), dim=-1)
+        logits = torch.addmm(self.linear.bias, features, self.linear.weight.t())
+        return F.softmax(logits, dim=-1).view(*shape[:-1], 2)
 
 
 class PositionalRouter(nn.Module):

@@ -34,14 +34,14 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("llava", "llava_low_lr", "wings")
-# Optional rows: the other baselines, and the WINGS variants LAB_NOTES left untried (learner rank 64,
+# Optional rows: the other baselines, and WINGS variants (learner rank 64,
 # the textual learner 10x below the LLM's LR, twice the stage-2 steps).
 ALL_MODELS = (*DEFAULT_MODELS, "lora", "llava_text_share", "wings_r64", "wings_txt_low", "wings_long")
 
 
 @dataclass(frozen=True)
 class LabSizes:
-    """Sizes and learning rates; `FULL` follows LAB_NOTES, `QUICK` only proves the pipeline runs."""
+    """Sizes and learning rates; `FULL` is the measured setup, `QUICK` only proves the pipeline runs."""
 
     llm_hidden: int = 128
     llm_layers: int = 4
@@ -214,10 +214,11 @@ def evaluate_lab_model(folder: Path, model_dir: str, data: dict, iit_file: str, 
     # The tiny models never learned multiple-choice prompts: ask the bare question, score each option as the reply.
     iit = evaluate_iit(model, processor, load_iit(iit_file), image_folder=data["image_folder"],
                        batch_size=sizes.eval_batch, method="loglik", answer_format="cloze")
-    plot_iit(iit, folder / "iit.png", title=f"IIT: {Path(model_dir).parent.name}")
+    name = Path(model_dir).parents[1].name  # <out>/runs/seed<k>/<name>/train/model
+    plot_iit(iit, folder / "iit.png", title=f"IIT: {name}")
     samples = llava_laws_samples(data["vqa_test"], data["image_folder"], processor, limit=sizes.laws_samples)
     laws = compute_laws(model, processor, samples, progress=False)
-    write_laws(laws, folder, title=Path(model_dir).parent.name)
+    write_laws(laws, folder, title=name)
     return {"text_acc": text["text_acc"], "per_skill": text["per_skill"], "vqa_acc": vqa,
             "iit": {k: v["acc"] for k, v in iit["settings"].items()}, "iit_ci": iit["settings"],
             "attention_shift": laws.attention_shift}

@@ -11,7 +11,7 @@ from ..evaluation.report import ModelEvaluation, plot_retention_vs_vqa
 TARGET_LLAVA_MAX_RETENTION = 0.75
 TARGET_WINGS_MIN_RETENTION = 0.95
 ABOVE_LINE_MARGIN = 0.02  # retention; smaller gaps are noise
-VQA_NOISE = 0.02  # VQA accuracy differences below this count as ties (LAB_NOTES: seed spread about 0.05)
+VQA_NOISE = 0.02  # VQA accuracy differences below this count as ties (seed spread measured at about 0.05)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -25,7 +25,7 @@ def _model_names(metrics: dict) -> list[str]:
 def llava_frontier(points: list[tuple[float, float]], vqa: float) -> float:
     """Retention the LLaVA models reach at VQA accuracy `vqa`: the best of (a) the straight line
     between LLaVA points whose VQA range covers `vqa`, and (b) any LLaVA model whose VQA is within
-    `VQA_NOISE` of it (LAB_NOTES: seed spread about 5 VQA points, so a near tie in VQA is a tie).
+    `VQA_NOISE` of it (seeds spread by up to about 5 VQA points, so a near tie in VQA is a tie).
     Beyond every LLaVA model's VQA, the best-VQA LLaVA model's retention stands in."""
     points = sorted(points)
     candidates = [y for x, y in points if x >= vqa - VQA_NOISE]
@@ -133,7 +133,7 @@ def write_report(out: Path, metrics: dict, config, sizes) -> Path:
                             ["| " + " | ".join(r) + " |" for r in skill_rows])
     verdict, _ = line_verdict(metrics)
     variants = variant_lines(metrics)
-    variants_text = ("\nVariants from LAB_NOTES' untried list (same verdict rule):\n" + "\n".join(variants) + "\n"
+    variants_text = ("\nWINGS variants (same verdict rule):\n" + "\n".join(variants) + "\n"
                      if variants else "")
     per_seed = ""
     if spread:
@@ -176,7 +176,8 @@ Targets:
 
 - A multimodal-only stage 2 with the LLM at a pretraining-scale LR overwrites text skills whose answers
   differ from the VQA answers (see the per-skill table); a low LLM LR keeps them, with or without learners.
-- Treat differences of a few VQA points as noise: one seed's spread was about 5 points in LAB_NOTES.
+- Treat differences of a few VQA points as noise: across seeds, VQA accuracy of one recipe has spread by up to
+  about 5 points in earlier runs of this lab.
 
 ## Per-skill text accuracy
 {skill_table}

@@ -32,7 +32,7 @@ module provides:
 
 Long runs: call ``torch.set_num_threads(1)`` first. On a shared 2-core machine two torch threads
 competing with another process were about 10x slower, one thread only about 1.5x slower than
-two on an idle machine (see LAB_NOTES.md).
+two on an idle machine.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ _FACTS_SEED = 20241210
 # Fraction of the words and comparisons that only the test split produces (a stable hash of
 # the input decides, so the split is the same in every run and for every seed).
 _HELDOUT_RATE: dict[str, float] = {"word": 0.10, "compare": 0.10}
-# Additions: a fixed set of 300 of the 8,100 two-digit (a, b) pairs, as in LAB_NOTES.
+# Additions: a fixed set of 300 of the 8,100 two-digit (a, b) pairs.
 _N_HELDOUT_ADDITIONS = 300
 _ADDITION_SPLIT_SEED = 300
 _WORD_LENGTHS = (3, 6)  # reverse / copy

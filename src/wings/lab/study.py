@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .parallel import run_calls
 from .pipeline import FULL, QUICK, LabSizes, Stage, _common_overrides, _write_json_atomic, build_text_world, build_vision_world, cached_step, run_stage
 
 logger = logging.getLogger(__name__)
@@ -217,23 +217,12 @@ def _base_items(out: Path, sizes: LabSizes) -> dict:
     return {"text_acc": result["text_acc"], "text": [int(p == i.answer.strip()) for p, i in zip(result["predictions"], items)]}
 
 
-def _run_all(jobs: int, calls: list[tuple]) -> list:
-    """Run ``(function, *args)`` calls, in `jobs` worker processes when jobs > 1; results in order."""
-    if jobs <= 1 or len(calls) <= 1:
-        return [call[0](*call[1:]) for call in calls]
-    import multiprocessing
-
-    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(*call) for call in calls]
-        return [f.result() for f in futures]
-
-
 # ------------------------------------------------------------------------------------------------
 def _check_resume(out: Path, config: dict) -> None:
     path = out / "study_config.json"
     if path.exists():
         old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(config) if k not in ("jobs", "threads") and old.get(k) != config.get(k))
+        changed = sorted(k for k in set(old) | set(config) if k != "jobs" and old.get(k) != config.get(k))
         if changed:
             raise ValueError(f"{path}: this folder holds a study with other settings ({', '.join(changed)}); "
                              "finished steps would not match. Use another --output, or delete the folder.")
@@ -241,7 +230,7 @@ def _check_resume(out: Path, config: dict) -> None:
 
 
 def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick: bool = False, seeds: int | None = None,
-              jobs: int = 1, threads: int = 1, llm_layers: int | None = None,
+              jobs: int = 2, threads: int = 1, llm_layers: int | None = None,
               sizes: StudySizes | None = None) -> dict:  # fmt: skip
     """Run (or resume) a lab study; returns the metrics written to `<output>/metrics.json`.
 
@@ -250,8 +239,8 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
         output: folder for every step, `report.md`, `metrics.json` and the plots.
         quick: small sizes and 2 LRs that prove the pipeline in a few minutes (numbers mean nothing).
         seeds: stage-1/2 seeds (default 3; quick: 2). The LLM and encoder are pretrained once.
-        jobs: worker processes for independent steps (each with `threads` torch threads).
-        threads: torch threads per process.
+        jobs: worker processes for independent steps (the two pretrainings, stage-1 runs, models).
+        threads: torch threads in all, shared by the jobs (at least 1 each).
         llm_layers: decoder layers of the tiny LLM (default 4; 8 gives LAWS curves twice as many
             points, at about twice the LLM cost).
         sizes: explicit sizes (overrides `quick`).
@@ -272,15 +261,16 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
     seeds = seeds if seeds is not None else (2 if quick else 3)
     if seeds < 1:
         raise ValueError("wings lab: seeds must be >= 1")
+    threads = max(1, threads // jobs)  # per process
     torch.set_num_threads(threads)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, {"study": study, "seeds": seeds, "sizes": asdict(sizes), "jobs": jobs, "threads": threads})
+    _check_resume(out, {"study": study, "seeds": seeds, "sizes": asdict(sizes), "jobs": jobs})
     start = time.time()
     lab = sizes.lab
 
-    text_world, vision_world = _run_all(jobs, [(_world_task, out, "text", lab, threads),
-                                               (_world_task, out, "vision", lab, threads)])
+    text_world, vision_world = run_calls([(_world_task, out, "text", lab, threads),
+                                          (_world_task, out, "vision", lab, threads)], jobs)
     base = cached_step(out / "base", "base LLM per-item text scores", lambda f: _base_items(out, lab))
 
     def make_data(folder: Path) -> dict:
@@ -298,8 +288,8 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
     iit = cached_step(out / "iit", "IIT dialogues", make_iit)
     ctx = _Context(out, sizes, threads, data, iit["file"])
     models = study_models(sizes)
-    stage1 = _run_all(jobs, [(_stage1_task, ctx, seed, method) for seed in range(seeds) for method in METHODS])
-    runs = _run_all(jobs, [(_model_task, ctx, seed, model) for seed in range(seeds) for model in models])
+    stage1 = run_calls([(_stage1_task, ctx, seed, method) for seed in range(seeds) for method in METHODS], jobs)
+    runs = run_calls([(_model_task, ctx, seed, model) for seed in range(seeds) for model in models], jobs)
 
     stage1_by = {(seed, method): r for (seed, method), r in zip(((s, m) for s in range(seeds) for m in METHODS), stage1)}
     per_model: dict[str, list[dict]] = {}

@@ -30,6 +30,7 @@ import numpy as np
 
 from .bootstrap import Replicates, bootstrap, percentile_interval, spearman
 from .frontier import frontier_gap, gap_verdict, pareto_frontier
+from .study import lr_tag
 
 CONFIDENCE = 0.95
 
@@ -138,7 +139,7 @@ def plot_frontiers(metrics: dict, path: Path) -> Path:
                         yerr=[[max(0, a["value"] - a["ci_low"])], [max(0, a["ci_high"] - a["value"])]],
                         fmt="o" if not m["text_share"] else "s", mfc=colour if not m["text_share"] else "white",
                         color=colour, capsize=3, zorder=3)
-            label = "text share" if m["text_share"] else f"{m['lr']:.0e}"
+            label = "text share" if m["text_share"] else lr_tag(m["lr"])
             ax.annotate(label, (r["value"], a["value"]), textcoords="offset points", xytext=(5, 4), fontsize=7, color=colour)
         points = [(m["mean"]["text_retention"]["value"], m["mean"]["mm_acc"]["value"]) for _, m in rows
                   if not m["text_share"] and not math.isnan(m["mean"]["text_retention"]["value"])]
@@ -208,7 +209,7 @@ def write_study_report(out: Path, metrics: dict, sizes) -> Path:
     rows = []
     for name, m in metrics["models"].items():
         mean = m["mean"]
-        rows.append([f"`{name}`", f"{m['lr']:.0e}", _ci(mean["text_retention"]), _ci(mean["mm_acc"]),
+        rows.append([f"`{name}`", lr_tag(m["lr"]), _ci(mean["text_retention"]), _ci(mean["mm_acc"]),
                      _ci(mean["vqa_acc"]), *[_ci(mean["iit"][s]) if s in mean["iit"] else "-" for s in ("T,V", "T,T,V")],
                      _ci(mean["attention_shift"])])
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
@@ -232,7 +233,7 @@ def write_study_report(out: Path, metrics: dict, sizes) -> Path:
     text = f"""# wings lab --study frontier{' (--quick: sizes only prove the pipeline; the numbers mean nothing)' if quick else ''}
 
 Does WINGS reach more multimodal skill than LLaVA at the same text retention? Each method's stage 2
-runs at {len(sizes.lrs)} LLM learning rates ({', '.join(f'{lr:.0e}' for lr in sizes.lrs)}; WINGS' textual learner
+runs at {len(sizes.lrs)} LLM learning rates ({', '.join(lr_tag(lr) for lr in sizes.lrs)}; WINGS' textual learner
 at the same rate, its visual learners, router and projector at {lab.high_lr:g}); each traces a
 retention-vs-task-accuracy frontier. Everything below was measured in this run, over {metrics['seeds']} seed(s).
 

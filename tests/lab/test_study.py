@@ -73,3 +73,15 @@ def test_quick_study_end_to_end_and_resume(tmp_path, capfd):
     run_study("frontier", output=str(out), quick=True, seeds=2, jobs=1)  # every step is cached now
     again = capfd.readouterr().out
     assert " ..." not in again.split("[lab] wrote")[0]
+
+
+def test_resume_guard_accepts_the_same_settings_and_names_a_changed_one(tmp_path):
+    from dataclasses import asdict
+
+    from wings.lab.study import _check_resume
+
+    config = {"study": "frontier", "seeds": 3, "sizes": asdict(FULL_STUDY), "jobs": 2}
+    _check_resume(tmp_path, config)
+    _check_resume(tmp_path, {**config, "jobs": 1})  # tuples survive the JSON round trip; jobs may change
+    with pytest.raises(ValueError, match=r"\(sizes\)"):
+        _check_resume(tmp_path, {**config, "sizes": asdict(QUICK_STUDY)})

@@ -220,6 +220,7 @@ def _base_items(out: Path, sizes: LabSizes) -> dict:
 # ------------------------------------------------------------------------------------------------
 def _check_resume(out: Path, config: dict) -> None:
     path = out / "study_config.json"
+    config = json.loads(json.dumps(config))  # tuples as lists, as the file holds them
     if path.exists():
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(config) if k != "jobs" and old.get(k) != config.get(k))

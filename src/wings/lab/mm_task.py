@@ -25,7 +25,8 @@ and colour some easy-vqa question states (`derive_image_labels`).
 
 `write_study_data` writes the study's files in the formats `wings train` and `wings iit` read. Its
 stage-2 mix is multimodal in every sample: task questions, easy-vqa questions, and interleaved
-dialogues shaped like IIT ("T,V", "T,T,V") whose text turns are chatterbot-corpus exchanges. The
+dialogues shaped like IIT ("T,V", "T,T,V") whose text turns are short chatterbot-corpus exchanges
+and whose image turn is a one-image task item or an easy-vqa question. The
 text test never asks those exchanges, so the dialogues teach the interleaved format without
 replaying the skills retention measures; the `*_text_share` models add that replay on purpose.
 """
@@ -50,6 +51,9 @@ _N_HELDOUT_ADDENDS = 16
 _ADDEND_SPLIT_SEED = 7
 IIT_TRAIN_SHAPES: tuple[str, ...] = ("T,V", "T,T,V")
 """Shapes of the interleaved training dialogues (text turns before an image turn)."""
+CHAT_MAX_CHARS = 30
+"""Longest chatterbot exchange (prompt + reply) in a dialogue: a batch is padded to its longest
+sample, so a few long dialogues would double the cost of every training step."""
 
 
 @dataclass(frozen=True)
@@ -202,15 +206,17 @@ def write_study_data(folder: Path, n_stage2: int, n_mm_test_per_kind: int, n_vqa
     n_mm = round(n_stage2 * mm_share)
     n_dialogues = round(n_stage2 * interleaved_share)
     n_vqa = n_stage2 - n_mm - n_dialogues
-    mm_train = mm_task_items(n_mm + n_dialogues, seed, "train", train_images)
+    mm_train = mm_task_items(n_mm, seed, "train", train_images)
+    # Dialogue image turns ask about one image (the longest samples set every batch's width).
+    mm_dialogue = mm_task_items(n_dialogues, seed + 1, "train", train_images, kinds=MM_KINDS[:2])
     vqa_train = rng.sample(train, n_vqa + n_dialogues)
-    chats = [c for c in chatterbot_samples() if len(c.prompt) + len(c.answer) <= 80]
+    chats = [c for c in chatterbot_samples() if len(c.prompt) + len(c.answer) <= CHAT_MAX_CHARS]
     rows = [llava_row(f"mm-train-{i}", [(m.question, m.answer)], m.images, root) for i, m in enumerate(mm_train[:n_mm])]
     rows += [llava_row(f"vqa-train-{i}", [(f"<image>\n{s.question}", s.answer)], [s.image_path], root)
              for i, s in enumerate(vqa_train[:n_vqa])]
     for k in range(n_dialogues):
         shape = IIT_TRAIN_SHAPES[k % len(IIT_TRAIN_SHAPES)]
-        visual = mm_train[n_mm + k] if k % 4 < 2 else _vqa_item(vqa_train[n_vqa + k])
+        visual = mm_dialogue[k] if k % 4 < 2 else _vqa_item(vqa_train[n_vqa + k])
         context = rng.sample(chats, shape.count("T")) if chats else []
         if not context:  # without chatterbot-corpus the dialogue degrades to its image turn
             rows.append(llava_row(f"iit-train-{k}", [(visual.question, visual.answer)], visual.images, root))

@@ -45,7 +45,7 @@ def test_frontier_gap_is_the_vertical_distance_at_matched_retention():
          for r in np.linspace(0.8, 0.9, 101)]))
     # Both keep every skill: compared at that single retention.
     assert frontier_gap([(1.0, 0.6)], [(1.0, 0.4)]) == pytest.approx(0.2)
-    assert math.isnan(frontier_gap([(0.3, 0.9)], [(1.0, 0.4), (0.8, 0.5)]))
+    assert math.isnan(frontier_gap([(0.3, 0.9)], [(1.0, 0.4), (0.8, 0.5)])) and math.isnan(frontier_gap([], [(1.0, 0.4)]))
 
 
 def test_gap_verdict_needs_the_interval_to_exclude_zero():

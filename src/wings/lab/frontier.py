@@ -54,8 +54,10 @@ def frontier_gap(a: Sequence[Point], b: Sequence[Point], grid: int = 101) -> flo
     """Mean of ``F_a(r) - F_b(r)`` over the retention range both frontiers cover (NaN if none).
 
     With a range narrower than 1e-3 (e.g. both methods keep every text skill) the gap is taken at
-    that single matched retention.
+    that single matched retention. NaN too when either method has no point.
     """
+    if not a or not b:
+        return math.nan
     fa, fb = pareto_frontier(a), pareto_frontier(b)
     span = overlap(fa, fb)
     if span is None:

@@ -141,8 +141,8 @@ def evaluate_study_model(folder: Path, name: str, model_dir: str, data: dict, ii
     items = heldout_text_items(lab.text_items, seed=0)
     text = evaluate_text(model, processor.tokenizer, items)
     text_correct = [int(p == i.answer.strip()) for p, i in zip(text["predictions"], items)]
-    mm, mm_names = exact_match_items(model, processor, data["mm_test"], data["image_folder"], lab.eval_batch)
-    kinds = [n.split("-")[2] for n in mm_names]  # "mm-test-<kind>-<k>"
+    mm, _ = exact_match_items(model, processor, data["mm_test"], data["image_folder"], lab.eval_batch)
+    kinds = [row["id"].split("-")[2] for row in json.loads(Path(data["mm_test"]).read_text())]  # "mm-test-<kind>-<k>"
     vqa, _ = exact_match_items(model, processor, data["vqa_test"], data["image_folder"], lab.eval_batch)
     # The tiny models never learned multiple-choice prompts: ask the bare question, score each option as the reply.
     iit = evaluate_iit(model, processor, load_iit(iit_file), image_folder=data["image_folder"],

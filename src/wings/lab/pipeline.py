@@ -47,7 +47,9 @@ class LabSizes:
 
     llm_hidden: int = 128
     llm_layers: int = 4
-    llm_steps: int = 2500
+    # 1,500 steps reach the held-out text accuracy 2,500 did (measured 1.000 against 0.993, seed 0,
+    # same LR and cosine schedule) in 60% of the time; 1,000 steps at 6e-3 reached only 0.645.
+    llm_steps: int = 1500
     llm_batch: int = 64
     llm_lr: float = 3e-3
     vision_steps: int = 1200

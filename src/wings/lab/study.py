@@ -36,7 +36,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .parallel import run_calls
-from .pipeline import FULL, QUICK, LabSizes, Stage, _common_overrides, _write_json_atomic, build_text_world, build_vision_world, cached_step, run_stage
+from .pipeline import (
+    FULL,
+    QUICK,
+    LabSizes,
+    Stage,
+    _common_overrides,
+    _write_json_atomic,
+    build_text_world,
+    build_vision_world,
+    cached_step,
+    run_stage,
+)
 
 logger = logging.getLogger(__name__)
 

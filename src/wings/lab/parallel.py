@@ -18,7 +18,9 @@ Call = tuple[Callable[..., Any], ...]  # (function, *args); the function must be
 def run_calls(calls: Sequence[Call], jobs: int = 1) -> list[Any]:
     """``[f(*args) for f, *args in calls]``, in up to `jobs` worker processes when jobs > 1.
 
-    Results come back in the order of `calls`; the first exception of a call is raised here.
+    Results come back in the order of `calls`; the first exception of a call is raised here. Spawned
+    workers import the caller's main module: a script must call this under
+    ``if __name__ == "__main__":``.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")

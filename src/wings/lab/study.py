@@ -256,6 +256,9 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
         llm_layers: decoder layers of the tiny LLM (default 4; 8 gives LAWS curves twice as many
             points, at about twice the LLM cost).
         sizes: explicit sizes (overrides `quick`).
+
+    With jobs > 1 the workers are spawned processes: a script that calls this must do so under
+    ``if __name__ == "__main__":`` (the `wings` command does).
     """
     from ..evaluation.iit import build_iit, load_pool, write_iit
     from .mm_task import write_study_data

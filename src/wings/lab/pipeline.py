@@ -13,6 +13,8 @@
 
 Each step writes its outputs into its own folder and a `done.json` last (atomically), so an
 interrupted run resumes where it stopped; training stages also resume from their checkpoints.
+Independent steps (the two pretrainings, the stage-1 runs, the models) run side by side in
+`LabConfig.jobs` worker processes.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from wings.lab.report import line_verdict
 
 
 @pytest.mark.slow
-def test_quick_lab_end_to_end_and_resume(tmp_path, capsys):
+def test_quick_lab_end_to_end_and_resume(tmp_path, capfd):
     out = tmp_path / "lab"
     main(["lab", "--quick", "--output", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
@@ -29,10 +29,10 @@ def test_quick_lab_end_to_end_and_resume(tmp_path, capsys):
         assert (out / f"laws_{name}.png").stat().st_size > 0 and (out / f"iit_{name}.png").exists()
     assert (out / "retention_vs_vqa.png").stat().st_size > 0
     assert "WINGS lies" in report or "Not decided" in report
-    first = capsys.readouterr().out
+    first = capfd.readouterr().out
 
     main(["lab", "--quick", "--output", str(out)])  # every step is cached now
-    again = capsys.readouterr().out
+    again = capfd.readouterr().out
     assert again.count(": cached") >= 4 + 2 * len(DEFAULT_MODELS) and " ..." not in again.split("[lab] wrote")[0]
     assert json.loads((out / "metrics.json").read_text())["wings"]["vqa_acc"] == metrics["wings"]["vqa_acc"]
     assert first

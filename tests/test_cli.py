@@ -60,7 +60,7 @@ OLD_FLAGS = {
     "iit eval": ["--model", "--data", "--image-folder", "--method", "--answer-format", "--batch-size", "--output"],
     "eval": ["--model", "--base-llm", "--text-pool", "--visual-pool", "--vqa", "--iit", "--laws-data",
              "--image-folder", "--limit", "--batch-size", "--lm-eval-tasks", "--lm-eval-include", "--output"],
-    "lab": ["--output", "--quick", "--seeds", "--models", "--threads"],
+    "lab": ["--output", "--quick", "--seeds", "--models", "--threads", "--jobs", "--study", "--llm-layers"],
     "chat": ["--model", "--image", "--max-new-tokens"],
     "demo": ["--seed", "--steps"],
 }
@@ -119,6 +119,7 @@ def _defaults(function, skip=()):
 
 # A command may say None where it leaves the choice to the library (the option is then not passed on).
 LIBRARY_CHOOSES = {("iit eval", "image_mode"), ("laws", "device"), ("lab", "threads"), ("lab", "models"),
+                   ("lab", "output"), ("lab", "seeds"),  # each study has its own default
                    ("iit build", "settings"), ("iit build", "text_pool"), ("iit build", "visual_pool"),
                    ("chat", "images")}
 
@@ -199,7 +200,7 @@ def test_list_options_accept_several_values_and_repeats():
     args = parser.parse_args(["chat", "--model", "m", "--image", "a.png", "--image", "b.png", "c.png"])
     assert args.image == ["a.png", "b.png", "c.png"]
     args = parser.parse_args(["lab", "--models", "llava", "wings", "--quick"])
-    assert args.models == ["llava", "wings"] and args.quick and args.seeds == 1
+    assert args.models == ["llava", "wings"] and args.quick and args.seeds is None
 
 
 def test_train_overrides_may_follow_the_options(monkeypatch):
@@ -392,3 +393,25 @@ def test_annotations_become_argparse_types():
 
     with pytest.raises(TypeError, match="'x' has no type annotation"):
         add_function_arguments(argparse.ArgumentParser(), untyped)
+
+
+def test_lab_study_frontier_reaches_run_study(monkeypatch, tmp_path, capsys):
+    import wings.lab.study as study
+
+    calls = []
+
+    def fake_run_study(name, **options):
+        calls.append((name, options))
+        Path(options["output"]).mkdir(parents=True, exist_ok=True)
+        (Path(options["output"]) / "report.md").write_text("frontier report")
+        return {}
+
+    monkeypatch.setattr(study, "run_study", fake_run_study)
+    out = tmp_path / "study"
+    assert main(["lab", "--study", "frontier", "--quick", "--jobs", "1", "--threads", "1", "--output", str(out),
+                 "--llm-layers", "8"]) == 0
+    name, options = calls[0]
+    assert name == "frontier" and options["quick"] and options["seeds"] is None  # the study's own default: 3
+    assert (options["jobs"], options["threads"], options["llm_layers"]) == (1, 1, 8)
+    assert "frontier report" in capsys.readouterr().out
+    assert main(["lab", "--study", "frontier", "--models", "llava"]) == 1  # rows belong to the default study

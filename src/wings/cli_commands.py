@@ -375,30 +375,51 @@ def lm_eval(argv: list[str]) -> int:
 
 def lab(
     *,
-    output: str = "runs/lab",
+    output: str | None = None,
     quick: bool = False,
-    seeds: int = 1,
+    seeds: int | None = None,
     models: list[str] | None = None,
     threads: int | None = None,
+    jobs: int = 2,
+    study: Literal["default", "frontier"] = "default",
+    llm_layers: int | None = None,
 ) -> int:
     """The offline forgetting experiment: LLaVA vs WINGS on a tiny LLM (main job).
 
     About 15 minutes on 2 CPU cores; --quick proves the pipeline in about 3 minutes. Finished steps
-    are cached in --output, so an interrupted run resumes.
+    are cached in --output, so an interrupted run resumes. `--study frontier` runs the second study:
+    stage 2 of llava and wings at four LLM learning rates (plus text-share variants) over 3 seeds, on
+    a multimodal task that needs the LLM, with bootstrap intervals (about 50 minutes on 2 free cores;
+    --quick about 5).
 
     Args:
-        output: where steps, report.md and metrics.json go.
-        quick: tiny sizes: proves the pipeline in about 3 minutes.
-        seeds: repeat the recipes over this many seeds.
-        models: rows to train: llava llava_low_lr wings (default), lora llava_text_share wings_r64
-            wings_txt_low wings_long.
-        threads: torch threads (default: 2 on an idle machine, 1 when it is busy).
+        output: where steps, report.md and metrics.json go (default: runs/lab, or runs/lab_frontier).
+        quick: tiny sizes: proves the pipeline (numbers mean nothing).
+        seeds: repeat the recipes over this many seeds (default: 1; the frontier study: 3, quick 2).
+        models: rows of the default study: llava llava_low_lr wings (default), lora llava_text_share
+            wings_r64 wings_txt_low wings_long.
+        threads: torch threads in all, shared by the jobs (default: 2 on an idle machine, 1 when busy).
+        jobs: worker processes for independent steps (pretrainings, models).
+        study: "default" (the lab) or "frontier" (retention-vs-multimodal frontiers of llava and wings).
+        llm_layers: the frontier study's tiny LLM depth (default 4; 8 doubles the LAWS curve's points).
     """
-    from .lab.pipeline import DEFAULT_MODELS, LabConfig, run_lab
+    if study == "frontier":
+        if models:
+            raise UsageError("wings lab: --models chooses rows of the default study; the frontier study has its own")
+        from .lab.study import run_study
 
-    config = LabConfig(output=output, quick=quick, seeds=seeds, models=tuple(models or DEFAULT_MODELS),
-                       threads=threads or auto_threads())
-    run_lab(config)
+        output = output or "runs/lab_frontier"
+        run_study("frontier", output=output, quick=quick, seeds=seeds, jobs=jobs,
+                  threads=threads or auto_threads(), llm_layers=llm_layers)
+    else:
+        if llm_layers is not None:
+            raise UsageError("wings lab: --llm-layers applies to the frontier study (--study frontier)")
+        from .lab.pipeline import DEFAULT_MODELS, LabConfig, run_lab
+
+        output = output or "runs/lab"
+        config = LabConfig(output=output, quick=quick, seeds=seeds or 1, models=tuple(models or DEFAULT_MODELS),
+                           threads=threads or auto_threads(), jobs=jobs)
+        run_lab(config)
     print((Path(output) / "report.md").read_text())
     return 0
 

@@ -440,3 +440,18 @@ def test_run_laws_compare(saved_wings, tmp_path):
     summary = json.loads((tmp_path / "laws_compare.json").read_text())
     assert set(summary) == {"model", "model-2"} and summary["model"]["n_samples"] == 2
     assert (tmp_path / "laws_compare.png").stat().st_size > 1000
+
+
+def test_laws_plot_ticks_are_whole_layers(tmp_path, monkeypatch):
+    import wings.evaluation.laws_plots as laws_plots
+
+    seen = {}
+
+    def keep(fig, path, dpi=150):
+        fig.canvas.draw()
+        seen["ticks"] = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 4]
+        return path
+
+    monkeypatch.setattr(laws_plots, "save_figure", keep)
+    laws_plots.plot_laws(synthetic_result(layers=4), tmp_path / "laws.png")
+    assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"]), seen["ticks"]

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from .laws_stats import SPANS, LawsResult
 from .plots import new_figure, save_figure
@@ -36,6 +37,7 @@ def plot_laws(result: LawsResult, path: str | os.PathLike, title: str | None = N
         ax.plot(x, mean, marker="o", markersize=3, color=SPAN_COLORS[span], label=labels[span])
         ax.fill_between(x, mean - std, mean + std, color=SPAN_COLORS[span], alpha=0.2, linewidth=0)
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers, never 1.5
     ax.set_ylabel("attention mass received (sum over queries)")
     ax.set_title(f"{title or 'MLLM-LAWS'}: {_format_shift(result)}")
     if len(x) > 1:

@@ -36,7 +36,7 @@ def test_one_turn_with_an_image_labels_the_answer(family):
     assert all(lab == IGNORE_INDEX for t, lab in zip(out["input_ids"], out["labels"]) if t == processor.image_token_id)
     # The processor's generation prompt is the rendered conversation up to the answer.
     image = Image.new("RGB", (32, 32), (255, 0, 0))
-    prompt = processor(text=processor.apply_chat_template(WITH_SYSTEM[:-1]), images=[image])["input_ids"][0]
+    prompt = processor(text=processor.apply_chat_template(WITH_SYSTEM[:-1], add_generation_prompt=True), images=[image])["input_ids"][0]
     first_label = next(i for i, lab in enumerate(out["labels"]) if lab != IGNORE_INDEX)
     assert prompt.tolist() == out["input_ids"][:first_label]
 
@@ -47,7 +47,7 @@ def test_qwen3_answers_carry_the_thinking_block():
     assert [processor.tokenizer.decode(s) for s in labelled_spans(out)] == [
         "<think>\n\n</think>\n\nA red square.<|im_end|>"
     ]
-    text = processor.apply_chat_template(ONE_TURN[:1], enable_thinking=False)
+    text = processor.apply_chat_template(ONE_TURN[:1], add_generation_prompt=True, enable_thinking=False)
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 

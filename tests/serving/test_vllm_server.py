@@ -96,7 +96,7 @@ def hf_reply(hf_generate, text: str, images: list) -> str:
     """What `generate` answers to the same chat message (rendered as `wings chat` renders it)."""
     processor = hf_generate.processor
     parts = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-    prompt = processor.apply_chat_template([{"role": "user", "content": parts}])
+    prompt = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True)
     ids, _ = hf_generate(prompt, images, n_tokens=N_TOKENS)
     return processor.decode(ids, skip_special_tokens=True)
 

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .parallel import run_calls
+from .study_report import lr_tag, summarize_study, write_study_report
 from .pipeline import (
     FULL,
     QUICK,
@@ -53,9 +54,6 @@ logger = logging.getLogger(__name__)
 
 STUDIES = ("frontier",)
 METHODS = ("llava", "wings")
-INTERLEAVED_SETTINGS = ("T,V", "T,T,V")
-
-
 @dataclass(frozen=True)
 class StudySizes:
     """The study's sizes. `lab` holds what it shares with the default lab (LLM, vision, stage 1
@@ -86,12 +84,6 @@ class StudyModel:
     method: str
     lr: float
     text_share: bool = False
-
-
-def lr_tag(lr: float) -> str:
-    """``3e-05 -> "3e-5"``, ``0.001 -> "1e-3"``: short and safe in folder names."""
-    mantissa, exponent = f"{lr:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def study_models(sizes: StudySizes) -> list[StudyModel]:
@@ -262,7 +254,6 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
     """
     from ..evaluation.iit import build_iit, load_pool, write_iit
     from .mm_task import write_study_data
-    from .study_report import summarize_study, write_study_report
 
     if study not in STUDIES:
         raise ValueError(f"wings lab: unknown study {study!r}; choose from {STUDIES}")
@@ -319,17 +310,3 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
     return metrics
 
 
-def study_items(out: Path, models: list[StudyModel], seeds: int) -> dict[str, Any]:
-    """Every model's `items.json`, stacked per seed, as `bootstrap.ModelItems`."""
-    from .bootstrap import ModelItems
-
-    result = {}
-    for model in models:
-        rows = [json.loads((out / "runs" / f"seed{s}" / model.name / "eval" / "items.json").read_text()) for s in range(seeds)]
-        settings = list(rows[0]["iit"])
-        result[model.name] = ModelItems(
-            text=np.array([r["text"] for r in rows]), mm=np.array([r["mm"] for r in rows]),
-            vqa=np.array([r["vqa"] for r in rows]),
-            pearson=np.array([[math.nan if p is None else p for p in r["pearson"]] for r in rows], dtype=float),
-            iit={s: np.array([r["iit"][s] for r in rows]) for s in settings})
-    return result

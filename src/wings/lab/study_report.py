@@ -22,17 +22,40 @@ bootstrap over seeds and items (`wings.lab.bootstrap`).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bootstrap import Replicates, bootstrap, percentile_interval, spearman
+from .bootstrap import ModelItems, Replicates, bootstrap, percentile_interval, spearman
 from .frontier import frontier_gap, gap_verdict, pareto_frontier
-from .study import lr_tag
 
 CONFIDENCE = 0.95
+
+
+INTERLEAVED_SETTINGS = ("T,V", "T,T,V")
+
+
+def lr_tag(lr: float) -> str:
+    """``3e-05 -> "3e-5"``, ``0.001 -> "1e-3"``: short and safe in folder names."""
+    mantissa, exponent = f"{lr:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def study_items(out: Path, models: list[Any], seeds: int) -> dict[str, Any]:
+    """Every model's `items.json`, stacked per seed, as `bootstrap.ModelItems`."""
+    result = {}
+    for model in models:
+        rows = [json.loads((out / "runs" / f"seed{s}" / model.name / "eval" / "items.json").read_text()) for s in range(seeds)]
+        settings = list(rows[0]["iit"])
+        result[model.name] = ModelItems(
+            text=np.array([r["text"] for r in rows]), mm=np.array([r["mm"] for r in rows]),
+            vqa=np.array([r["vqa"] for r in rows]),
+            pearson=np.array([[math.nan if p is None else p for p in r["pearson"]] for r in rows], dtype=float),
+            iit={s: np.array([r["iit"][s] for r in rows]) for s in settings})
+    return result
 
 
 def _interval(values: np.ndarray, point: float) -> dict[str, float]:
@@ -49,8 +72,6 @@ def summarize_study(out: Path, models, per_model: dict[str, list[dict]], base: d
                     vision_world: dict, data: dict, sizes, seeds: int) -> dict[str, Any]:  # fmt: skip
     """Assemble metrics.json (see the module docstring) from every model's cached results."""
     from dataclasses import asdict
-
-    from .study import INTERLEAVED_SETTINGS, study_items
 
     items = study_items(out, models, seeds)
     reps: Replicates = bootstrap(items, np.array(base["text"]), n=sizes.bootstrap, seed=0)

@@ -145,7 +145,7 @@ def calls(monkeypatch):
     import wings.evaluation.forgetting as forgetting
     import wings.evaluation.iit as iit
     import wings.evaluation.laws as laws
-    import wings.evaluation.scoring as scoring
+    import wings.evaluation.loading as loading
 
     seen = {}
 
@@ -166,7 +166,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(iit, "load_iit", record("load_iit", list))
     monkeypatch.setattr(iit, "evaluate_iit", record("evaluate_iit", dict))
     monkeypatch.setattr(iit, "iit_table", record("iit_table", str))
-    monkeypatch.setattr(scoring, "load_model_and_processor", record("load_model", lambda: ("model", "processor")))
+    monkeypatch.setattr(loading, "load_model_and_processor", record("load_model", lambda: ("model", "processor")))
     monkeypatch.setattr(forgetting, "evaluate_models", record("evaluate_models", lambda: ([], None, "report")))
     return seen
 

@@ -211,7 +211,7 @@ def iit_eval(
         output: folder for iit.json and iit.png.
     """
     from .evaluation.iit import evaluate_iit, iit_table, load_iit, plot_iit
-    from .evaluation.scoring import load_model_and_processor
+    from .evaluation.loading import load_model_and_processor
 
     loaded, processor = load_model_and_processor(model, **_given(device=device))
     result = evaluate_iit(
@@ -285,7 +285,7 @@ def evaluate(
     _, _, report = evaluate_models(list(model), data, output, base_llm=base_llm, device=device)
     print(report)
     if lm_eval_tasks:
-        from .evaluation.scoring import lm_eval_accuracies, lm_eval_text_tasks
+        from .evaluation.harness import lm_eval_accuracies, lm_eval_text_tasks
 
         for model_dir in model:
             result = lm_eval_text_tasks(model_dir, lm_eval_tasks.split(","), include_path=lm_eval_include, limit=limit)

@@ -17,7 +17,8 @@ from PIL import Image
 pytest.importorskip("lmms_eval")
 
 from tiny import save_tiny_wings  # noqa: E402
-from wings.evaluation.scoring import choice_loglikelihoods, generate_answers, load_model_and_processor  # noqa: E402
+from wings.evaluation.loading import load_model_and_processor  # noqa: E402
+from wings.evaluation.scoring import choice_loglikelihoods, generate_answers  # noqa: E402
 from wings.integrations.lmms_eval import cut_at, generation_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -32,7 +32,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.images import ImageMode
-from .harness import lm_eval_accuracies, lm_eval_text_tasks  # noqa: F401  (wings.cli imports them from here)
 from .inputs import (
     ImageInput,
     chat_prompt,
@@ -44,7 +43,6 @@ from .inputs import (
     prompt_ids,
     tokenizer_of,
 )
-from .loading import load_model_and_processor  # noqa: F401  (wings.cli imports it from here)
 
 __all__ = [
     "chat_prompt",

@@ -29,7 +29,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..evaluation.scoring import load_model_and_processor
+from ..evaluation.loading import load_model_and_processor
 from . import lmms_eval_manifest
 
 logger = logging.getLogger(__name__)

@@ -119,24 +119,21 @@ def stage2_plan(model: StudyModel, sizes: StudySizes) -> Stage:
 
 # ------------------------------------------------------------------------------------------------
 # evaluation of one model
-def exact_match_items(model, processor, data_file: str, image_folder: str, batch_size: int) -> tuple[list[int], list[str]]:
+def exact_match_items(model, processor, data_file: str, image_folder: str, batch_size: int) -> list[int]:
     """Greedy answers to the first turn of each LLaVA-format record, exact match (VQA-normalised)
-    against the first reply: ``(correct 0/1 per record, record names)``."""
-    from ..data.llava import load_llava_records
-    from ..evaluation.scoring import chat_prompt, generate_answers, vqa_exact_match
+    against the first reply: correct (0/1) per record, in file order, for the bootstrap."""
+    from ..evaluation.vqa import evaluate_vqa
 
-    records = load_llava_records(data_file, image_folder, check_images=False)
-    prompts = [chat_prompt(processor, r.messages()[:1]) for r in records]
-    images = [[str(p) for p in r.images] for r in records]
-    answers = generate_answers(model, processor, prompts, images, batch_size=batch_size, max_new_tokens=6)
-    return [int(vqa_exact_match(a, r.messages()[1]["content"])) for a, r in zip(answers, records)], [r.name for r in records]
+    result = evaluate_vqa(model, processor, data_file, image_folder, batch_size=batch_size, max_new_tokens=6,
+                          check_images=False)
+    return [int(row["correct"]) for row in result["records"]]
 
 
 def evaluate_study_model(folder: Path, name: str, model_dir: str, data: dict, iit_file: str, sizes: StudySizes) -> dict:
     """Every score of one trained model; per-item results go to `items.json` for the bootstrap."""
     from ..evaluation.iit import evaluate_iit, load_iit, plot_iit
     from ..evaluation.laws import compute_laws, llava_laws_samples, write_laws
-    from ..evaluation.scoring import load_model_and_processor
+    from ..evaluation.loading import load_model_and_processor
     from .text_world import evaluate_text, heldout_text_items
 
     lab = sizes.lab
@@ -144,9 +141,9 @@ def evaluate_study_model(folder: Path, name: str, model_dir: str, data: dict, ii
     items = heldout_text_items(lab.text_items, seed=0)
     text = evaluate_text(model, processor.tokenizer, items)
     text_correct = [int(p == i.answer.strip()) for p, i in zip(text["predictions"], items)]
-    mm, _ = exact_match_items(model, processor, data["mm_test"], data["image_folder"], lab.eval_batch)
+    mm = exact_match_items(model, processor, data["mm_test"], data["image_folder"], lab.eval_batch)
     kinds = [row["id"].split("-")[2] for row in json.loads(Path(data["mm_test"]).read_text())]  # "mm-test-<kind>-<k>"
-    vqa, _ = exact_match_items(model, processor, data["vqa_test"], data["image_folder"], lab.eval_batch)
+    vqa = exact_match_items(model, processor, data["vqa_test"], data["image_folder"], lab.eval_batch)
     # The tiny models never learned multiple-choice prompts: ask the bare question, score each option as the reply.
     iit = evaluate_iit(model, processor, load_iit(iit_file), image_folder=data["image_folder"],
                        batch_size=lab.eval_batch, method="loglik", answer_format="cloze")

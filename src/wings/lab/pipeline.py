@@ -265,9 +265,20 @@ def _model_step(out: Path, seed: int, name: str, sizes: LabSizes, data: dict, ii
 
 
 # ------------------------------------------------------------------------------------------------
+def iit_step(out: Path, data: dict, per_setting: int) -> dict:
+    """The IIT dialogues built once from the step's text and visual pools (cached in `out/iit`)."""
+    from ..evaluation.iit import build_iit, load_pool, write_iit
+
+    def make_iit(folder: Path) -> dict:
+        dialogues = build_iit(load_pool(data["text_pool"], "text"), load_pool(data["visual_pool"], "visual"),
+                              per_setting=per_setting, seed=0)
+        return {"file": str(write_iit(dialogues, folder / "iit.jsonl")), "dialogues": len(dialogues)}
+
+    return cached_step(out / "iit", "IIT dialogues", make_iit)
+
+
 def run_lab(config: LabConfig) -> dict:
     """Run (or resume) the whole experiment; returns the metrics written to `metrics.json`."""
-    from ..evaluation.iit import build_iit, load_pool, write_iit
     from .data import write_lab_data
     from .report import write_report
 
@@ -291,12 +302,7 @@ def run_lab(config: LabConfig) -> dict:
 
     data = cached_step(out / "data", "data files", make_data)
 
-    def make_iit(folder: Path) -> dict:
-        dialogues = build_iit(load_pool(data["text_pool"], "text"), load_pool(data["visual_pool"], "visual"),
-                              per_setting=sizes.iit_per_setting, seed=0)
-        return {"file": str(write_iit(dialogues, folder / "iit.jsonl")), "dialogues": len(dialogues)}
-
-    iit = cached_step(out / "iit", "IIT dialogues", make_iit)
+    iit = iit_step(out, data, sizes.iit_per_setting)
     runs_todo = [(seed, name) for seed in range(config.seeds) for name in config.models]
     # Models with the same stage 1 (every LLaVA-style row; WINGS rows of one rank) share it per seed.
     stage1_todo: dict[tuple[int, str], str] = {}

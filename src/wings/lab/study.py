@@ -47,6 +47,7 @@ from .pipeline import (
     build_text_world,
     build_vision_world,
     cached_step,
+    iit_step,
     run_stage,
 )
 
@@ -249,7 +250,6 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
     With jobs > 1 the workers are spawned processes: a script that calls this must do so under
     ``if __name__ == "__main__":`` (the `wings` command does).
     """
-    from ..evaluation.iit import build_iit, load_pool, write_iit
     from .mm_task import write_study_data
 
     if study not in STUDIES:
@@ -283,12 +283,7 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
 
     data = cached_step(out / "data", "study data files", make_data)
 
-    def make_iit(folder: Path) -> dict:
-        dialogues = build_iit(load_pool(data["text_pool"], "text"), load_pool(data["visual_pool"], "visual"),
-                              per_setting=lab.iit_per_setting, seed=0)
-        return {"file": str(write_iit(dialogues, folder / "iit.jsonl")), "dialogues": len(dialogues)}
-
-    iit = cached_step(out / "iit", "IIT dialogues", make_iit)
+    iit = iit_step(out, data, lab.iit_per_setting)
     ctx = _Context(out, sizes, threads, data, iit["file"])
     models = study_models(sizes)
     stage1 = run_calls([(_stage1_task, ctx, seed, method) for seed in range(seeds) for method in METHODS], jobs)

@@ -47,3 +47,15 @@ def pad_heads(x: torch.Tensor, width: int, channel: torch.Tensor | float | None 
         else:
             out[..., dim] = channel
     return out
+
+
+def learner_channels(is_image: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
+    """is_image [T] bool -> the learners' extra key and value channels [2, T, 1, count].
+
+    Learner 0 (visual) owns image tokens, learner 1 (textual) text tokens. Key channel j: 0 on learner
+    j's keys, -MASK_BIAS on the others; value channel j: 1 on learner j's keys, else 0.
+    """
+    own = is_image.to(dtype)[:, None]
+    if count == 2:
+        own = torch.cat([own, 1.0 - own], dim=-1)
+    return torch.stack([(own - 1.0) * MASK_BIAS, own])[:, :, None, :]

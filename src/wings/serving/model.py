@@ -34,6 +34,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.config import set_default_rope_theta
 
 from ..config import SUPPORTED_TEXT_MODEL_TYPES
+from .attention import learner_channels
 from .layers import WingsDecoderLayer
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
 
@@ -92,6 +93,7 @@ class WingsTextModel(nn.Module):
             else:
                 layers.append(LlamaDecoderLayer(vllm_config, prefix=layer_prefix, config=text))
         self.layers = nn.ModuleList(layers)
+        self.learner_count = 2 if config.learner_mode == "routed" else 1
         self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -102,9 +104,10 @@ class WingsTextModel(nn.Module):
     ) -> torch.Tensor:
         """positions [T], inputs_embeds [T, d] (the learners' key/value source), is_image [T] -> hidden [T, d]."""
         hidden, residual = inputs_embeds, None
+        channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)  # the same in every layer
         for layer in self.layers:
             if isinstance(layer, WingsDecoderLayer):
-                hidden, residual = layer(positions, hidden, residual, inputs_embeds, is_image)
+                hidden, residual = layer(positions, hidden, residual, inputs_embeds, is_image, channels)
             else:
                 hidden, residual = layer(positions, hidden, residual)
         hidden, _ = self.norm(hidden, residual)

@@ -153,6 +153,55 @@ class LearnerNames(nn.Module):
         self.o_down, self.o_up = parts["o_down"], parts["o_up"]
 
 
+class LearnerKeysValues(nn.Module):
+    """Every layer's learner keys/values, computed at once: they depend only on the layer-0 input f.
+
+    For layer l and learner j: K = f + B_k A_k f (with RoPE), V = f + B_v A_v f, each token keeping its
+    own modality's learner's (see `WingsLearners`), zero-padded with the key/value channels of
+    `wings.serving.attention.learner_channels`. One matmul does all down-projections, one batched
+    matmul all up-projections. The per-layer weights are views into the stacks held here.
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, rank: int, count: int):
+        super().__init__()
+        tp_size = get_tensor_model_parallel_world_size()
+        self.num_layers, self.count, self.rank = num_layers, count, rank
+        self.num_heads = num_heads // tp_size
+        self.head_dim = hidden_size // num_heads
+        self.width = self.num_heads * self.head_dim
+        tp_rank = get_tensor_model_parallel_rank()
+        self.columns = slice(tp_rank * self.width, (tp_rank + 1) * self.width)
+        self.padded = supported_head_size(self.head_dim + count)
+        dtype = torch.get_default_dtype()
+        groups = num_layers * count * 2  # (layer, learner, k|v)
+        self.register_buffer("down", torch.empty(groups * rank, hidden_size, dtype=dtype), persistent=False)
+        self.register_buffer("up", torch.empty(groups, self.width, rank, dtype=dtype), persistent=False)
+
+    def layer_weights(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `index`-th layer's (down [n*2*r, d], up [n*2, d/tp, r]) views."""
+        size = self.count * 2
+        return self.down[index * size * self.rank: (index + 1) * size * self.rank], self.up[index * size: (index + 1) * size]
+
+    def forward(
+        self, positions: torch.Tensor, source: torch.Tensor, is_image: torch.Tensor, channels: torch.Tensor, rotary_emb
+    ) -> torch.Tensor:
+        """positions [T], source [T, d], is_image [T] bool, channels [2, T, 1, n] -> [2 (k|v), L, T, H, padded]."""
+        tokens, layers, n, hd = source.shape[0], self.num_layers, self.count, self.head_dim
+        down = torch.mm(source, self.down.t()).view(tokens, -1, self.rank).transpose(0, 1)
+        kv = torch.baddbmm(source[None, :, self.columns], down, self.up.transpose(1, 2))
+        kv = kv.view(layers, n, 2, tokens, self.width).transpose(1, 2)  # [L, k|v, n, T, w]
+        own = torch.empty(2, layers, tokens, self.width, dtype=source.dtype, device=source.device)
+        if n == 2:
+            torch.where(is_image[:, None], kv[:, :, 0], kv[:, :, 1], out=own.transpose(0, 1))
+        else:
+            own.transpose(0, 1).copy_(kv[:, :, 0])
+        rotary_emb(positions.repeat(layers), own[0].view(layers * tokens, self.width))  # keys, in place
+        out = source.new_zeros(2, layers, tokens, self.num_heads, self.padded)
+        out[..., :hd] = own.view(2, layers, tokens, self.num_heads, hd)
+        out[..., hd: hd + n] = channels[:, None]
+        return out
+
+
 class WingsLearners(nn.Module):
     """The layer's n LoRRA learners (`wings.modeling.lorra.LoRRA`; n = 2 visual + textual, or 1 visual) on
     one paged KV cache.
@@ -169,7 +218,10 @@ class WingsLearners(nn.Module):
     All learners' down-projections run as one matmul, the up-projections as one batched matmul.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, rank: int, count: int, cache_config, prefix: str):
+    def __init__(self, hidden_size: int, num_heads: int, rank: int, count: int, kv_down: torch.Tensor,
+                 kv_up: torch.Tensor, cache_config, prefix: str):
+        """kv_down [n*2*r, d] and kv_up [n*2, d/tp, r] (order: learner, then k|v): this layer's slices of the
+        `LearnerKeysValues` stacks, which compute every layer's learner keys/values at once."""
         super().__init__()
         tp_size = get_tensor_model_parallel_world_size()
         if num_heads % tp_size:
@@ -187,8 +239,6 @@ class WingsLearners(nn.Module):
         # Stacks (not saved: the per-learner views below carry the checkpoint names).
         self.register_buffer("q_down", torch.empty(n * r, d, dtype=dtype), persistent=False)
         self.register_buffer("q_up", torch.empty(n, w, r, dtype=dtype), persistent=False)
-        self.register_buffer("kv_down", torch.empty(n * 2 * r, d, dtype=dtype), persistent=False)  # (j, k|v)
-        self.register_buffer("kv_up", torch.empty(n * 2, w, r, dtype=dtype), persistent=False)
         self.register_buffer("o_down", torch.empty(n, r, w, dtype=dtype), persistent=False)
         self.register_buffer("o_up", torch.empty(d, n, r, dtype=dtype), persistent=False)
         self.names: list[LearnerNames] = []  # a plain list: the decoder layer registers them under their names
@@ -196,10 +246,10 @@ class WingsLearners(nn.Module):
             parts = {
                 "q.down": StackedWeight(self.q_down[j * r: (j + 1) * r]),
                 "q.up": StackedWeight(self.q_up[j], split=(0, w)),
-                "k.down": StackedWeight(self.kv_down[2 * j * r: (2 * j + 1) * r]),
-                "v.down": StackedWeight(self.kv_down[(2 * j + 1) * r: (2 * j + 2) * r]),
-                "k.up": StackedWeight(self.kv_up[2 * j], split=(0, w)),
-                "v.up": StackedWeight(self.kv_up[2 * j + 1], split=(0, w)),
+                "k.down": StackedWeight(kv_down[2 * j * r: (2 * j + 1) * r]),
+                "v.down": StackedWeight(kv_down[(2 * j + 1) * r: (2 * j + 2) * r]),
+                "k.up": StackedWeight(kv_up[2 * j], split=(0, w)),
+                "v.up": StackedWeight(kv_up[2 * j + 1], split=(0, w)),
                 "o_down": StackedWeight(self.o_down[j], split=(1, w)),
                 "o_up": StackedWeight(self.o_up[:, j]),
             }
@@ -215,28 +265,19 @@ class WingsLearners(nn.Module):
         )
 
     def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, source: torch.Tensor, channels: torch.Tensor,
-        is_image: torch.Tensor, rotary_emb,
+        self, positions: torch.Tensor, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary_emb
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [T, d] queries, source [T, d] layer-0 inputs, channels [2, T, 1, n] (key and value channels of
-        `learner_channels`), is_image [T] bool -> each learner's A_o attn [T, n, r] (summed over tensor-parallel
-        ranks) and whether its query sees any key [T, n]."""
+        """hidden [T, d] queries; key, value [T, H, padded] this layer's from `LearnerKeysValues` -> each learner's
+        A_o attn [T, n, r] (summed over tensor-parallel ranks) and whether its query sees any key [T, n]."""
         tokens, n, r, hd, heads = hidden.shape[0], self.count, self.rank, self.head_dim, self.num_heads
         # Queries of all learners: [T, n*r] -> [n, T, w] -> + h, laid out [T, n, w].
         down = torch.mm(hidden, self.q_down.t()).view(tokens, n, r).transpose(0, 1)
         q = torch.empty(tokens, n, self.width, dtype=hidden.dtype, device=hidden.device)
         torch.add(torch.bmm(down, self.q_up.transpose(1, 2)).transpose(0, 1), hidden[:, None, self.columns], out=q)
-        # Keys/values of all learners [n, 2, T, w]; each token keeps its own modality's learner's.
-        down = torch.mm(source, self.kv_down.t()).view(tokens, 2 * n, r).transpose(0, 1)
-        kv = torch.baddbmm(source[None, :, self.columns], down, self.kv_up.transpose(1, 2)).view(n, 2, tokens, -1)
-        kv = torch.where(is_image[None, :, None], kv[0], kv[1]) if n == 2 else kv[0]
-        rotary_emb(positions, q.view(tokens, -1), kv[0])  # in place
+        rotary_emb(positions, q.view(tokens, -1))  # in place
         query = self.query_channels.repeat(tokens, 1, 1, 1)
         query[..., :hd] = q.view(tokens, n, heads, hd).transpose(1, 2)
-        key_value = hidden.new_zeros(2, tokens, heads, self.padded)
-        key_value[..., :hd] = kv.view(2, tokens, heads, hd)
-        key_value[..., hd: hd + n] = channels
-        out = self.attn(query.view(tokens, n * heads, self.padded), key_value[0], key_value[1])
+        out = self.attn(query.view(tokens, n * heads, self.padded), key, value)
         out = out.view(tokens, heads, n, self.padded)
         sees_any = torch.diagonal(out[:, 0, :, hd: hd + n], dim1=-2, dim2=-1) > 0.5
         # A_o per learner over this rank's heads: [n, T, w] @ [n, w, r] -> [n, T, r].
@@ -274,7 +315,8 @@ class WingsDecoderLayer(nn.Module):
     `textual_learner.*` and `router.*`, as in the saved checkpoints.
     """
 
-    def __init__(self, config, cache_config, quant_config, prefix: str):
+    def __init__(self, config, kv_weights: tuple[torch.Tensor, torch.Tensor], cache_config, quant_config, prefix: str):
+        """kv_weights: this layer's (down, up) views from `LearnerKeysValues.layer_weights`."""
         super().__init__()
         text = config.text_config
         hidden, heads = text.hidden_size, text.num_attention_heads
@@ -287,7 +329,9 @@ class WingsDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
         count = 2 if self.routed else 1  # stage-1 models ("visual_only") have no textual learner or router
-        self.learners = WingsLearners(hidden, heads, config.learner_rank, count, cache_config, f"{prefix}.learners")
+        self.learners = WingsLearners(
+            hidden, heads, config.learner_rank, count, *kv_weights, cache_config, f"{prefix}.learners"
+        )
         self.visual_learner = self.learners.names[0]
         if self.routed:
             self.textual_learner = self.learners.names[1]
@@ -298,17 +342,17 @@ class WingsDecoderLayer(nn.Module):
         positions: torch.Tensor,
         hidden_states: torch.Tensor,
         residual: torch.Tensor | None,
-        source: torch.Tensor,
         is_image: torch.Tensor,
-        channels: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden_states, residual [T, d] (their sum is the layer input); source [T, d] layer-0 inputs;
-        is_image [T] bool; channels [2, T, 1, n] from `learner_channels`. Returns (MLP output, residual
-        stream) whose sum is the layer output."""
+        """hidden_states, residual [T, d] (their sum is the layer input); is_image [T] bool; key, value
+        [T, H, padded] the learners' (this layer's slice of `LearnerKeysValues`). Returns (MLP output,
+        residual stream) whose sum is the layer output."""
         x = hidden_states if residual is None else hidden_states + residual
         attn_out, mass = self.self_attn(positions, self.input_layernorm(x), is_image if self.routed else None)
         h = x + attn_out
-        down, sees_any = self.learners(positions, h, source, channels, is_image, self.self_attn.rotary_emb)
+        down, sees_any = self.learners(positions, h, key, value, self.self_attn.rotary_emb)
         weights = sees_any.to(h.dtype)
         if self.routed:
             weights = weights * self.router(mass).to(h.dtype)

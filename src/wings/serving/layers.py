@@ -299,13 +299,22 @@ class SegmentRouter(nn.Module):
 
     def __init__(self, num_heads: int):
         super().__init__()
-        # A 2H x 2 matmul: too small for a parallel GEMM kernel, plain torch is cheapest.
         self.linear = nn.Linear(2 * num_heads, 2, bias=True)
 
     def forward(self, image_mass: torch.Tensor) -> torch.Tensor:
-        """image_mass [T, H] -> weights (w_visual, w_textual) [T, 2]."""
-        mass = image_mass.to(self.linear.weight.dtype)
-        return torch.softmax(self.linear(torch.cat([mass, 1.0 - mass], dim=-1)), dim=-1)
+        """image_mass [T, H] -> weights (w_visual, w_textual) [T, 2].
+
+        A two-way softmax is a sigmoid of the logit difference, and that difference is linear in the mass:
+        z = mass . (u - v) + sum(v) + b_0 - b_1, with u, v the halves of W_0 - W_1. Small element-wise ops,
+        where a 2H x 2 matmul and a softmax would each start a parallel kernel per layer and step.
+        """
+        weight, bias = self.linear.weight, self.linear.bias
+        heads = weight.shape[1] // 2
+        diff = weight[0] - weight[1]
+        mass = image_mass.to(weight.dtype)
+        z = (mass * (diff[:heads] - diff[heads:])).sum(-1) + (diff[heads:].sum() + bias[0] - bias[1])
+        w_visual = torch.sigmoid(z)
+        return torch.stack([w_visual, 1.0 - w_visual], dim=-1)
 
 
 class WingsDecoderLayer(nn.Module):

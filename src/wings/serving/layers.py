@@ -173,31 +173,37 @@ class LearnerKeysValues(nn.Module):
         self.columns = slice(tp_rank * self.width, (tp_rank + 1) * self.width)
         self.padded = supported_head_size(self.head_dim + count)
         dtype = torch.get_default_dtype()
-        groups = num_layers * count * 2  # (layer, learner, k|v)
-        self.register_buffer("down", torch.empty(groups * rank, hidden_size, dtype=dtype), persistent=False)
-        self.register_buffer("up", torch.empty(groups, self.width, rank, dtype=dtype), persistent=False)
+        # Rows of `down`: (k|v, layer, learner, r); `up[k|v * L + layer]` holds the learners' B side by side,
+        # so each token's own learner is picked in rank space (the other learner's r inputs set to zero).
+        self.register_buffer("down", torch.empty(2 * num_layers * count * rank, hidden_size, dtype=dtype), persistent=False)
+        self.register_buffer("up", torch.empty(2 * num_layers, self.width, count * rank, dtype=dtype), persistent=False)
 
-    def layer_weights(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The `index`-th layer's (down [n*2*r, d], up [n*2, d/tp, r]) views."""
-        size = self.count * 2
-        return self.down[index * size * self.rank: (index + 1) * size * self.rank], self.up[index * size: (index + 1) * size]
+    def layer_weights(self, index: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The `index`-th layer's weight views {"j.k" | "j.v": (A [r, d], B [d/tp, r])} for learner j."""
+        n, r, layers = self.count, self.rank, self.num_layers
+        views = {}
+        for which, name in enumerate("kv"):
+            group = which * layers + index
+            for j in range(n):
+                row = (group * n + j) * r
+                views[f"{j}.{name}"] = self.down[row: row + r], self.up[group, :, j * r: (j + 1) * r]
+        return views
 
     def forward(
-        self, positions: torch.Tensor, source: torch.Tensor, is_image: torch.Tensor, channels: torch.Tensor, rotary_emb
+        self, positions: torch.Tensor, source: torch.Tensor, channels: torch.Tensor, rotary_emb
     ) -> torch.Tensor:
-        """positions [T], source [T, d], is_image [T] bool, channels [2, T, 1, n] -> [2 (k|v), L, T, H, padded]."""
-        tokens, layers, n, hd = source.shape[0], self.num_layers, self.count, self.head_dim
-        down = torch.mm(source, self.down.t()).view(tokens, -1, self.rank).transpose(0, 1)
-        kv = torch.baddbmm(source[None, :, self.columns], down, self.up.transpose(1, 2))
-        kv = kv.view(layers, n, 2, tokens, self.width).transpose(1, 2)  # [L, k|v, n, T, w]
-        own = torch.empty(2, layers, tokens, self.width, dtype=source.dtype, device=source.device)
-        if n == 2:
-            torch.where(is_image[:, None], kv[:, :, 0], kv[:, :, 1], out=own.transpose(0, 1))
-        else:
-            own.transpose(0, 1).copy_(kv[:, :, 0])
-        rotary_emb(positions.repeat(layers), own[0].view(layers * tokens, self.width))  # keys, in place
+        """positions [T], source [T, d], channels [2, T, 1, n] (`learner_channels`; the value channels say which
+        learner owns each token) -> [2 (k|v), L, T, H, padded]."""
+        tokens, layers, n, r, hd = source.shape[0], self.num_layers, self.count, self.rank, self.head_dim
+        down = torch.mm(source, self.down.t()).view(tokens, 2 * layers, n, r)
+        if n > 1:
+            down = down * channels[1, :, :, :, None]  # [T, 1, n, 1]: zero the other learner's rank inputs
+        down = down.view(tokens, 2 * layers, n * r).transpose(0, 1)
+        own_kv = torch.baddbmm(source[None, :, self.columns], down, self.up.transpose(1, 2))
+        own_kv = own_kv.view(2, layers, tokens, self.width)
+        rotary_emb(positions.repeat(layers), own_kv[0].view(layers * tokens, self.width))  # keys, in place
         out = source.new_zeros(2, layers, tokens, self.num_heads, self.padded)
-        out[..., :hd] = own.view(2, layers, tokens, self.num_heads, hd)
+        out[..., :hd] = own_kv.view(2, layers, tokens, self.num_heads, hd)
         out[..., hd: hd + n] = channels[:, None]
         return out
 
@@ -218,10 +224,10 @@ class WingsLearners(nn.Module):
     All learners' down-projections run as one matmul, the up-projections as one batched matmul.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, rank: int, count: int, kv_down: torch.Tensor,
-                 kv_up: torch.Tensor, cache_config, prefix: str):
-        """kv_down [n*2*r, d] and kv_up [n*2, d/tp, r] (order: learner, then k|v): this layer's slices of the
-        `LearnerKeysValues` stacks, which compute every layer's learner keys/values at once."""
+    def __init__(self, hidden_size: int, num_heads: int, rank: int, count: int,
+                 kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]], cache_config, prefix: str):
+        """kv_weights: this layer's K/V weight views from `LearnerKeysValues.layer_weights`, which computes
+        every layer's learner keys/values at once."""
         super().__init__()
         tp_size = get_tensor_model_parallel_world_size()
         if num_heads % tp_size:
@@ -246,10 +252,10 @@ class WingsLearners(nn.Module):
             parts = {
                 "q.down": StackedWeight(self.q_down[j * r: (j + 1) * r]),
                 "q.up": StackedWeight(self.q_up[j], split=(0, w)),
-                "k.down": StackedWeight(kv_down[2 * j * r: (2 * j + 1) * r]),
-                "v.down": StackedWeight(kv_down[(2 * j + 1) * r: (2 * j + 2) * r]),
-                "k.up": StackedWeight(kv_up[2 * j], split=(0, w)),
-                "v.up": StackedWeight(kv_up[2 * j + 1], split=(0, w)),
+                "k.down": StackedWeight(kv_weights[f"{j}.k"][0]),
+                "v.down": StackedWeight(kv_weights[f"{j}.v"][0]),
+                "k.up": StackedWeight(kv_weights[f"{j}.k"][1], split=(0, w)),
+                "v.up": StackedWeight(kv_weights[f"{j}.v"][1], split=(0, w)),
                 "o_down": StackedWeight(self.o_down[j], split=(1, w)),
                 "o_up": StackedWeight(self.o_up[:, j]),
             }
@@ -324,8 +330,9 @@ class WingsDecoderLayer(nn.Module):
     `textual_learner.*` and `router.*`, as in the saved checkpoints.
     """
 
-    def __init__(self, config, kv_weights: tuple[torch.Tensor, torch.Tensor], cache_config, quant_config, prefix: str):
-        """kv_weights: this layer's (down, up) views from `LearnerKeysValues.layer_weights`."""
+    def __init__(self, config, kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]], cache_config, quant_config,
+                 prefix: str):
+        """kv_weights: this layer's learner K/V weight views from `LearnerKeysValues.layer_weights`."""
         super().__init__()
         text = config.text_config
         hidden, heads = text.hidden_size, text.num_attention_heads
@@ -339,7 +346,7 @@ class WingsDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
         count = 2 if self.routed else 1  # stage-1 models ("visual_only") have no textual learner or router
         self.learners = WingsLearners(
-            hidden, heads, config.learner_rank, count, *kv_weights, cache_config, f"{prefix}.learners"
+            hidden, heads, config.learner_rank, count, kv_weights, cache_config, f"{prefix}.learners"
         )
         self.visual_learner = self.learners.names[0]
         if self.routed:

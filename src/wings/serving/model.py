@@ -112,7 +112,7 @@ class WingsTextModel(nn.Module):
         if self.learner_layers:
             channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)
             rope = self.learner_layers[0].self_attn.rotary_emb
-            keys, values = self.learner_keys_values(positions, inputs_embeds, is_image, channels, rope)
+            keys, values = self.learner_keys_values(positions, inputs_embeds, channels, rope)
         index = 0
         for layer in self.layers:
             if isinstance(layer, WingsDecoderLayer):

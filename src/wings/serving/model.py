@@ -254,4 +254,7 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
         return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        if self.config.learner_mode != "routed":
+            # Stage-1 checkpoints also hold the (untrained) textual learners and routers, which never run.
+            weights = ((name, w) for name, w in weights if ".textual_learner." not in name and ".router." not in name)
         return AutoWeightsLoader(self).load_weights(weights, mapper=CHECKPOINT_NAMES)

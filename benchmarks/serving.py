@@ -157,7 +157,8 @@ def hf_tokens_per_second(wings_dir: Path, tokens: int, device: str, dtype: torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="LLM size (default: small on cpu, large on cuda)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                        help="LLM size (default: small on cpu, large on cuda)")
     parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
     parser.add_argument("--rounds", type=int, default=2, help="alternating WINGS / plain engine runs")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the workload per engine run")

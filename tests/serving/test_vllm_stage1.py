@@ -35,8 +35,10 @@ if __name__ == "__main__":
     prompts = json.loads(sys.argv[2])
     llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=512, block_size=32,
               max_num_seqs=4, limit_mm_per_prompt={{"image": 2}})
-    requests = [{{"prompt": p, **({{"multi_modal_data": {{"image": [sample_image(i) for i in range(n)]}}}} if n else {{}})}}
-                for p, n in prompts]
+    requests = [{{"prompt": p}} for p, _ in prompts]
+    for request, (_, n) in zip(requests, prompts):
+        if n:
+            request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
     params = SamplingParams(temperature=0, max_tokens={N_TOKENS}, min_tokens={N_TOKENS})
     outputs = llm.generate(requests, params, use_tqdm=False)
     print({RESULT!r} + json.dumps([list(o.outputs[0].token_ids) for o in outputs]), flush=True)

@@ -175,7 +175,8 @@ class LearnerKeysValues(nn.Module):
         dtype = torch.get_default_dtype()
         # Rows of `down`: (k|v, layer, learner, r); `up[k|v * L + layer]` holds the learners' B side by side,
         # so each token's own learner is picked in rank space (the other learner's r inputs set to zero).
-        self.register_buffer("down", torch.empty(2 * num_layers * count * rank, hidden_size, dtype=dtype), persistent=False)
+        rows = 2 * num_layers * count * rank
+        self.register_buffer("down", torch.empty(rows, hidden_size, dtype=dtype), persistent=False)
         self.register_buffer("up", torch.empty(2 * num_layers, self.width, count * rank, dtype=dtype), persistent=False)
 
     def layer_weights(self, index: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

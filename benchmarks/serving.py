@@ -1,9 +1,10 @@
 """Serving throughput of WINGS in vLLM, as ratios measured in one run on one machine.
 
-    .venv-serve/bin/python benchmarks/serving.py [--device cpu|cuda] [--output benchmarks/results/serving.json]
+    .venv-serve/bin/python benchmarks/serving.py [--device cpu|cuda] [--shape small|medium|large]
+        [--rounds 2] [--repeats 3] [--output benchmarks/results/serving.json]
 
-A random WINGS model (Qwen2 LLM, learners in every layer, segment router, SigLIP tower) is saved
-once, together with its plain LLM (the same weights without learners, a Qwen2 checkpoint). Rows:
+A random WINGS model (Qwen2 LLM, learners of rank 64 in every layer, segment router, SigLIP tower) is
+saved once, together with its plain LLM (the same weights without learners, a Qwen2 checkpoint). Rows:
 
   vllm wings / vllm plain LLM   output tokens/s of 16 concurrent text requests, WINGS over the plain
                                 LLM, both in vLLM; target >= 0.75
@@ -11,8 +12,12 @@ once, together with its plain LLM (the same weights without learners, a Qwen2 ch
                                 vLLM over WINGS through Hugging Face `generate` (one left-padded batch
                                 of 16, cached decoding); target >= 5
 
-Every request decodes exactly `--tokens` tokens (EOS ignored on both sides). Each vLLM engine runs in
-a subprocess of its own (one engine per process); the engine start is not timed, one warm-up request is.
+Every request decodes exactly `--tokens` tokens (EOS ignored on both sides, no detokenization). Each
+vLLM engine runs in a subprocess of its own (one engine per process); the engine start is not timed, one
+warm-up request is. On a shared machine the timings are noisy, so the WINGS and plain engines run in
+alternating rounds (`--rounds`), each timing its workload `--repeats` times; the first row is reported
+as the ratio of the median rounds' tokens/s, with the per-round ratios (best timing of each engine in
+the round) beside it.
 """
 
 from __future__ import annotations
@@ -39,17 +44,21 @@ REQUESTS = 16
 RESULT = "serving-benchmark-result: "  # marks the worker's result line among vLLM's log lines
 TARGETS = {"vllm_wings_over_vllm_plain": 0.75, "vllm_wings_over_hf_generate": 5.0}
 SHAPES = {
-    # hidden, heads, kv_heads, mlp, layers: a small LLM for the shared 2-core CPU box, a larger one for GPUs.
-    "cpu": dict(hidden_size=512, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1408,
-                num_hidden_layers=4),
-    "cuda": dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=4, intermediate_size=5632,
-                 num_hidden_layers=12),
+    # hidden, heads, kv_heads, mlp, layers, vocab (at least; the tokenizer's own is ~400): a small LLM for the
+    # shared 2-core CPU box, a medium one whose layers weigh more like a real model's, a larger one for GPUs.
+    "small": dict(hidden_size=512, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1408,
+                  num_hidden_layers=4, vocab_size=0),
+    "medium": dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=4, intermediate_size=2816,
+                   num_hidden_layers=4, vocab_size=8192),
+    "large": dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=4, intermediate_size=5632,
+                  num_hidden_layers=12, vocab_size=32000),
 }
+DEFAULT_SHAPE = {"cpu": "small", "cuda": "large"}
 CORPUS = [f"the {s} is {c}. what colour is the {s}? hello, how are you today? fine thanks."
           for s in ("circle", "square", "triangle", "star") for c in ("red", "green", "blue", "yellow")] * 8
 
 
-def build(folder: Path, device: str) -> tuple[Path, Path]:
+def build(folder: Path, shape: str) -> tuple[Path, Path]:
     """Save a random WINGS model + processor and its plain LLM + tokenizer; returns (wings_dir, llm_dir)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
@@ -58,8 +67,10 @@ def build(folder: Path, device: str) -> tuple[Path, Path]:
 
     tokenizer = train_chat_tokenizer(CORPUS, vocab_size=400)
     torch.manual_seed(0)
+    sizes = dict(SHAPES[shape])
+    vocab = max(sizes.pop("vocab_size"), len(tokenizer) + 1)  # + 1: room for the image token
     llm = Qwen2ForCausalLM(Qwen2Config(
-        **SHAPES[device], vocab_size=len(tokenizer), max_position_embeddings=4096,
+        **sizes, vocab_size=vocab, max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     ))
     vision = SiglipVisionModel(SiglipVisionConfig(
@@ -93,28 +104,30 @@ def workload(with_images: bool) -> list[tuple[str, list]]:
     return requests
 
 
-def vllm_worker(model_dir: str, with_images: list[bool], tokens: int, dtype: str) -> dict:
-    """Run in a subprocess: output tokens/s of vLLM over each workload."""
+def vllm_worker(model_dir: str, with_images: list[bool], tokens: int, dtype: str, repeats: int) -> dict:
+    """Run in a subprocess: output tokens/s of vLLM over each workload, `repeats` timings each."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_dir, dtype=dtype, max_model_len=1024, max_num_seqs=REQUESTS, enforce_eager=True,
               limit_mm_per_prompt={"image": 1} if any(with_images) else None)
-    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True, detokenize=False)
     result = {}
     for images in with_images:
         requests = [{"prompt": p, **({"multi_modal_data": {"image": im}} if im else {})} for p, im in workload(images)]
-        llm.generate(requests[:1], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
-        start = time.perf_counter()
-        outputs = llm.generate(requests, params, use_tqdm=False)
-        seconds = time.perf_counter() - start
-        produced = sum(len(o.outputs[0].token_ids) for o in outputs)
-        result["images" if images else "text"] = produced / seconds
+        llm.generate(requests[:1], SamplingParams(temperature=0, max_tokens=4, detokenize=False), use_tqdm=False)
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            outputs = llm.generate(requests, params, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            rates.append(sum(len(o.outputs[0].token_ids) for o in outputs) / seconds)
+        result["images" if images else "text"] = rates
     return result
 
 
-def run_vllm(model_dir: Path, with_images: list[bool], tokens: int, dtype: str) -> dict:
+def run_vllm(model_dir: Path, with_images: list[bool], tokens: int, dtype: str, repeats: int) -> dict:
     command = [sys.executable, __file__, "--worker", str(model_dir), "--tokens", str(tokens), "--dtype", dtype,
-               "--workloads", ",".join("images" if i else "text" for i in with_images)]
+               "--repeats", str(repeats), "--workloads", ",".join("images" if i else "text" for i in with_images)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"vLLM worker failed:\n{done.stderr[-4000:]}")
@@ -144,7 +157,11 @@ def hf_tokens_per_second(wings_dir: Path, tokens: int, device: str, dtype: torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                        help="LLM size (default: small on cpu, large on cuda)")
     parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating WINGS / plain engine runs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the workload per engine run")
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workloads", default="", help=argparse.SUPPRESS)
@@ -152,31 +169,45 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         flags = [name == "images" for name in args.workloads.split(",")]
-        print(RESULT + json.dumps(vllm_worker(args.worker, flags, args.tokens, args.dtype)), flush=True)
+        print(RESULT + json.dumps(vllm_worker(args.worker, flags, args.tokens, args.dtype, args.repeats)), flush=True)
         return
 
+    shape = args.shape or DEFAULT_SHAPE[args.device]
     dtype = "bfloat16" if args.device == "cuda" else "float32"
+    wings_rates, plain_rates, image_rates = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        wings_dir, llm_dir = build(Path(tmp), args.device)
-        wings = run_vllm(wings_dir, [False, True], args.tokens, dtype)
-        plain = run_vllm(llm_dir, [False], args.tokens, dtype)
+        wings_dir, llm_dir = build(Path(tmp), shape)
+        for round_index in range(args.rounds):
+            # The image workload once (first round): its row compares with HF generate, not with the plain LLM.
+            wings = run_vllm(wings_dir, [False, True] if round_index == 0 else [False], args.tokens, dtype,
+                             args.repeats)
+            plain = run_vllm(llm_dir, [False], args.tokens, dtype, args.repeats)
+            wings_rates.append(max(wings["text"]))
+            plain_rates.append(max(plain["text"]))
+            image_rates += wings.get("images", [])
         hf = hf_tokens_per_second(wings_dir, args.tokens, args.device, getattr(torch, dtype))
+    round_ratios = [w / p for w, p in zip(wings_rates, plain_rates)]
     rows = {
-        "vllm_wings_over_vllm_plain": wings["text"] / plain["text"],
-        "vllm_wings_over_hf_generate": wings["images"] / hf,
+        "vllm_wings_over_vllm_plain": float(np.median(wings_rates) / np.median(plain_rates)),
+        "vllm_wings_over_hf_generate": float(np.median(image_rates) / hf),
     }
     report = {
         "rows": rows,
         "targets": TARGETS,
-        "tokens_per_second": {"vllm_wings_text": wings["text"], "vllm_plain_text": plain["text"],
-                              "vllm_wings_images": wings["images"], "hf_generate_images": hf},
+        "vllm_wings_over_vllm_plain_per_round": round_ratios,
+        "tokens_per_second": {"vllm_wings_text": float(np.median(wings_rates)),
+                              "vllm_plain_text": float(np.median(plain_rates)),
+                              "vllm_wings_images": float(np.median(image_rates)), "hf_generate_images": hf},
         "settings": {"device": args.device, "dtype": dtype, "requests": REQUESTS, "tokens": args.tokens,
-                     "shape": SHAPES[args.device]},
+                     "shape": shape, "sizes": SHAPES[shape], "rounds": args.rounds, "repeats": args.repeats},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "load_average": os.getloadavg()},
+                    "load_average": os.getloadavg(),
+                    "omp": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")}},
     }
     for name, value in rows.items():
         print(f"{name:32s} {value:7.2f}   (target >= {TARGETS[name]})")
+    print(f"  per round (min / median / max)   {min(round_ratios):.2f} / {np.median(round_ratios):.2f} / "
+          f"{max(round_ratios):.2f}")
     for name, value in report["tokens_per_second"].items():
         print(f"  {name:30s} {value:9.1f} output tokens/s")
     if args.output:

@@ -10,7 +10,7 @@ pytest.importorskip("vllm")
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from tiny_serving import rename_to_llm_keys  # noqa: E402
+from tiny_serving import rename_to_decoder_layer_keys, rename_to_llm_keys  # noqa: E402
 from wings import WingsConfig  # noqa: E402
 
 
@@ -51,27 +51,32 @@ def test_old_and_new_checkpoint_layouts_load_the_same_parameters(wings_dir, tmp_
 
     from wings.serving.model import CHECKPOINT_NAMES
 
-    shutil.copy(wings_dir / "model.safetensors", tmp_path / "model.safetensors")
-    rename_to_llm_keys(tmp_path)
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    for folder in (old_dir, new_dir):
+        folder.mkdir()
+        shutil.copy(wings_dir / "model.safetensors", folder / "model.safetensors")
+    rename_to_decoder_layer_keys(old_dir)
+    rename_to_llm_keys(new_dir)
     names = {}
-    for folder in (wings_dir, tmp_path):
+    for folder in (old_dir, new_dir):
         with safe_open(folder / "model.safetensors", "pt") as f:
             names[folder] = {key: CHECKPOINT_NAMES.map_name(key) for key in f.keys()}
-    old, new = names[wings_dir], names[tmp_path]
+    old, new = names[old_dir], names[new_dir]
     assert any(".decoder_layer." in key for key in old) and not any(".decoder_layer." in key for key in new)
     assert sorted(old.values()) == sorted(new.values())
     assert "language_model.model.layers.0.self_attn.q_proj.weight" in new.values()
     assert all(v.startswith("vision_tower.vision_model.") for v in new.values() if v.startswith("vision_tower."))
 
 
-def test_padded_head_sizes_and_channels():
-    from wings.serving.attention import pad_heads, supported_head_size
+def test_padded_head_sizes_and_learner_channels():
+    from wings.serving.attention import MASK_BIAS, learner_channels, supported_head_size
 
     assert supported_head_size(33) == 64 and supported_head_size(129) == 160 and supported_head_size(64) == 64
-    x = torch.randn(3, 2, 4)
-    flags = torch.tensor([1.0, 0.0, 1.0])
-    out = pad_heads(x, 8, flags)
-    assert out.shape == (3, 2, 8)
-    assert torch.equal(out[..., :4], x) and torch.equal(out[..., 4], flags[:, None].expand(3, 2))
-    assert not out[..., 5:].any()
-    assert torch.equal(pad_heads(x, 8, 2.5)[..., 4], torch.full((3, 2), 2.5))
+    is_image = torch.tensor([True, False, True])
+    both = learner_channels(is_image, 2, torch.float32)
+    assert both.shape == (2, 3, 1, 2)
+    # Visual learner (0) sees image keys, textual learner (1) text keys; value channel j flags learner j's keys.
+    assert both[0, :, 0].tolist() == [[0.0, -MASK_BIAS], [-MASK_BIAS, 0.0], [0.0, -MASK_BIAS]]
+    assert both[1, :, 0].tolist() == [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    visual = learner_channels(is_image, 1, torch.float32)
+    assert visual[:, :, 0, 0].tolist() == [[0.0, -MASK_BIAS, 0.0], [1.0, 0.0, 1.0]]

@@ -1,7 +1,7 @@
 """`wings serve` (vLLM's OpenAI-compatible server) answers like Hugging Face `generate` and refuses bad input.
 
-One server process serves the whole module; it loads the checkpoint with the LLM's own key names in
-the layers with learners (the offline-engine tests load the older `.decoder_layer.` layout).
+One server process serves the whole module; it loads the checkpoint in the older layout (LLM weights of
+layers with learners under `.decoder_layer.`), the offline-engine tests the layout saved today.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 
-from tiny_serving import rename_to_llm_keys, sample_image  # noqa: E402
+from tiny_serving import rename_to_decoder_layer_keys, sample_image  # noqa: E402
 
 N_TOKENS = 10
 STARTUP_SECONDS = 300
@@ -51,10 +51,10 @@ def wait_until_healthy(process: subprocess.Popen, port: int, log_path) -> None:
 
 @pytest.fixture(scope="module")
 def client(wings_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("wings-new-keys")
+    folder = tmp_path_factory.mktemp("wings-old-keys")
     for item in wings_dir.iterdir():
         shutil.copy(item, folder / item.name)
-    rename_to_llm_keys(folder)
+    rename_to_decoder_layer_keys(folder)
     port = free_port()
     log_path = folder / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}

@@ -6,6 +6,8 @@ if it computes the learners exactly; layer 1 has no learners (vLLM's own decoder
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,22 @@ def rename_to_llm_keys(folder: Path) -> None:
     path = Path(folder) / "model.safetensors"
     tensors = load_file(path)
     save_file({k.replace(".decoder_layer.", "."): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def rename_to_decoder_layer_keys(folder: Path) -> None:
+    """Rewrite the checkpoint in the layout saved before layers with learners kept the LLM's own names:
+    the LLM weights of such a layer under `layers.N.decoder_layer.<key>` (a no-op on that layout)."""
+    path = Path(folder) / "model.safetensors"
+    tensors = load_file(path)
+    with_learners = {m.group(1) for k in tensors if (m := re.search(r"\.layers\.(\d+)\.visual_learner\.", k))}
+
+    def old(key: str) -> str:
+        match = re.search(r"\.layers\.(\d+)\.(?!decoder_layer\.|visual_learner\.|textual_learner\.|router\.)", key)
+        if not match or match.group(1) not in with_learners:
+            return key
+        return key[: match.end()] + "decoder_layer." + key[match.end():]
+
+    save_file({old(k): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
 
 def sample_image(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:

@@ -9,6 +9,8 @@ by extra head channels, appended after RoPE:
 - attention mass on a set of keys (the segment router's input, "does this query see any key"):
   a value channel holding 1 on those keys and 0 elsewhere makes the output channel equal
   sum_j p_ij * flag_j.
+- two learners on one cache: every token stores its own modality's learner's key/value; learner j's
+  queries use key channel j (hiding the other modality's keys) and read value channel j.
 
 Queries, keys and values are zero-padded to a head size the backend supports (K and V equal).
 """
@@ -36,14 +38,13 @@ def supported_head_size(width: int) -> int:
     return -(-width // 8) * 8
 
 
-def pad_heads(x: torch.Tensor, width: int, channel: torch.Tensor | float | None = None) -> torch.Tensor:
-    """x [T, H, d] -> [T, H, width]: x, then `channel` (per token [T] or a constant) in column d, then zeros."""
-    tokens, heads, dim = x.shape
-    out = x.new_zeros(tokens, heads, width)
-    out[..., :dim] = x
-    if channel is not None:
-        if isinstance(channel, torch.Tensor):
-            out[..., dim] = channel.to(x.dtype).unsqueeze(-1)
-        else:
-            out[..., dim] = channel
-    return out
+def learner_channels(is_image: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
+    """is_image [T] bool -> the learners' extra key and value channels [2, T, 1, count].
+
+    Learner 0 (visual) owns image tokens, learner 1 (textual) text tokens. Key channel j: 0 on learner
+    j's keys, -MASK_BIAS on the others; value channel j: 1 on learner j's keys, else 0.
+    """
+    own = is_image.to(dtype)[:, None]
+    if count == 2:
+        own = torch.cat([own, 1.0 - own], dim=-1)
+    return torch.stack([(own - 1.0) * MASK_BIAS, own])[:, :, None, :]

@@ -6,10 +6,12 @@ A WINGS decoder layer computes, per token (as `wings.modeling.decoder_layer` doe
     h = h + w_v * visual_learner(h) + w_t * textual_learner(h)
     out = h + MLP(LN_2(h))
 
-Each learner is a vLLM `Attention` with its own paged KV cache. Every token writes its key/value
-(computed from its layer-0 input) to both learner caches; keys of the other modality are hidden by
-the mask channel of `wings.serving.attention`, so each learner sees exactly the keys of its modality
-at positions <= the query's, as in the Hugging Face model.
+The learners of a layer share one vLLM `Attention` and its paged KV cache: a learner only ever
+attends to keys of its own modality, so each token stores the key/value (computed from its layer-0
+input) of its own modality's learner, and each learner's query heads read them through a mask
+channel of `wings.serving.attention` that hides the other modality's keys. Each learner thus sees
+exactly the keys of its modality at positions <= the query's, as in the Hugging Face model, for half
+the cache of one cache per learner.
 
 Tensor parallelism: the LLM parts are vLLM's; each learner is split by heads like the main attention
 (the up-projections B_q, B_k, B_v by output columns, A_o by input rows, the rest replicated).
@@ -23,19 +25,15 @@ from vllm.distributed import (
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_gather,
+    tensor_model_parallel_all_reduce,
 )
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
-from vllm.model_executor.layers.linear import (
-    ColumnParallelLinear,
-    QKVParallelLinear,
-    ReplicatedLinear,
-    RowParallelLinear,
-)
+from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.models.llama import LlamaMLP
 
-from .attention import MASK_BIAS, pad_heads, supported_head_size
+from .attention import supported_head_size
 
 
 def attention_biases(text_config) -> tuple[bool, bool]:
@@ -101,10 +99,14 @@ class WingsSelfAttention(nn.Module):
         q, k = self.rotary_emb(positions, q, k)
         mass = None
         if self.with_image_mass:
-            tokens = x.shape[0]
-            q = pad_heads(q.reshape(tokens, self.num_heads, self.head_dim), self.padded)
-            k = pad_heads(k.reshape(tokens, self.num_kv_heads, self.head_dim), self.padded)
-            v = pad_heads(v.reshape(tokens, self.num_kv_heads, self.head_dim), self.padded, is_image)
+            tokens, hd, heads, kv_heads = x.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
+            # q, k, v zero-padded in one buffer [T, H + 2 KV, padded] (the kernels take strided token rows).
+            qkv = x.new_zeros(tokens, heads + 2 * kv_heads, self.padded)
+            qkv[:, :heads, :hd] = q.view(tokens, heads, hd)
+            qkv[:, heads: heads + kv_heads, :hd] = k.view(tokens, kv_heads, hd)
+            qkv[:, heads + kv_heads:, :hd] = v.view(tokens, kv_heads, hd)
+            qkv[:, heads + kv_heads:, hd] = is_image.to(x.dtype)[:, None]
+            q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)
             out = self.attn(q, k, v).view(tokens, self.num_heads, self.padded)
             mass = out[..., self.head_dim]
             if get_tensor_model_parallel_world_size() > 1:
@@ -116,86 +118,210 @@ class WingsSelfAttention(nn.Module):
         return out, mass
 
 
-class LowRankResidual(nn.Module):
-    """x + B A x (A: d -> r replicated, B: r -> d split by output columns). Returns this rank's columns [T, d/tp]."""
+class StackedWeight(nn.Module):
+    """A checkpoint-named `weight` that is a view into a stack shared by all learners of a layer.
 
-    def __init__(self, hidden_size: int, rank: int, quant_config, prefix: str):
-        super().__init__()
-        self.down = ReplicatedLinear(hidden_size, rank, bias=False, quant_config=quant_config, prefix=f"{prefix}.down")
-        self.up = ColumnParallelLinear(rank, hidden_size, bias=False, quant_config=quant_config, prefix=f"{prefix}.up")
-        tp_rank, tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
-        width = hidden_size // tp_size
-        self.columns = slice(tp_rank * width, (tp_rank + 1) * width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        down, _ = self.down(x)
-        up, _ = self.up(down)
-        return x[:, self.columns] + up
-
-
-class WingsLearner(nn.Module):
-    """One LoRRA learner (`wings.modeling.lorra.LoRRA`) on a paged KV cache of its own.
-
-    Q = h + B_q A_q h, K = f + B_k A_k f, V = f + B_v A_v f (f: the token's layer-0 input), RoPE on Q and
-    K at the tokens' positions, causal attention restricted to keys of one modality, out = B_o A_o attn.
-    A query that sees no key of its modality outputs zero.
+    The stacks let one matmul serve every learner; the per-learner views keep the saved names
+    (`visual_learner.q.down.weight`, ...) and load in place. `split` = (dim, tensor-parallel width)
+    narrows the saved weight to this rank's slice.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, rank: int, cache_config, quant_config, prefix: str):
+    def __init__(self, view: torch.Tensor, split: tuple[int, int] | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(view, requires_grad=False)
+        self.weight.weight_loader = self._load
+        self.split = split
+
+    def _load(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        if self.split is not None:
+            dim, width = self.split
+            loaded = loaded.narrow(dim, get_tensor_model_parallel_rank() * width, width)
+        if param.shape != loaded.shape:
+            raise ValueError(f"learner weight of shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}")
+        param.data.copy_(loaded)
+
+
+class LearnerNames(nn.Module):
+    """One learner's parameter names (`q.down`, `q.up`, `k.*`, `v.*`, `o_down`, `o_up`), all views into stacks."""
+
+    def __init__(self, parts: dict[str, StackedWeight]):
+        super().__init__()
+        for name in ("q", "k", "v"):
+            block = nn.Module()
+            block.down, block.up = parts[f"{name}.down"], parts[f"{name}.up"]
+            self.add_module(name, block)
+        self.o_down, self.o_up = parts["o_down"], parts["o_up"]
+
+
+class LearnerKeysValues(nn.Module):
+    """Every layer's learner keys/values, computed at once: they depend only on the layer-0 input f.
+
+    For layer l and learner j: K = f + B_k A_k f (with RoPE), V = f + B_v A_v f, each token keeping its
+    own modality's learner's (see `WingsLearners`), zero-padded with the key/value channels of
+    `wings.serving.attention.learner_channels`. One matmul does all down-projections, one batched
+    matmul all up-projections. The per-layer weights are views into the stacks held here.
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, rank: int, count: int):
+        super().__init__()
+        tp_size = get_tensor_model_parallel_world_size()
+        self.num_layers, self.count, self.rank = num_layers, count, rank
+        self.num_heads = num_heads // tp_size
+        self.head_dim = hidden_size // num_heads
+        self.width = self.num_heads * self.head_dim
+        tp_rank = get_tensor_model_parallel_rank()
+        self.columns = slice(tp_rank * self.width, (tp_rank + 1) * self.width)
+        self.padded = supported_head_size(self.head_dim + count)
+        dtype = torch.get_default_dtype()
+        # Rows of `down`: (k|v, layer, learner, r); `up[k|v * L + layer]` holds the learners' B side by side,
+        # so each token's own learner is picked in rank space (the other learner's r inputs set to zero).
+        rows = 2 * num_layers * count * rank
+        self.register_buffer("down", torch.empty(rows, hidden_size, dtype=dtype), persistent=False)
+        self.register_buffer("up", torch.empty(2 * num_layers, self.width, count * rank, dtype=dtype), persistent=False)
+
+    def layer_weights(self, index: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The `index`-th layer's weight views {"j.k" | "j.v": (A [r, d], B [d/tp, r])} for learner j."""
+        n, r, layers = self.count, self.rank, self.num_layers
+        views = {}
+        for which, name in enumerate("kv"):
+            group = which * layers + index
+            for j in range(n):
+                row = (group * n + j) * r
+                views[f"{j}.{name}"] = self.down[row: row + r], self.up[group, :, j * r: (j + 1) * r]
+        return views
+
+    def forward(
+        self, positions: torch.Tensor, source: torch.Tensor, channels: torch.Tensor, rotary_emb
+    ) -> torch.Tensor:
+        """positions [T], source [T, d], channels [2, T, 1, n] (`learner_channels`; the value channels say which
+        learner owns each token) -> [2 (k|v), L, T, H, padded]."""
+        tokens, layers, n, r, hd = source.shape[0], self.num_layers, self.count, self.rank, self.head_dim
+        down = torch.mm(source, self.down.t()).view(tokens, 2 * layers, n, r)
+        if n > 1:
+            down = down * channels[1, :, :, :, None]  # [T, 1, n, 1]: zero the other learner's rank inputs
+        down = down.view(tokens, 2 * layers, n * r).transpose(0, 1)
+        own_kv = torch.baddbmm(source[None, :, self.columns], down, self.up.transpose(1, 2))
+        own_kv = own_kv.view(2, layers, tokens, self.width)
+        rotary_emb(positions.repeat(layers), own_kv[0].view(layers * tokens, self.width))  # keys, in place
+        out = source.new_zeros(2, layers, tokens, self.num_heads, self.padded)
+        out[..., :hd] = own_kv.view(2, layers, tokens, self.num_heads, hd)
+        out[..., hd: hd + n] = channels[:, None]
+        return out
+
+
+class WingsLearners(nn.Module):
+    """The layer's n LoRRA learners (`wings.modeling.lorra.LoRRA`; n = 2 visual + textual, or 1 visual) on
+    one paged KV cache.
+
+    Learner j: Q = h + B_q A_q h, K = f + B_k A_k f, V = f + B_v A_v f (f: the token's layer-0 input),
+    RoPE on Q and K, causal attention restricted to keys of its modality, out = B_o A_o attn; a query
+    that sees no key of its modality outputs zero. A learner only ever reads keys of its own modality,
+    so every token stores the key/value of its own modality's learner in one shared cache (KV heads H),
+    read by n*H query heads (head h of learner j is query head h*n + j, grouped onto KV head h). Key
+    channel d_h + j hides the keys of the other modality from learner j; value channel d_h + j carries
+    "this key is learner j's", so that output channel tells whether the query sees any (see
+    `wings.serving.attention`).
+
+    All learners' down-projections run as one matmul, the up-projections as one batched matmul.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, rank: int, count: int,
+                 kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]], cache_config, prefix: str):
+        """kv_weights: this layer's K/V weight views from `LearnerKeysValues.layer_weights`, which computes
+        every layer's learner keys/values at once."""
         super().__init__()
         tp_size = get_tensor_model_parallel_world_size()
         if num_heads % tp_size:
             raise ValueError(f"{prefix}: {num_heads} learner heads do not split over tensor-parallel size {tp_size}")
+        self.count, self.rank, self.hidden_size = count, rank, hidden_size
         self.num_heads = num_heads // tp_size
         self.head_dim = hidden_size // num_heads
-        self.padded = supported_head_size(self.head_dim + 1)
+        self.width = self.num_heads * self.head_dim  # this rank's columns of d
+        tp_rank = get_tensor_model_parallel_rank()
+        self.columns = slice(tp_rank * self.width, (tp_rank + 1) * self.width)
+        self.padded = supported_head_size(self.head_dim + count)
         self.scale = self.head_dim**-0.5
-        self.q = LowRankResidual(hidden_size, rank, quant_config, f"{prefix}.q")
-        self.k = LowRankResidual(hidden_size, rank, quant_config, f"{prefix}.k")
-        self.v = LowRankResidual(hidden_size, rank, quant_config, f"{prefix}.v")
-        self.o_down = RowParallelLinear(
-            hidden_size, rank, bias=False, input_is_parallel=True, quant_config=quant_config, prefix=f"{prefix}.o_down"
-        )
-        self.o_up = ReplicatedLinear(rank, hidden_size, bias=False, quant_config=quant_config, prefix=f"{prefix}.o_up")
+        n, r, d, w = count, rank, hidden_size, self.width
+        dtype = torch.get_default_dtype()
+        # Stacks (not saved: the per-learner views below carry the checkpoint names).
+        self.register_buffer("q_down", torch.empty(n * r, d, dtype=dtype), persistent=False)
+        self.register_buffer("q_up", torch.empty(n, w, r, dtype=dtype), persistent=False)
+        self.register_buffer("o_down", torch.empty(n, r, w, dtype=dtype), persistent=False)
+        self.register_buffer("o_up", torch.empty(d, n, r, dtype=dtype), persistent=False)
+        self.names: list[LearnerNames] = []  # a plain list: the decoder layer registers them under their names
+        for j in range(n):
+            parts = {
+                "q.down": StackedWeight(self.q_down[j * r: (j + 1) * r]),
+                "q.up": StackedWeight(self.q_up[j], split=(0, w)),
+                "k.down": StackedWeight(kv_weights[f"{j}.k"][0]),
+                "v.down": StackedWeight(kv_weights[f"{j}.v"][0]),
+                "k.up": StackedWeight(kv_weights[f"{j}.k"][1], split=(0, w)),
+                "v.up": StackedWeight(kv_weights[f"{j}.v"][1], split=(0, w)),
+                "o_down": StackedWeight(self.o_down[j], split=(1, w)),
+                "o_up": StackedWeight(self.o_up[:, j]),
+            }
+            self.names.append(LearnerNames(parts))
+        # Query channel d_h + j of learner j holds 1/scale (scores of hidden keys drop by MASK_BIAS).
+        query_channels = torch.zeros(1, self.num_heads, n, self.padded, dtype=dtype)
+        for j in range(n):
+            query_channels[..., j, self.head_dim + j] = 1.0 / self.scale
+        self.register_buffer("query_channels", query_channels, persistent=False)
         self.attn = Attention(
-            self.num_heads, self.padded, self.scale, num_kv_heads=self.num_heads,
-            cache_config=cache_config, quant_config=quant_config, prefix=f"{prefix}.attn",
+            n * self.num_heads, self.padded, self.scale, num_kv_heads=self.num_heads,
+            cache_config=cache_config, prefix=f"{prefix}.attn",
         )
 
     def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, source: torch.Tensor, is_key: torch.Tensor, rotary_emb
-    ) -> torch.Tensor:
-        """hidden [T, d] queries, source [T, d] layer-0 inputs, is_key [T] bool (token is of this learner's
-        modality) -> [T, d]."""
-        tokens = hidden.shape[0]
-        q, k = rotary_emb(positions, self.q(hidden), self.k(source))
-        v = self.v(source)
-        shape = (tokens, self.num_heads, self.head_dim)
-        is_key = is_key.to(hidden.dtype)
-        # Query channel 1/scale against key channel 0 (visible) or -MASK_BIAS (hidden): the score drops by MASK_BIAS.
-        q = pad_heads(q.reshape(shape), self.padded, 1.0 / self.scale)
-        k = pad_heads(k.reshape(shape), self.padded, (is_key - 1.0) * MASK_BIAS)
-        # Value channel 1 on visible keys: its output is ~1 when the query sees a key of its modality, else 0.
-        v = pad_heads(v.reshape(shape), self.padded, is_key)
-        out = self.attn(q, k, v).view(tokens, self.num_heads, self.padded)
-        sees_any = out[:, :1, self.head_dim] > 0.5
-        down, _ = self.o_down(out[..., : self.head_dim].reshape(tokens, -1))
-        up, _ = self.o_up(down * sees_any.to(down.dtype))
-        return up
+        self, positions: torch.Tensor, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary_emb
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [T, d] queries; key, value [T, H, padded] this layer's from `LearnerKeysValues` -> each learner's
+        A_o attn [T, n, r] (summed over tensor-parallel ranks) and whether its query sees any key [T, n]."""
+        tokens, n, r, hd, heads = hidden.shape[0], self.count, self.rank, self.head_dim, self.num_heads
+        # Queries of all learners: [T, n*r] -> [n, T, w] -> + h, laid out [T, n, w].
+        down = torch.mm(hidden, self.q_down.t()).view(tokens, n, r).transpose(0, 1)
+        q = torch.empty(tokens, n, self.width, dtype=hidden.dtype, device=hidden.device)
+        torch.add(torch.bmm(down, self.q_up.transpose(1, 2)).transpose(0, 1), hidden[:, None, self.columns], out=q)
+        rotary_emb(positions, q.view(tokens, -1))  # in place
+        query = self.query_channels.repeat(tokens, 1, 1, 1)
+        query[..., :hd] = q.view(tokens, n, heads, hd).transpose(1, 2)
+        out = self.attn(query.view(tokens, n * heads, self.padded), key, value)
+        out = out.view(tokens, heads, n, self.padded)
+        sees_any = torch.diagonal(out[:, 0, :, hd: hd + n], dim1=-2, dim2=-1) > 0.5
+        # A_o per learner over this rank's heads: [n, T, w] @ [n, w, r] -> [n, T, r].
+        attended = out[..., :hd].permute(2, 0, 1, 3).reshape(n, tokens, self.width)
+        down = torch.bmm(attended, self.o_down.transpose(1, 2))
+        if get_tensor_model_parallel_world_size() > 1:
+            down = tensor_model_parallel_all_reduce(down)
+        return down.transpose(0, 1), sees_any
+
+    def project_out(self, hidden: torch.Tensor, down: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """hidden [T, d] + sum_j weights[:, j] * B_o,j down[:, j]: down [T, n, r], weights [T, n] -> [T, d]."""
+        scaled = torch.empty(down.shape, dtype=down.dtype, device=down.device)
+        torch.mul(down, weights[..., None], out=scaled)
+        return torch.addmm(hidden, scaled.view(hidden.shape[0], -1), self.o_up.view(self.hidden_size, -1).t())
 
 
 class SegmentRouter(nn.Module):
     """`wings.modeling.router.SegmentRouter`: softmax(Linear([mass, 1 - mass])) over the H heads' image mass."""
 
-    def __init__(self, num_heads: int, quant_config, prefix: str):
+    def __init__(self, num_heads: int):
         super().__init__()
-        self.linear = ReplicatedLinear(2 * num_heads, 2, bias=True, quant_config=quant_config, prefix=f"{prefix}.linear")
+        self.linear = nn.Linear(2 * num_heads, 2, bias=True)
 
     def forward(self, image_mass: torch.Tensor) -> torch.Tensor:
-        """image_mass [T, H] -> weights (w_visual, w_textual) [T, 2]."""
-        mass = image_mass.to(self.linear.weight.dtype)
-        logits, _ = self.linear(torch.cat([mass, 1.0 - mass], dim=-1))
-        return torch.softmax(logits, dim=-1)
+        """image_mass [T, H] -> weights (w_visual, w_textual) [T, 2].
+
+        A two-way softmax is a sigmoid of the logit difference, and that difference is linear in the mass:
+        z = mass . (u - v) + sum(v) + b_0 - b_1, with u, v the halves of W_0 - W_1. Small element-wise ops,
+        where a 2H x 2 matmul and a softmax would each start a parallel kernel per layer and step.
+        """
+        weight, bias = self.linear.weight, self.linear.bias
+        heads = weight.shape[1] // 2
+        diff = weight[0] - weight[1]
+        mass = image_mass.to(weight.dtype)
+        z = (mass * (diff[:heads] - diff[heads:])).sum(-1) + (diff[heads:].sum() + bias[0] - bias[1])
+        w_visual = torch.sigmoid(z)
+        return torch.stack([w_visual, 1.0 - w_visual], dim=-1)
 
 
 class WingsDecoderLayer(nn.Module):
@@ -205,7 +331,9 @@ class WingsDecoderLayer(nn.Module):
     `textual_learner.*` and `router.*`, as in the saved checkpoints.
     """
 
-    def __init__(self, config, cache_config, quant_config, prefix: str):
+    def __init__(self, config, kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]], cache_config, quant_config,
+                 prefix: str):
+        """kv_weights: this layer's learner K/V weight views from `LearnerKeysValues.layer_weights`."""
         super().__init__()
         text = config.text_config
         hidden, heads = text.hidden_size, text.num_attention_heads
@@ -217,33 +345,33 @@ class WingsDecoderLayer(nn.Module):
         )
         self.input_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
-        rank = config.learner_rank
-        self.visual_learner = WingsLearner(hidden, heads, rank, cache_config, quant_config, f"{prefix}.visual_learner")
-        if self.routed:  # stage-1 models ("visual_only") never run the textual learner or the router
-            self.textual_learner = WingsLearner(
-                hidden, heads, rank, cache_config, quant_config, f"{prefix}.textual_learner"
-            )
-            self.router = SegmentRouter(heads, quant_config, f"{prefix}.router")
+        count = 2 if self.routed else 1  # stage-1 models ("visual_only") have no textual learner or router
+        self.learners = WingsLearners(
+            hidden, heads, config.learner_rank, count, kv_weights, cache_config, f"{prefix}.learners"
+        )
+        self.visual_learner = self.learners.names[0]
+        if self.routed:
+            self.textual_learner = self.learners.names[1]
+            self.router = SegmentRouter(heads)
 
     def forward(
         self,
         positions: torch.Tensor,
         hidden_states: torch.Tensor,
         residual: torch.Tensor | None,
-        source: torch.Tensor,
         is_image: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden_states, residual [T, d] (their sum is the layer input); source [T, d] layer-0 inputs;
-        is_image [T] bool. Returns (MLP output, residual stream) whose sum is the layer output."""
+        """hidden_states, residual [T, d] (their sum is the layer input); is_image [T] bool; key, value
+        [T, H, padded] the learners' (this layer's slice of `LearnerKeysValues`). Returns (MLP output,
+        residual stream) whose sum is the layer output."""
         x = hidden_states if residual is None else hidden_states + residual
         attn_out, mass = self.self_attn(positions, self.input_layernorm(x), is_image if self.routed else None)
         h = x + attn_out
-        rope = self.self_attn.rotary_emb
-        visual = self.visual_learner(positions, h, source, is_image, rope)
+        down, sees_any = self.learners(positions, h, key, value, self.self_attn.rotary_emb)
+        weights = sees_any.to(h.dtype)
         if self.routed:
-            textual = self.textual_learner(positions, h, source, ~is_image, rope)
-            w = self.router(mass).to(h.dtype)
-            h = torch.addcmul(h, w[:, :1], visual).addcmul_(w[:, 1:], textual)
-        else:
-            h = h + visual
+            weights = weights * self.router(mass).to(h.dtype)
+        h = self.learners.project_out(h, down, weights)
         return self.mlp(self.post_attention_layernorm(h)), h

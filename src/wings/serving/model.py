@@ -34,7 +34,8 @@ from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.config import set_default_rope_theta
 
 from ..config import SUPPORTED_TEXT_MODEL_TYPES
-from .layers import WingsDecoderLayer
+from .attention import learner_channels
+from .layers import LearnerKeysValues, WingsDecoderLayer
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
 
 # Checkpoints saved before the decoder-layer wrapper kept the LLM's own names store the LLM weights
@@ -81,17 +82,23 @@ class WingsTextModel(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(
             text.vocab_size, text.hidden_size, quant_config=quant_config, prefix=f"{prefix}.embed_tokens"
         )
-        with_learners = set(config.layers_with_learners)
+        with_learners = sorted(set(config.layers_with_learners))
+        self.learner_count = 2 if config.learner_mode == "routed" else 1
+        self.learner_keys_values = LearnerKeysValues(
+            len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count
+        )
         layers = []
         for i in range(text.num_hidden_layers):
             layer_prefix = f"{prefix}.layers.{i}"
             if i in with_learners:
-                layers.append(WingsDecoderLayer(config, cache_config, quant_config, layer_prefix))
+                kv_weights = self.learner_keys_values.layer_weights(with_learners.index(i))
+                layers.append(WingsDecoderLayer(config, kv_weights, cache_config, quant_config, layer_prefix))
             elif text.model_type == "qwen2":
                 layers.append(Qwen2DecoderLayer(text, cache_config, quant_config, prefix=layer_prefix))
             else:
                 layers.append(LlamaDecoderLayer(vllm_config, prefix=layer_prefix, config=text))
         self.layers = nn.ModuleList(layers)
+        self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
         self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -102,9 +109,15 @@ class WingsTextModel(nn.Module):
     ) -> torch.Tensor:
         """positions [T], inputs_embeds [T, d] (the learners' key/value source), is_image [T] -> hidden [T, d]."""
         hidden, residual = inputs_embeds, None
+        if self.learner_layers:
+            channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)
+            rope = self.learner_layers[0].self_attn.rotary_emb
+            keys, values = self.learner_keys_values(positions, inputs_embeds, channels, rope)
+        index = 0
         for layer in self.layers:
             if isinstance(layer, WingsDecoderLayer):
-                hidden, residual = layer(positions, hidden, residual, inputs_embeds, is_image)
+                hidden, residual = layer(positions, hidden, residual, is_image, keys[index], values[index])
+                index += 1
             else:
                 hidden, residual = layer(positions, hidden, residual)
         hidden, _ = self.norm(hidden, residual)
@@ -241,4 +254,7 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
         return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        if self.config.learner_mode != "routed":
+            # Stage-1 checkpoints also hold the (untrained) textual learners and routers, which never run.
+            weights = ((name, w) for name, w in weights if ".textual_learner." not in name and ".router." not in name)
         return AutoWeightsLoader(self).load_weights(weights, mapper=CHECKPOINT_NAMES)

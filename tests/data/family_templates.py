@@ -23,10 +23,10 @@ _CONTENT = (
 )
 
 QWEN3_TEMPLATE = (
-    "{%- set ns = namespace(last_query_index=messages|length - 1) -%}"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) -%}"
     "{%- for message in messages[::-1] -%}{%- set index = (messages|length - 1) - loop.index0 -%}"
-    "{%- if message['role'] == 'user' and ns.last_query_index == messages|length - 1 -%}"
-    "{%- set ns.last_query_index = index -%}{%- endif -%}{%- endfor -%}"
+    "{%- if ns.multi_step_tool and message['role'] == 'user' -%}"
+    "{%- set ns.multi_step_tool = false -%}{%- set ns.last_query_index = index -%}{%- endif -%}{%- endfor -%}"
     "{%- for message in messages -%}"
     "{%- set text -%}" + _CONTENT + "{%- endset -%}"
     "{%- if message['role'] in ('system', 'user') -%}"
@@ -89,6 +89,10 @@ FAMILY_TEMPLATES = {
     "phi3": (PHI3_TEMPLATE, ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"], "<|endoftext|>", None),
     "olmo2": (OLMO2_TEMPLATE, ["<|user|>", "<|assistant|>", "<|system|>", "<|endoftext|>"], "<|endoftext|>", None),
 }
+
+# family -> the token that ends an assistant turn (Phi-3 ends a turn with <|end|>; its eos token only
+# closes the whole rendering)
+END_OF_TURN = {"qwen3": "<|im_end|>", "gemma3_text": "<end_of_turn>", "phi3": "<|end|>", "olmo2": "<|endoftext|>"}
 
 
 def family_tokenizer(family: str, corpus: list[str]):

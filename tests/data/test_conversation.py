@@ -9,6 +9,7 @@ from llava_fixtures import IMAGE_SEQ_LENGTH, make_processor, make_tokenizer, pro
 
 from wings.data.conversation import IGNORE_INDEX, tokenize_conversation
 from wings.data.llava import DataError, LlavaRecord, SampleTooLongError, Turn
+from wings.processing import flatten_content
 
 QWEN2_TEMPLATE = (  # Qwen2-Instruct's template: a default system prompt when none is given
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -41,6 +42,43 @@ def labelled_spans(out: dict) -> list[list[int]]:
             assert lab == tok, "a label must be the token at its own position (the model shifts)"
             current.append(lab)
     return spans + ([current] if current else [])
+
+
+def unlabelled_text(out: dict, tokenizer) -> str:
+    """The decoded runs of unlabelled positions, concatenated."""
+    runs, current = [], []
+    for tok, lab in zip(out["input_ids"], out["labels"]):
+        if lab == IGNORE_INDEX:
+            current.append(tok)
+        elif current:
+            runs.append(current)
+            current = []
+    return "".join(tokenizer.decode(r) for r in runs + ([current] if current else []))
+
+
+def prefix_diff_reference(messages: list[dict], processor) -> tuple[list[int], list[int]]:
+    """Naive reference for prefix-stable templates: tokenise the renderings of growing prefixes.
+
+    An assistant message i is labelled from the end of render(messages[:i], generation prompt) to the
+    last special token of render(messages[:i + 1]); image tokens are never labelled.
+    """
+    tok = processor.tokenizer
+    messages = [{**m, "content": flatten_content(m["content"])} for m in messages]
+
+    def encode(prefix, add_generation_prompt):
+        text = processor.apply_chat_template(prefix, add_generation_prompt=add_generation_prompt)
+        return tok(processor.expand_image_tokens(text), add_special_tokens=False)["input_ids"]
+
+    ids = encode(messages, False)
+    labels = [IGNORE_INDEX] * len(ids)
+    specials = set(tok.all_special_ids)
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            prompt, turn = encode(messages[:i], True), encode(messages[: i + 1], False)
+            assert ids[: len(prompt)] == prompt and ids[: len(turn)] == turn, "not prefix-stable"
+            last = max(k for k in range(len(prompt), len(turn)) if turn[k] in specials)
+            labels[len(prompt) : last + 1] = turn[len(prompt) : last + 1]
+    return ids, [IGNORE_INDEX if t == processor.image_token_id else lab for t, lab in zip(ids, labels)]
 
 
 def image_runs(ids: list[int], image_id: int) -> list[tuple[int, int]]:

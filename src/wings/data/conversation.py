@@ -1,21 +1,33 @@
 """Tokenise a conversation with the tokenizer's own chat template; labels only on assistant turns.
 
-The template is treated as a black box: the conversation is rendered for growing prefixes of its
-messages, and the tokens each assistant message adds are found by diffing token prefixes. This works
-for ChatML (Qwen2), Llama 3 and any template whose rendering of `messages[:k]` is a prefix of the
-rendering of `messages` - a property that is checked, not assumed.
+The template is treated as a black box. The whole conversation is rendered once; that string is what
+the model trains on. Each assistant reply is then located inside it:
 
-For an assistant message i:
-    prompt = render(messages[:i], add_generation_prompt=True)    # ends with the assistant header
-    turn   = render(messages[:i+1], add_generation_prompt=False) # ends after its end-of-turn token
-The tokens between the two are the assistant content plus the template's end-of-turn token (and
-whatever follows it, such as ChatML's trailing newline, which stays unlabelled: the model never has
-to predict text after it has ended its turn).
+    start = len(render(messages[:i], add_generation_prompt=True))  # where generation would begin
+    tail  = what follows the reply when message i's content is replaced by a sentinel
+    end   = len(full) - len(tail)                                   # the reply as rendered in context
+
+The rendering of the reply in context may differ from the message's content (Llama 3 and Gemma trim
+it; Qwen3 keeps the thinking block of the latest answer only and writes an empty one when there is
+none), so the label is what the template wrote between `start` and `end`, whatever that is. The
+template's end-of-turn token after the reply is labelled too: the reply's turn is rendered on its own
+(ending with the sentinel reply), and the text that turn adds after the reply and that the full
+rendering also has is labelled up to its first special token (ChatML's trailing newline and Phi-3's
+end-of-text token after `<|end|>` stay unlabelled: the model never has to predict text after it has
+ended its turn). Character positions become token positions through the fast tokenizer's offsets.
+
+This works for templates that render later messages differently from earlier ones (Qwen3, Phi-3) as
+well as prefix-stable ones (ChatML, Llama 3, Gemma, OLMo 2), where it gives the same labels as diffing
+the renderings of growing prefixes. What it needs, and checks: the prompt up to an assistant header is
+a prefix of the whole rendering (the model is prompted the same way at inference) and the template
+copies assistant content without depending on it elsewhere.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import os
 from collections.abc import Sequence
 from typing import TypedDict
 
@@ -25,6 +37,11 @@ from .llava import DataError, LlavaRecord, SampleTooLongError
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+
+# Stands in for an assistant reply's content to find where the template puts it: plain lowercase
+# letters and digits survive the transformations templates apply to content (trim, splitting off a
+# thinking block, JSON quoting).
+_REPLY_SENTINEL = "wingsreplysentinel{}x"
 
 # Used only when neither the processor nor the tokenizer has a chat template. Plain-text headers on
 # their own line keep token boundaries stable (a header never merges with the content after it);
@@ -73,7 +90,8 @@ def tokenize_conversation(
 
     Raises:
         SampleTooLongError: the sample does not fit `max_length` (see above).
-        DataError: the template is not prefix-stable, or drops image markers.
+        DataError: an assistant reply cannot be located in the rendering (see the module docstring),
+            or the template drops image markers.
     """
     if isinstance(record_or_messages, LlavaRecord):
         name, messages = record_or_messages.name, record_or_messages.messages()
@@ -91,44 +109,91 @@ def tokenize_conversation(
 
 
 def _render_and_label(messages: list[dict], processor: WingsProcessor, name: str) -> tuple[list[int], list[int]]:
-    """Full token ids and their labels; the assistant spans come from diffing rendered prefixes."""
+    """Token ids of the whole rendered conversation and their labels (assistant replies located in it)."""
     template = resolve_chat_template(processor)
+    tokenizer = processor.tokenizer
 
-    def encode(prefix: list[dict], add_generation_prompt: bool) -> list[int]:
+    def render(prefix: list[dict], add_generation_prompt: bool) -> str:
         try:
-            text = processor.apply_chat_template(
+            return processor.apply_chat_template(
                 prefix, add_generation_prompt=add_generation_prompt, chat_template=template
             )
         except Exception as err:  # jinja raises its own errors (e.g. role-alternation checks)
             raise DataError(f"{name}: the chat template failed to render {len(prefix)} message(s): {err}") from err
-        # Expanding after rendering equals expanding the contents first: the template copies them verbatim.
-        return processor.tokenizer(processor.expand_image_tokens(text), add_special_tokens=False)["input_ids"]
 
-    input_ids = encode(messages, add_generation_prompt=False)
+    if not tokenizer.is_fast:
+        raise DataError(
+            f"{name}: assistant labels need a fast tokenizer (character offsets); "
+            f"{type(tokenizer).__name__} is a slow one (load it with use_fast=True)"
+        )
+    full = render(messages, add_generation_prompt=False)
+    replies = [_locate_reply(messages, i, full, render, name) for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+    # Expanding after rendering equals expanding the contents first: the template copies them verbatim.
+    encoding = tokenizer(processor.expand_image_tokens(full), add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoding["input_ids"]
+    token_starts = [start for start, _ in encoding["offset_mapping"]]
+
+    def token_index(char: int) -> int:
+        """Number of tokens that start before `char` of the rendered (unexpanded) text."""
+        return bisect.bisect_left(token_starts, len(processor.expand_image_tokens(full[:char])))
+
     labels = [IGNORE_INDEX] * len(input_ids)
-    end_of_turn_ids = _special_token_ids(processor.tokenizer)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = len(_checked_prefix(encode(messages[:i], True), input_ids, name, i, "the assistant header"))
-        end = len(_checked_prefix(encode(messages[: i + 1], False), input_ids, name, i + 1, "the assistant turn"))
-        span = input_ids[start:end]
-        # Label up to the last special token of the turn (its end-of-turn token): what follows it, such
-        # as ChatML's newline, belongs to the template, not to the answer.
-        last_special = max((k for k, t in enumerate(span) if t in end_of_turn_ids), default=len(span) - 1)
-        labels[start : start + last_special + 1] = span[: last_special + 1]
+    end_of_turn_ids = _special_token_ids(tokenizer)
+    for i, (start, end, closing_end) in replies:
+        first = token_index(start)
+        if first > 0 and encoding["offset_mapping"][first - 1][1] > len(processor.expand_image_tokens(full[:start])):
+            raise DataError(
+                f"{name}: the assistant header of message {i + 1} and its reply share a token, so the reply "
+                "cannot be labelled as the model would generate it after the header"
+            )
+        reply_end, closing = token_index(end), range(token_index(end), token_index(closing_end))
+        # The end-of-turn token is the first special token after the reply; what the template writes
+        # after it (ChatML's newline, Phi-3's end-of-text) is not the model's to predict.
+        last = next((k + 1 for k in closing if input_ids[k] in end_of_turn_ids), closing.stop)
+        labels[first:last] = input_ids[first:last]
+        if last == reply_end:
+            logger.debug("%s: no end-of-turn text follows the reply of message %d", name, i + 1)
     image_id = processor.image_token_id
     return input_ids, [IGNORE_INDEX if t == image_id else lab for t, lab in zip(input_ids, labels)]
 
 
-def _checked_prefix(prefix: list[int], full: list[int], name: str, k: int, what: str) -> list[int]:
-    if full[: len(prefix)] != prefix:
+def _locate_reply(messages: list[dict], i: int, full: str, render, name: str) -> tuple[int, tuple[int, int, int]]:
+    """(i, (start, end, closing_end)): character positions of assistant message i's reply in `full`.
+
+    full[start:end] is the reply as the template rendered it in context; full[end:closing_end] is the
+    text its turn ends with (when rendered alone) that `full` also has.
+    """
+    where = f"message {i + 1} of {len(messages)}"
+    prompt = render(messages[:i], True)
+    if not full.startswith(prompt):
         raise DataError(
-            f"{name}: the chat template is not prefix-stable: rendering the first {k} message(s) (up to "
-            f"{what}) does not give a token prefix of the whole conversation, so assistant labels cannot be "
-            "located. Use a template that renders earlier messages independently of later ones."
+            f"{name}: the chat template is not prefix-stable up to the assistant header of {where}: rendering "
+            "the messages before it with the generation prompt does not give a prefix of the whole "
+            "conversation, so the model would be trained on a different prompt than it is given at inference"
         )
-    return prefix
+    sentinel = _REPLY_SENTINEL.format(i)
+    if sentinel in full:
+        raise DataError(f"{name}: the conversation contains the reserved text {sentinel!r}")
+    swapped = [*messages[:i], {**messages[i], "content": sentinel}]
+    tail = _text_after(render(swapped + messages[i + 1 :], False), sentinel, name, where)
+    closing = tail if i == len(messages) - 1 else _text_after(render(swapped, False), sentinel, name, where)
+    end = len(full) - len(tail)
+    if not full.endswith(tail) or end < len(prompt):
+        raise DataError(
+            f"{name}: the reply of {where} cannot be located in the rendered conversation: the template renders "
+            "the messages after it differently depending on its content"
+        )
+    return i, (len(prompt), end, end + len(os.path.commonprefix([closing, tail])))
+
+
+def _text_after(text: str, sentinel: str, name: str, where: str) -> str:
+    if text.count(sentinel) != 1:
+        raise DataError(
+            f"{name}: the chat template does not copy the content of {where} verbatim (it appears "
+            f"{text.count(sentinel)} times), so its reply cannot be located"
+        )
+    return text[text.index(sentinel) + len(sentinel) :]
 
 
 def _special_token_ids(tokenizer) -> set[int]:

@@ -240,6 +240,42 @@ def test_template_that_is_not_prefix_stable_is_rejected():
         "{% else %}{{ m['content'][:3] }}{% endif %}{{ '\n' }}{% endfor %}"
     )
     processor = make_processor(tok)
-    messages = msgs(("user", "How many shapes?"), ("assistant", "Three."), ("user", "Sure?"), ("assistant", "Yes."))
-    with pytest.raises(DataError, match="not prefix-stable"):
+    record = LlavaRecord(
+        source="data.json",
+        index=3,
+        id="cut",
+        turns=(
+            Turn("user", "How many shapes?"), Turn("assistant", "Three."), Turn("user", "Sure?"), Turn("assistant", "Yes.")
+        ),
+        images=(),
+    )
+    with pytest.raises(DataError, match="not prefix-stable up to the assistant header of message 2 of 4") as info:
+        tokenize_conversation(record, processor, max_length=None)
+    assert str(info.value).startswith("data.json: sample 3 (id 'cut'): ")
+
+
+def test_template_that_rewrites_replies_is_rejected():
+    tok = make_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+        "{% if m['role'] == 'assistant' %}{{ m['content'] | upper }}{% else %}{{ m['content'] }}{% endif %}"
+        "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    processor = make_processor(tok)
+    with pytest.raises(DataError, match="does not copy the content of message 2 of 2 verbatim"):
+        tokenize_conversation(msgs(("user", "How many?"), ("assistant", "Three.")), processor, max_length=None)
+
+
+def test_template_whose_later_turns_depend_on_a_reply_is_rejected():
+    tok = make_tokenizer()
+    # Echoes the previous answer's length into the next user turn: the reply's extent is ambiguous.
+    tok.chat_template = (
+        "{% set ns = namespace(prev='') %}{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}"
+        "{% if m['role'] == 'user' and ns.prev %}{{ ' (after ' + ns.prev|length|string + ' chars)' }}{% endif %}"
+        "{% if m['role'] == 'assistant' %}{% set ns.prev = m['content'] %}{% endif %}{{ '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    processor = make_processor(tok)
+    messages = msgs(("user", "How many?"), ("assistant", "Three."), ("user", "Sure?"), ("assistant", "Yes."))
+    with pytest.raises(DataError, match="reply of message 2 of 4 cannot be located"):
         tokenize_conversation(messages, processor, max_length=None)

@@ -153,7 +153,9 @@ THREE_TURNS = [
 
 
 @pytest.mark.parametrize("family", ["gemma3_text", "olmo2", "chatml"])
-@pytest.mark.parametrize("messages", [ONE_TURN, WITH_SYSTEM, TWO_TURNS, THREE_TURNS], ids=["one", "system", "two", "three"])
+@pytest.mark.parametrize(
+    "messages", [ONE_TURN, WITH_SYSTEM, TWO_TURNS, THREE_TURNS], ids=["one", "system", "two", "three"]
+)
 def test_prefix_stable_templates_label_as_prefix_diffing_does(family, messages):
     """Where renderings of growing prefixes are prefixes of each other, the labels are their diffs."""
     processor = make_processor() if family == "chatml" else _processor(family)

@@ -127,39 +127,40 @@ def _render_and_label(messages: list[dict], processor: WingsProcessor, name: str
             f"{type(tokenizer).__name__} is a slow one (load it with use_fast=True)"
         )
     full = render(messages, add_generation_prompt=False)
-    replies = [_locate_reply(messages, i, full, render, name) for i, m in enumerate(messages) if m["role"] == "assistant"]
+    replies = {
+        i: _locate_reply(messages, i, full, render, name) for i, m in enumerate(messages) if m["role"] == "assistant"
+    }
 
     # Expanding after rendering equals expanding the contents first: the template copies them verbatim.
     encoding = tokenizer(processor.expand_image_tokens(full), add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = encoding["input_ids"]
-    token_starts = [start for start, _ in encoding["offset_mapping"]]
+    input_ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    token_starts = [start for start, _ in offsets]
 
-    def token_index(char: int) -> int:
-        """Number of tokens that start before `char` of the rendered (unexpanded) text."""
-        return bisect.bisect_left(token_starts, len(processor.expand_image_tokens(full[:char])))
+    def token_index(char: int) -> tuple[int, int]:
+        """(tokens that start before `char` of `full`, `char`'s position in the expanded text)."""
+        expanded = len(processor.expand_image_tokens(full[:char]))
+        return bisect.bisect_left(token_starts, expanded), expanded
 
     labels = [IGNORE_INDEX] * len(input_ids)
     end_of_turn_ids = _special_token_ids(tokenizer)
-    for i, (start, end, closing_end) in replies:
-        first = token_index(start)
-        if first > 0 and encoding["offset_mapping"][first - 1][1] > len(processor.expand_image_tokens(full[:start])):
+    for i, (start, end, closing_end) in replies.items():
+        first, expanded_start = token_index(start)
+        if first > 0 and offsets[first - 1][1] > expanded_start:
             raise DataError(
                 f"{name}: the assistant header of message {i + 1} and its reply share a token, so the reply "
                 "cannot be labelled as the model would generate it after the header"
             )
-        reply_end, closing = token_index(end), range(token_index(end), token_index(closing_end))
+        closing = range(token_index(end)[0], token_index(closing_end)[0])
         # The end-of-turn token is the first special token after the reply; what the template writes
         # after it (ChatML's newline, Phi-3's end-of-text) is not the model's to predict.
         last = next((k + 1 for k in closing if input_ids[k] in end_of_turn_ids), closing.stop)
         labels[first:last] = input_ids[first:last]
-        if last == reply_end:
-            logger.debug("%s: no end-of-turn text follows the reply of message %d", name, i + 1)
     image_id = processor.image_token_id
     return input_ids, [IGNORE_INDEX if t == image_id else lab for t, lab in zip(input_ids, labels)]
 
 
-def _locate_reply(messages: list[dict], i: int, full: str, render, name: str) -> tuple[int, tuple[int, int, int]]:
-    """(i, (start, end, closing_end)): character positions of assistant message i's reply in `full`.
+def _locate_reply(messages: list[dict], i: int, full: str, render, name: str) -> tuple[int, int, int]:
+    """(start, end, closing_end): character positions of assistant message i's reply in `full`.
 
     full[start:end] is the reply as the template rendered it in context; full[end:closing_end] is the
     text its turn ends with (when rendered alone) that `full` also has.
@@ -184,7 +185,7 @@ def _locate_reply(messages: list[dict], i: int, full: str, render, name: str) ->
             f"{name}: the reply of {where} cannot be located in the rendered conversation: the template renders "
             "the messages after it differently depending on its content"
         )
-    return i, (len(prompt), end, end + len(os.path.commonprefix([closing, tail])))
+    return len(prompt), end, end + len(os.path.commonprefix([closing, tail]))
 
 
 def _text_after(text: str, sentinel: str, name: str, where: str) -> str:

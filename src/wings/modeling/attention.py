@@ -195,7 +195,9 @@ def key_flags(key_is_image: torch.Tensor, n_keys: int, key_end: int | torch.Tens
     which keeps the window in order). key_end: tokens seen after this chunk (past + T) for a static cache, whose
     flags span every slot; None for a dynamic cache, whose flags end at the chunk.
     """
-    if key_end is None or key_is_image.shape[1] == n_keys:
+    if key_is_image.shape[1] == n_keys:
+        return key_is_image
+    if key_end is None:
         return key_is_image[:, -n_keys:]
     if isinstance(key_end, int):
         start = max(key_end - n_keys, 0)
@@ -235,9 +237,10 @@ def single_query_attention(
         scores = scores * scaling
     else:
         scores = torch.add(additive_mask(attention_mask, 1, length, scores.dtype, scores.device), scores, alpha=scaling)
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32)
+    weights = F.softmax(scores, dim=-1) if scores.dtype == torch.float32 else F.softmax(scores, -1, dtype=torch.float32)
     if weights.dtype != q.dtype:
         weights = weights.to(q.dtype)
     out = torch.bmm(weights.view(batch * kv_heads, group, length), v.reshape(batch * kv_heads, length, head_dim))
-    image_mass = torch.bmm(weights.view(batch, heads, length), flags.to(weights.dtype).unsqueeze(-1))
+    flags = flags if flags.dtype == weights.dtype else flags.to(weights.dtype)
+    image_mass = torch.bmm(weights.view(batch, heads, length), flags.view(batch, length, 1))
     return out.view(batch, 1, heads, head_dim), image_mass.view(batch, 1, heads)

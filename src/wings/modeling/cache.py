@@ -72,6 +72,8 @@ class LearnerKeys:
     index: torch.Tensor | None
     visible: torch.Tensor
     n_new: int
+    # Tables prepared for the chunk's own tokens (the queries'), which keys that are all the chunk's tokens reuse.
+    query_tables: list | None = field(default=None, repr=False)
     _mask: CrossAttentionMask | None = field(default=None, init=False, repr=False)
     _rope: list | None = field(default=None, init=False, repr=False)
     _features: tuple | None = field(default=None, init=False, repr=False)
@@ -106,7 +108,7 @@ class LearnerKeys:
             return rope_tables(*(gather_tokens(t.expand(batch, -1, -1), self.index) for t in (cos, sin)))
 
         if self._rope is None:
-            self._rope = []
+            self._rope = self.query_tables if self.index is None and self.query_tables is not None else []
         return prepared_once(self._rope, cos, sin, prepare)
 
 
@@ -134,11 +136,14 @@ class LearnerInputs:
     key_end: int | torch.Tensor | None = None
     _rope: list | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self):
+        self._rope = []
+        for keys in self.keys.values():  # keys that are the chunk's tokens in order rotate with the same tables
+            keys.query_tables = self._rope
+
     def query_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chunk's RoPE tables prepared once for every layer's learner queries (and the main attention's,
         where the learners' heads have the LLM's width)."""
-        if self._rope is None:
-            self._rope = []
         return prepared_once(self._rope, cos, sin, rope_tables)
 
     def keys_values(self, kind: str, layer_idx: int, learner, cos: torch.Tensor, sin: torch.Tensor):

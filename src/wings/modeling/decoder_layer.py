@@ -201,7 +201,8 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             visual = self.visual_learner(hidden, cos, sin, *visual_kv, inputs.keys["visual"].mask, rope=rope)
             return hidden + visual
         textual_kv = inputs.keys_values("textual", self.layer_idx, self.textual_learner, cos, sin)
-        w = self.router(weights if positional else image_mass).to(hidden.dtype)
+        w = self.router(weights if positional else image_mass)
+        w = w if w.dtype == hidden.dtype else w.to(hidden.dtype)
         masks = (inputs.keys["visual"].mask, inputs.keys["textual"].mask)
         return mix_learners(self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w)
 

@@ -48,7 +48,9 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tor
     if cos.shape[1] == 1:
         # rotate(x)_i = x_i cos_i + x_(i + half mod d_h) signed_sin_i = (x @ R)_i with R[i, i] = cos_i and
         # R[i + half mod d_h, i] = signed_sin_i: one batched matmul instead of five elementwise kernels.
-        matrix = torch.diag_embed(cos[:, 0]) + torch.diag_embed(signed_sin[:, 0]).roll(half, dims=-2)
+        batch = cos.shape[0]
+        diagonals = torch.diag_embed(torch.cat((cos[:, 0], signed_sin[:, 0])))  # [2B, d_h, d_h]
+        matrix = diagonals[:batch] + diagonals[batch:].roll(half, dims=-2)
     return cos.unsqueeze(1), signed_sin.unsqueeze(1), matrix
 
 
@@ -219,7 +221,7 @@ def learner_pair_weights(visual: LoRRA, textual: LoRRA) -> tuple[torch.Tensor, .
     """Both learners' query and output projections packed (see `packed_weights`; kept on `visual`):
 
     q_down [d, 2r] = [A_q^vis; A_q^txt]^T, q_up [2r, 2d] = block-diag(B_q^vis^T, B_q^txt^T),
-    o_down [2, d, r] = (A_o^vis^T, A_o^txt^T), o_up [2r, d] = [B_o^vis^T; B_o^txt^T].
+    A_o^vis^T and A_o^txt^T [d, r], o_up [2r, d] = [B_o^vis^T; B_o^txt^T].
     """
     def build():
         rank, width = visual.rank, visual.hidden_size
@@ -229,7 +231,8 @@ def learner_pair_weights(visual: LoRRA, textual: LoRRA) -> tuple[torch.Tensor, .
         return (
             torch.cat((visual.q.down.weight, textual.q.down.weight)).t(),
             q_up,
-            torch.stack((visual.o_down.weight.t(), textual.o_down.weight.t())),
+            visual.o_down.weight.t(),
+            textual.o_down.weight.t(),
             torch.cat((visual.o_up.weight, textual.o_up.weight), dim=1).t(),
         )
 
@@ -278,7 +281,7 @@ def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights) -> torch
     """`mix_learners` for a short chunk, on packed weights. flat: hidden as [B * T, d]."""
     batch, length, width = hidden.shape
     heads, head_dim, rank = visual.num_heads, visual.head_dim, visual.rank
-    q_down, q_up, o_down, o_up = learner_pair_weights(visual, textual)
+    q_down, q_up, *o_down, o_up = learner_pair_weights(visual, textual)
     # Both learners' queries h + B_q A_q h: [B * T, 2 d], the residual added by the block-diagonal up-projection.
     q = torch.addmm(torch.cat((flat, flat), dim=1), torch.mm(flat, q_down), q_up)
     q = rotate(q.view(batch, length, 2 * heads, head_dim).transpose(1, 2), rope)  # [B, 2 H, T, d_h]
@@ -287,8 +290,21 @@ def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights) -> torch
         return hidden
     downs = []
     for i in active:
+        # softmax(q k^T * scale + mask) v by two batched matmuls over [B * H, ...] views of the cache.
         keys, values = kv[i]
-        attended = cross_attention(q[:, i * heads : (i + 1) * heads], keys, values, masks[i], visual.scaling)
+        n_keys = keys.shape[2]
+        scores = torch.baddbmm(
+            masks[i].batched(q.dtype, heads),
+            q[:, i * heads : (i + 1) * heads].reshape(batch * heads, length, head_dim),
+            keys.reshape(batch * heads, n_keys, head_dim).transpose(1, 2),
+            alpha=visual.scaling,
+        )
+        values = values if values.dtype == q.dtype else values.to(q.dtype)
+        out = torch.bmm(torch.softmax(scores, dim=-1), values.reshape(batch * heads, n_keys, head_dim))
+        if length == 1:
+            attended = out.view(batch, width)
+        else:
+            attended = out.view(batch, heads, length, head_dim).transpose(1, 2).reshape(batch * length, width)
         downs.append(torch.mm(attended, o_down[i]))  # [B * T, r]
     # Router weight and "sees any key" (rows that see nothing output zero) applied at rank r, per learner.
     scale = weights.reshape(-1, 2) * masks_sees_any(masks, weights.dtype)  # [B * T, 2]
@@ -364,12 +380,16 @@ class LoRRA(nn.Module):
     def packed(self) -> tuple[torch.Tensor, ...]:
         """This learner's projections transposed for `mm` (see `packed_weights`): A_q^T [d, r], B_q^T [r, d],
         [A_k; A_v]^T [d, 2r] (one down-projection for keys and values), B_k^T, B_v^T [r, d], A_o^T [d, r],
-        B_o^T [r, d]."""
+        B_o^T [r, d], block-diag(B_k^T, B_v^T) [2r, 2d] (one up-projection for a few keys' K and V)."""
         def build():
+            rank, width = self.rank, self.hidden_size
+            kv_up = self.k.up.weight.new_zeros(2 * rank, 2 * width)
+            kv_up[:rank, :width] = self.k.up.weight.t()
+            kv_up[rank:, width:] = self.v.up.weight.t()
             return (
                 self.q.down.weight.t(), self.q.up.weight.t(),
                 torch.cat((self.k.down.weight, self.v.down.weight)).t(), self.k.up.weight.t(), self.v.up.weight.t(),
-                self.o_down.weight.t(), self.o_up.weight.t(),
+                self.o_down.weight.t(), self.o_up.weight.t(), kv_up,
             )
 
         return packed_weights(self, "_packed", tuple(self.parameters()), build)
@@ -392,8 +412,14 @@ class LoRRA(nn.Module):
         batch, n_keys, width = features.shape
         r = self.rank
         flat = features.reshape(batch * n_keys, width)
-        kv_down, k_up, v_up = self.packed()[2:5]
+        packed = self.packed()
+        kv_down, k_up, v_up = packed[2:5]
         down = torch.mm(flat, kv_down)  # [B * N, 2r]: the features are read once for K and V
+        if n_keys <= SHORT_QUERIES:
+            # A few keys (a decode step): K and V by one block-diagonal up-projection that also adds the residual.
+            kv = torch.addmm(torch.cat((flat, flat), dim=1), down, packed[7])
+            kv = kv.view(batch, n_keys, 2 * self.num_heads, self.head_dim).transpose(1, 2)  # [B, 2 H, N, d_h]
+            return rotate(kv[:, : self.num_heads], rope), kv[:, self.num_heads :]
         k = torch.addmm(flat, down[:, :r], k_up).view(batch, n_keys, width)
         v = torch.addmm(flat, down[:, r:], v_up).view(batch, n_keys, width)
         return rotate(self._heads(k), rope), self._heads(v)
@@ -428,6 +454,6 @@ class LoRRA(nn.Module):
             queries = rotate(self._heads(q), rope)
         attended = cross_attention(queries, keys, values, visible, self.scaling)
         # Zeroing rows that see nothing commutes with the bias-free down-projection: do it at width r.
-        o_down, o_up = self.packed()[5:]
+        o_down, o_up = self.packed()[5:7]
         down = torch.mm(attended, o_down).mul_(visible.sees_any_flat(attended.dtype))
         return torch.mm(down, o_up).view(batch, length, width)

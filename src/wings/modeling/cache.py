@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, StaticCache
 
-from .lorra import CrossAttentionMask, rope_tables
+from .lorra import CrossAttentionMask, rope_tables, scaled_tables
 
 LEARNER_KINDS = ("visual", "textual")
 
@@ -138,8 +138,17 @@ class LearnerInputs:
 
     def __post_init__(self):
         self._rope = []
+        self._scaled_rope: dict[float, list] = {}
         for keys in self.keys.values():  # keys that are the chunk's tokens in order rotate with the same tables
             keys.query_tables = self._rope
+
+    def scaled_query_rope(self, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...] | None:
+        """`query_rope` with the attention scale folded into a one-token chunk's rotation (`lorra.scaled_tables`),
+        prepared once per forward for each scale; None for longer chunks."""
+        if scale not in self._scaled_rope:
+            self._scaled_rope[scale] = []
+        tables = self.query_rope(cos, sin)
+        return prepared_once(self._scaled_rope[scale], cos, sin, lambda *_: scaled_tables(tables, scale))
 
     def query_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chunk's RoPE tables prepared once for every layer's learner queries (and the main attention's,

@@ -71,6 +71,13 @@ def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.addcmul(x * cos, swapped, signed_sin)
 
 
+def scaled_tables(tables: tuple[torch.Tensor, ...], scale: float) -> tuple[torch.Tensor, ...] | None:
+    """Tables from `rope_tables` whose one-token rotation matrix also multiplies by `scale` (the attention scale
+    folded into the queries' RoPE), or None where they hold no matrix (chunks of several tokens)."""
+    matrix = tables[2] if len(tables) > 2 else None
+    return None if matrix is None else (tables[0], tables[1], matrix * scale)
+
+
 def low_rank_residual(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """x + (x A^T) B^T for x [..., d], with the residual add fused into the up-projection (one addmm).
 

@@ -207,7 +207,10 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         w = self.router(weights if positional else image_mass)
         w = w if w.dtype == hidden.dtype else w.to(hidden.dtype)
         masks = (inputs.keys["visual"].mask, inputs.keys["textual"].mask)
-        return mix_learners(self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w)
+        joint = inputs.cache.joint_learner_kv(self.layer_idx) if inputs.cache is not None else None
+        return mix_learners(
+            self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w, joint
+        )
 
 
 

@@ -109,6 +109,7 @@ class CrossAttentionMask:
         self._batched: dict[tuple, torch.Tensor] = {}
         self._sees: dict[torch.dtype, torch.Tensor] = {}
         self._pair_sees: dict[torch.dtype, tuple] = {}
+        self._joint: dict[tuple, tuple] = {}
         self._blocks: list[tuple[int, int, int]] | None = None
 
     def sees_any_flat(self, dtype: torch.dtype) -> torch.Tensor:
@@ -228,7 +229,8 @@ def learner_pair_weights(visual: LoRRA, textual: LoRRA) -> tuple[torch.Tensor, .
     """Both learners' query and output projections packed (see `packed_weights`; kept on `visual`):
 
     q_down [d, 2r] = [A_q^vis; A_q^txt]^T, q_up [2r, 2d] = block-diag(B_q^vis^T, B_q^txt^T),
-    A_o^vis^T and A_o^txt^T [d, r], o_up [2r, d] = [B_o^vis^T; B_o^txt^T].
+    A_o^vis^T and A_o^txt^T [d, r], o_up [2r, d] = [B_o^vis^T; B_o^txt^T], o_down [2d, 2r] = block-diag(A_o^vis^T,
+    A_o^txt^T) with its rows reordered from (learner, head, channel) to (head, learner, channel).
     """
     def build():
         rank, width = visual.rank, visual.hidden_size
@@ -241,6 +243,9 @@ def learner_pair_weights(visual: LoRRA, textual: LoRRA) -> tuple[torch.Tensor, .
             visual.o_down.weight.t(),
             textual.o_down.weight.t(),
             torch.cat((visual.o_up.weight, textual.o_up.weight), dim=1).t(),
+            # Rows in (head, learner, channel) order: the joint attention's output is laid out that way.
+            torch.block_diag(visual.o_down.weight.t(), textual.o_down.weight.t())
+            .view(2, visual.num_heads, visual.head_dim, 2 * rank).transpose(0, 1).reshape(2 * width, 2 * rank),
         )
 
     params = tuple(visual.parameters()) + tuple(textual.parameters())
@@ -255,11 +260,14 @@ def mix_learners(
     kv: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     masks: tuple[CrossAttentionMask, CrossAttentionMask],
     weights: torch.Tensor,
+    joint: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """hidden + w_v * visual(hidden) + w_t * textual(hidden), the routed learners of one layer.
 
     hidden [B, T, d]; rope: the queries' tables from `rope_tables`; kv: each learner's K, V [B, H, N, d_h];
-    masks: each learner's `CrossAttentionMask`; weights: the router's [B, T, 2] (w_v, w_t). Returns [B, T, d].
+    masks: each learner's `CrossAttentionMask`; weights: the router's [B, T, 2] (w_v, w_t); joint: where the
+    cache stores both learners' K/V side by side, those [B, H, N_vis + N_text, d_h] and N_vis
+    (`LearnerCacheMixin.joint_learner_kv`). Returns [B, T, d].
 
     Chunks of at most `SHORT_QUERIES` tokens (decode steps) run both learners as one computation on packed
     weights (`learner_pair_weights`): one down- and one up-projection for both learners' queries, one RoPE,
@@ -271,7 +279,7 @@ def mix_learners(
     heads, head_dim = visual.num_heads, visual.head_dim
     flat = hidden.reshape(batch * length, width)
     if length <= SHORT_QUERIES:
-        return _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights)
+        return _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights, joint)
     q = torch.cat([visual.queries(flat), textual.queries(flat)], dim=-1)  # [B * T, 2 d]
     q = rotate(q.view(batch, length, 2 * heads, head_dim).transpose(1, 2), rope)  # [B, 2 H, T, d_h]
     out = hidden
@@ -284,17 +292,39 @@ def mix_learners(
     return out
 
 
-def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights) -> torch.Tensor:
+def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights, joint) -> torch.Tensor:
     """`mix_learners` for a short chunk, on packed weights. flat: hidden as [B * T, d]."""
     batch, length, width = hidden.shape
     heads, head_dim, rank = visual.num_heads, visual.head_dim, visual.rank
-    q_down, q_up, *o_down, o_up = learner_pair_weights(visual, textual)
+    q_down, q_up, o_down_visual, o_down_textual, o_up, o_down_both = learner_pair_weights(visual, textual)
+    o_down = (o_down_visual, o_down_textual)
     # Both learners' queries h + B_q A_q h: [B * T, 2 d], the residual added by the block-diagonal up-projection.
     q = torch.addmm(torch.cat((flat, flat), dim=1), torch.mm(flat, q_down), q_up)
     q = rotate(q.view(batch, length, 2 * heads, head_dim).transpose(1, 2), rope)  # [B, 2 H, T, d_h]
     active = [i for i in (0, 1) if kv[i][0].shape[2] > 0]  # a learner without keys outputs zero
     if not active:
         return hidden
+    # Router weight and "sees any key" (rows that see nothing output zero), applied at rank r.
+    scale = weights.reshape(-1, 2) * masks_sees_any(masks, weights.dtype)  # [B * T, 2]
+    if joint is not None and len(active) == 2:
+        # Keys stored side by side (visual, then textual): each head's 2T queries (visual's, then textual's) attend
+        # in one call, each seeing only its own learner's keys through the joint mask.
+        keys, values, _ = joint
+        n_keys = keys.shape[2]
+        q = q.view(batch, 2, heads, length, head_dim).transpose(1, 2).reshape(batch * heads, 2 * length, head_dim)
+        scores = torch.baddbmm(
+            joint_mask(masks, q.dtype, heads), q, keys.reshape(batch * heads, n_keys, head_dim).transpose(1, 2),
+            alpha=visual.scaling,
+        )
+        values = values if values.dtype == q.dtype else values.to(q.dtype)
+        out = torch.bmm(torch.softmax(scores, dim=-1), values.reshape(batch * heads, n_keys, head_dim))
+        # [B * H, 2T, d_h] -> [B * T, 2d] (head, learner, channel), then both A_o at once: [B * T, 2r].
+        if length == 1:
+            attended = out.view(batch, 2 * width)
+        else:
+            attended = out.view(batch, heads, 2, length, head_dim).permute(0, 3, 1, 2, 4).reshape(batch * length, 2 * width)
+        down = torch.mm(attended, o_down_both).view(-1, 2, rank).mul_(scale.unsqueeze(-1)).view(-1, 2 * rank)
+        return torch.addmm(flat, down, o_up).view(batch, length, width)
     downs = []
     for i in active:
         # softmax(q k^T * scale + mask) v by two batched matmuls over [B * H, ...] views of the cache.
@@ -314,7 +344,6 @@ def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights) -> torch
             attended = out.view(batch, heads, length, head_dim).transpose(1, 2).reshape(batch * length, width)
         downs.append(torch.mm(attended, o_down[i]))  # [B * T, r]
     # Router weight and "sees any key" (rows that see nothing output zero) applied at rank r, per learner.
-    scale = weights.reshape(-1, 2) * masks_sees_any(masks, weights.dtype)  # [B * T, 2]
     if len(active) == 2:
         down = torch.cat(downs, dim=1).view(-1, 2, rank).mul_(scale.unsqueeze(-1)).view(-1, 2 * rank)
         up = o_up
@@ -325,13 +354,33 @@ def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights) -> torch
     return torch.addmm(flat, down, up).view(batch, length, width)
 
 
+def joint_mask(masks: tuple[CrossAttentionMask, CrossAttentionMask], dtype: torch.dtype, heads: int) -> torch.Tensor:
+    """The additive mask of both learners' queries over their keys side by side, [B * heads or 1, 2T, N_vis +
+    N_text]: rows 0..T-1 (visual queries) see only visual keys, rows T..2T-1 only textual ones. Built once per
+    forward (kept on the visual mask) and shared by every layer."""
+    visual, textual = masks
+    key = (dtype, heads)
+    kept = visual._joint.get(key)
+    if kept is None or kept[0] is not textual:
+        vis, txt = visual.visible, textual.visible  # [B, T, N_vis], [B, T, N_text]
+        visible = torch.cat((F.pad(vis, (0, txt.shape[2])), F.pad(txt, (vis.shape[2], 0))), dim=1)  # [B, 2T, N]
+        additive = torch.where(visible, 0.0, torch.finfo(dtype).min)
+        additive = additive if additive.dtype == dtype else additive.to(dtype)
+        batch, rows, n_keys = additive.shape
+        if batch > 1:
+            additive = additive.unsqueeze(1).expand(batch, heads, rows, n_keys).reshape(batch * heads, rows, n_keys)
+        kept = (textual, additive)
+        visual._joint[key] = kept
+    return kept[1]
+
+
 def masks_sees_any(masks: tuple[CrossAttentionMask, CrossAttentionMask], dtype: torch.dtype) -> torch.Tensor:
     """[B * T, 2] of `dtype`: 1 where a query sees any key of the visual (column 0) / textual (1) learner.
     Built once per forward (kept on the visual mask) and shared by every layer."""
     visual, textual = masks
     kept = visual._pair_sees.get(dtype)
     if kept is None or kept[0] is not textual:
-        kept = (textual, torch.cat((visual.sees_any_flat(dtype), textual.sees_any_flat(dtype)), dim=1))
+        kept = (textual, torch.cat((visual.sees_any, textual.sees_any), dim=-1).view(-1, 2).to(dtype))
         visual._pair_sees[dtype] = kept
     return kept[1]
 

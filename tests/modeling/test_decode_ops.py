@@ -57,13 +57,13 @@ def test_static_decode_step_has_no_host_sync_in_the_learners():
     assert ops.count("aten::item") <= 1, ops.count("aten::item")
 
 
-def _decode_logits(model, ids, pixels, steps=3):
-    """Logits of a prompt's prefill and `steps` greedy cached decode steps (short chunks: the packed path)."""
+def _decode_logits(model, ids, pixels, tokens=(40, 41, 42)):
+    """Logits of a prompt's prefill and one cached decode step per token (short chunks: the packed path)."""
     with torch.no_grad():
         out = model(ids, pixel_values=pixels, use_cache=True)
         cache, logits = out.cache, [out.logits[:, -1]]
-        for _ in range(steps):
-            out = model(logits[-1].argmax(-1, keepdim=True), cache=cache, use_cache=True)
+        for token in tokens:
+            out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
             logits.append(out.logits[:, -1])
     return torch.stack(logits)
 

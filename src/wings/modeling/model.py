@@ -273,7 +273,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         """
         is_image = input_ids == self.config.image_token_id
         if pixel_values is None and image_features is None:
-            # A compiled decode step: generation never emits the image token, and checking would sync.
+            # No images (every decode step): plain embeddings, after checking that no image token waits for features
+            # (one host sync; skipped when compiled, where it would break the graph: generation never emits it).
             if torch.compiler.is_compiling() or not bool(is_image.any()):
                 return self.get_input_embeddings()(input_ids), is_image
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))

@@ -1,14 +1,18 @@
 """A cached decode step runs few aten ops next to the plain HF LLM with the same weights, and a static-cache
 decode step asks the host nothing (no `.item()`: what CUDA graphs and fullgraph compilation need)."""
 
+import copy
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tiny import image_prompt, randomize_learners, tiny_wings
 from wings import WingsStaticCache
+from wings.modeling import lorra
 
-# Loose bound on a tiny model (3 layers), where per-forward overhead weighs more than at real sizes.
-MAX_OP_RATIO = 2.3
+# On a tiny model (3 layers, grouped-query attention), where per-forward overhead weighs more than at real sizes:
+# 1.61 measured (the benchmark model: 1.58); the bound leaves room for small changes in transformers' own ops.
+MAX_OP_RATIO = 1.75
 
 
 def _aten_ops(fn) -> list[str]:
@@ -51,3 +55,55 @@ def test_static_decode_step_has_no_host_sync_in_the_learners():
     ops = _decode_step_ops(model, prompt, cache)
     # Eager mode keeps one check that the chunk holds no unexpected image token (skipped when compiled).
     assert ops.count("aten::item") <= 1, ops.count("aten::item")
+
+
+def _decode_logits(model, ids, pixels, tokens=(40, 41, 42)):
+    """Logits of a prompt's prefill and one cached decode step per token (short chunks: the packed path)."""
+    with torch.no_grad():
+        out = model(ids, pixel_values=pixels, use_cache=True)
+        cache, logits = out.cache, [out.logits[:, -1]]
+        for token in tokens:
+            out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
+            logits.append(out.logits[:, -1])
+    return torch.stack(logits)
+
+
+def test_packed_weights_follow_in_place_updates():
+    """Packed learner weights are kept between decode steps, and rebuilt when a parameter changes in place."""
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    ids = torch.tensor([image_prompt([10, 11, 12], [20, 21, 22])])
+    pixels = torch.randn(1, 3, 32, 32)
+    _decode_logits(model, ids, pixels)  # packs the current weights
+    randomize_learners(model, seed=7)  # in-place copy_ under no_grad, as optimizers and load_state_dict write
+    fresh = copy.deepcopy(model)
+    for layer in fresh.wings_layers:
+        for module in (layer.visual_learner, layer.textual_learner, layer.router):
+            module.__dict__.pop("_packed", None)
+            module.__dict__.pop("_packed_pair", None)
+    torch.testing.assert_close(_decode_logits(model, ids, pixels), _decode_logits(fresh, ids, pixels))
+
+
+def test_short_chunk_path_equals_module_path_with_gradients(monkeypatch):
+    """A chunk of at most SHORT_QUERIES tokens mixes the learners on packed weights; values and every learner's
+    gradient equal the per-module path's (forced by SHORT_QUERIES = 0)."""
+    model = tiny_wings("qwen2")
+    randomize_learners(model)
+    ids = torch.tensor([image_prompt([10, 11], [20])])  # 7 tokens: one short chunk
+    pixels = torch.randn(1, 3, 32, 32)
+    assert ids.shape[1] <= lorra.SHORT_QUERIES
+
+    def loss_and_grads(m):
+        m.zero_grad()
+        loss = m(ids, pixel_values=pixels, labels=ids, use_cache=False).loss
+        loss.backward()
+        learners = [p for layer in m.wings_layers for mod in (layer.visual_learner, layer.textual_learner, layer.router)
+                    for p in mod.parameters()]
+        return loss.detach(), [p.grad.clone() for p in learners]
+
+    short_loss, short_grads = loss_and_grads(model)
+    monkeypatch.setattr(lorra, "SHORT_QUERIES", 0)
+    long_loss, long_grads = loss_and_grads(model)
+    torch.testing.assert_close(short_loss, long_loss)
+    for short, long in zip(short_grads, long_grads):
+        torch.testing.assert_close(short, long, rtol=1e-4, atol=1e-6)

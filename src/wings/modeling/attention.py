@@ -105,13 +105,15 @@ def main_attention(
     layout: AttentionLayout = LLAMA_ATTENTION,
     rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     key_end: int | torch.Tensor | None = None,
+    scaled_rope: tuple[torch.Tensor, ...] | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run a decoder layer's `self_attn` on its input x [B, T, d] (normed, where the block norms it).
 
     layout: how the family's attention builds queries and keys. rope: the RoPE tables of
     `position_embeddings` already prepared by `lorra.rope_tables` (shared with the learners where their heads
-    have the LLM's width), or None; unused on layers without RoPE.
+    have the LLM's width), or None; unused on layers without RoPE. scaled_rope: for a one-token decode step, the
+    same tables with the attention scale folded into the queries' rotation (see `lorra.scaled_tables`).
 
     key_is_image: [B, S] flags of all keys (cached + current, or every slot of a static cache); when given,
     also returns the per-head image mass [B, T, H]. key_end: see `key_flags`. need_weights: run eager attention and return weights [B, H, T, S].
@@ -131,11 +133,15 @@ def main_attention(
     if key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] > 1:
         pad = mass_channel_width(head_dim, v.device) - head_dim
     k_pad = pad if cache is None else 0  # the cache keeps keys unpadded
+    folded_scale = False
     if not uses_rope(self_attn, layout):
         q = F.pad(q, (0, pad)) if pad else q
         k = F.pad(k, (0, k_pad)) if k_pad else k
     elif rope is not None and not pad:
-        q, k = rotate(q, rope), rotate(k, rope)
+        # The single-query path below takes queries already scaled, where the rotation can fold the scale in.
+        single = key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] == 1
+        folded_scale = single and scaled_rope is not None
+        q, k = rotate(q, scaled_rope if folded_scale else rope), rotate(k, rope)
     else:
         cos, sin = position_embeddings
         q = apply_rope(q, cos, sin, pad=pad)
@@ -166,7 +172,8 @@ def main_attention(
     elif flags is not None and implementation == "sdpa" and q.shape[2] == 1:
         # Decoding: the single query's weights are only [B, H, 1, S]; computing them explicitly reads the
         # cached K/V once and copies nothing, where widening them for the kernel would copy them every step.
-        out, image_mass = single_query_attention(q, k, v, attention_mask, flags, self_attn.scaling)
+        scaling = 1.0 if folded_scale else self_attn.scaling
+        out, image_mass = single_query_attention(q, k, v, attention_mask, flags, scaling)
     else:
         attend = ALL_ATTENTION_FUNCTIONS[implementation]
         if pad:
@@ -195,7 +202,9 @@ def key_flags(key_is_image: torch.Tensor, n_keys: int, key_end: int | torch.Tens
     which keeps the window in order). key_end: tokens seen after this chunk (past + T) for a static cache, whose
     flags span every slot; None for a dynamic cache, whose flags end at the chunk.
     """
-    if key_end is None or key_is_image.shape[1] == n_keys:
+    if key_is_image.shape[1] == n_keys:
+        return key_is_image
+    if key_end is None:
         return key_is_image[:, -n_keys:]
     if isinstance(key_end, int):
         start = max(key_end - n_keys, 0)
@@ -232,12 +241,13 @@ def single_query_attention(
         q.reshape(batch * kv_heads, group, head_dim), k.reshape(batch * kv_heads, length, head_dim).transpose(1, 2)
     ).view(batch, heads, 1, length)
     if attention_mask is None:
-        scores = scores * scaling
+        scores = scores if scaling == 1.0 else scores * scaling
     else:
         scores = torch.add(additive_mask(attention_mask, 1, length, scores.dtype, scores.device), scores, alpha=scaling)
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32)
+    weights = F.softmax(scores, dim=-1) if scores.dtype == torch.float32 else F.softmax(scores, -1, dtype=torch.float32)
     if weights.dtype != q.dtype:
         weights = weights.to(q.dtype)
     out = torch.bmm(weights.view(batch * kv_heads, group, length), v.reshape(batch * kv_heads, length, head_dim))
-    image_mass = torch.bmm(weights.view(batch, heads, length), flags.to(weights.dtype).unsqueeze(-1))
+    flags = flags if flags.dtype == weights.dtype else flags.to(weights.dtype)
+    image_mass = torch.bmm(weights.view(batch, heads, length), flags.view(batch, length, 1))
     return out.view(batch, 1, heads, head_dim), image_mass.view(batch, 1, heads)

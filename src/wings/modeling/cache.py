@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, StaticCache
 
-from .lorra import CrossAttentionMask, rope_tables
+from .lorra import CrossAttentionMask, rope_tables, scaled_tables
 
 LEARNER_KINDS = ("visual", "textual")
 
@@ -72,6 +72,8 @@ class LearnerKeys:
     index: torch.Tensor | None
     visible: torch.Tensor
     n_new: int
+    # Tables prepared for the chunk's own tokens (the queries'), which keys that are all the chunk's tokens reuse.
+    query_tables: list | None = field(default=None, repr=False)
     _mask: CrossAttentionMask | None = field(default=None, init=False, repr=False)
     _rope: list | None = field(default=None, init=False, repr=False)
     _features: tuple | None = field(default=None, init=False, repr=False)
@@ -106,7 +108,7 @@ class LearnerKeys:
             return rope_tables(*(gather_tokens(t.expand(batch, -1, -1), self.index) for t in (cos, sin)))
 
         if self._rope is None:
-            self._rope = []
+            self._rope = self.query_tables if self.index is None and self.query_tables is not None else []
         return prepared_once(self._rope, cos, sin, prepare)
 
 
@@ -134,11 +136,23 @@ class LearnerInputs:
     key_end: int | torch.Tensor | None = None
     _rope: list | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self):
+        self._rope = []
+        self._scaled_rope: dict[float, list] = {}
+        for keys in self.keys.values():  # keys that are the chunk's tokens in order rotate with the same tables
+            keys.query_tables = self._rope
+
+    def scaled_query_rope(self, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...] | None:
+        """`query_rope` with the attention scale folded into a one-token chunk's rotation (`lorra.scaled_tables`),
+        prepared once per forward for each scale; None for longer chunks."""
+        if scale not in self._scaled_rope:
+            self._scaled_rope[scale] = []
+        tables = self.query_rope(cos, sin)
+        return prepared_once(self._scaled_rope[scale], cos, sin, lambda *_: scaled_tables(tables, scale))
+
     def query_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chunk's RoPE tables prepared once for every layer's learner queries (and the main attention's,
         where the learners' heads have the LLM's width)."""
-        if self._rope is None:
-            self._rope = []
         return prepared_once(self._rope, cos, sin, rope_tables)
 
     def keys_values(self, kind: str, layer_idx: int, learner, cos: torch.Tensor, sin: torch.Tensor):
@@ -165,6 +179,20 @@ class LearnerCacheMixin:
         self.learner_kv: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.learner_key_meta: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.key_is_image: torch.Tensor | None = None
+        # layer_idx -> (K, V [B, H, capacity, d_h] holding the visual keys then the textual ones, visual count),
+        # while both learners' cached K/V are views of them: both learners attend in one call at decode. Any write
+        # that moves either learner's K/V elsewhere drops the entry.
+        self._joint: dict[int, tuple] = {}
+
+    def joint_learner_kv(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """Both learners' K/V of a layer as one [B, H, N_vis + N_text, d_h] pair of views (visual keys first) and
+        N_vis, where the cache stores them side by side; else None."""
+        joint = self._joint.get(layer_idx)
+        if joint is None:
+            return None
+        keys, values, n_visual = joint
+        n_keys = n_visual + self.learner_kv[("textual", layer_idx)][0].shape[2]
+        return keys[:, :, :n_keys], values[:, :, :n_keys], n_visual
 
     def cached_learner_kv(self, kind: str, layer_idx: int, learner, like: torch.Tensor):
         """K/V of `kind` in layer `layer_idx` when the chunk adds none; [B, H, 0, d_h] if there are none."""
@@ -218,14 +246,18 @@ class WingsCache(LearnerCacheMixin, DynamicCache):
         """Append new learner K/V [B, H, n, d_h] of one layer; return all cached [B, H, N, d_h]."""
         slot = (kind, layer_idx)
         if slot not in self.learner_kv:
+            self._joint.pop(layer_idx, None)
             self.learner_kv[slot] = (keys, values)
             return keys, values
         old_k, old_v = self.learner_kv[slot]
         new = keys.shape[2]
         if new == 0:  # e.g. the visual learner during text decoding: nothing to copy
             return old_k, old_v
+        if kind == "visual":
+            self._joint.pop(layer_idx, None)
         if torch.is_grad_enabled() and (keys.requires_grad or old_k.requires_grad):
             # Writing into storage that autograd saved for an earlier step would invalidate it.
+            self._joint.pop(layer_idx, None)
             keys, values = torch.cat([old_k, keys], dim=2), torch.cat([old_v, values], dim=2)
             self.learner_kv[slot] = (keys, values)
             return keys, values
@@ -233,11 +265,24 @@ class WingsCache(LearnerCacheMixin, DynamicCache):
         storage = self._learner_storage.get(slot)
         if storage is None or storage[0].data_ptr() != old_k.data_ptr() or storage[0].shape[2] < length + new:
             capacity = max(length + new, length + length // 2 + 64)
-            shape = (*old_k.shape[:2], capacity, old_k.shape[3])
-            storage = (old_k.new_empty(shape), old_v.new_empty((*shape[:3], old_v.shape[3])))
+            visual = self.learner_kv.get(("visual", layer_idx)) if kind == "textual" else None
+            if visual is not None and (visual[0].requires_grad or visual[0].dtype != old_k.dtype):
+                visual = None
+            n_visual = 0 if visual is None else visual[0].shape[2]
+            shape = (*old_k.shape[:2], n_visual + capacity, old_k.shape[3])
+            joint = (old_k.new_empty(shape), old_v.new_empty((*shape[:3], old_v.shape[3])))
+            storage = (joint[0][:, :, n_visual:], joint[1][:, :, n_visual:])
             storage[0][:, :, :length] = old_k
             storage[1][:, :, :length] = old_v
             self._learner_storage[slot] = storage
+            self._joint.pop(layer_idx, None)
+            if visual is not None:
+                # The visual keys move in front of the textual ones: one attention call serves both learners.
+                joint[0][:, :, :n_visual] = visual[0]
+                joint[1][:, :, :n_visual] = visual[1]
+                visual_kv = (joint[0][:, :, :n_visual], joint[1][:, :, :n_visual])
+                self.learner_kv[("visual", layer_idx)] = visual_kv
+                self._joint[layer_idx] = (*joint, n_visual)
         storage[0][:, :, length : length + new] = keys
         storage[1][:, :, length : length + new] = values
         self.learner_kv[slot] = (storage[0][:, :, : length + new], storage[1][:, :, : length + new])
@@ -245,6 +290,7 @@ class WingsCache(LearnerCacheMixin, DynamicCache):
 
     def _map_batch(self, fn) -> None:
         self._learner_storage = {}
+        self._joint = {}
         self.learner_kv = {slot: (fn(k), fn(v)) for slot, (k, v) in self.learner_kv.items()}
         self.learner_key_meta = {kind: (fn(p), fn(m)) for kind, (p, m) in self.learner_key_meta.items()}
         if self.key_is_image is not None:
@@ -347,6 +393,7 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
             return torch.cat([t, t.new_zeros(shape)], dim=dim)
 
         self.learner_key_meta[kind] = tuple(widen(t, 1) for t in self.learner_key_meta[kind])
+        self._joint = {}  # the widened visual K/V leave the joint buffers
         for slot in [s for s in self.learner_kv if s[0] == kind]:
             self.learner_kv[slot] = tuple(widen(t, 2) for t in self.learner_kv[slot])
         self._capacity[kind] = capacity
@@ -368,11 +415,21 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
         """Write new learner K/V [B, H, n, d_h] of one layer in place; return all columns [B, H, capacity, d_h]."""
         slot = (kind, layer_idx)
         if slot not in self.learner_kv:
-            shape = (*keys.shape[:2], self._capacity[kind], keys.shape[3])
-            self.learner_kv[slot] = (keys.new_zeros(shape), values.new_zeros((*shape[:3], values.shape[3])))
+            n_visual = self._capacity[kind]
+            joint = kind == "visual" and "textual" in self._capacity and ("textual", layer_idx) not in self.learner_kv
+            capacity = n_visual + (self._capacity["textual"] if joint else 0)
+            shape = (*keys.shape[:2], capacity, keys.shape[3])
+            buffers = (keys.new_zeros(shape), values.new_zeros((*shape[:3], values.shape[3])))
             if not torch.compiler.is_compiling():
-                for t in self.learner_kv[slot]:
+                for t in buffers:
                     torch._dynamo.mark_static_address(t)
+            self.learner_kv[slot] = buffers
+            if joint:
+                # The textual keys follow the visual ones in one buffer: one attention call serves both learners.
+                visual_kv = (buffers[0][:, :, :n_visual], buffers[1][:, :, :n_visual])
+                text_kv = (buffers[0][:, :, n_visual:], buffers[1][:, :, n_visual:])
+                self.learner_kv[slot], self.learner_kv[("textual", layer_idx)] = visual_kv, text_kv
+                self._joint[layer_idx] = (*buffers, n_visual)
         k, v = self.learner_kv[slot]
         index = self._write_index[kind]
         k.index_copy_(2, index, keys.to(k.dtype))
@@ -381,10 +438,13 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        # In place: compiled steps hold these tensors' addresses.
-        for tensors in (*self.learner_kv.values(), *self.learner_key_meta.values()):
-            for t in tensors:
-                t.copy_(t.index_select(0, beam_idx.to(t.device)))
+        # In place: compiled steps hold these tensors' addresses. Views of one buffer are reordered once, as a whole.
+        tensors = {}
+        for t in (*(t for kv in self.learner_kv.values() for t in kv), *(t for m in self.learner_key_meta.values() for t in m)):
+            base = t if t._base is None else t._base
+            tensors[id(base)] = base
+        for t in tensors.values():
+            t.copy_(t.index_select(0, beam_idx.to(t.device)))
         if self.key_is_image is not None:
             self.key_is_image.copy_(self.key_is_image.index_select(0, beam_idx.to(self.key_is_image.device)))
 

@@ -138,11 +138,13 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         key_is_image = learner_inputs.key_is_image if routed and not positional else None
         attn_in = self._run(layout.attention_norm, hidden_states)
         learner_rope = None
-        main_rope = None
+        main_rope = scaled_rope = None
         if learner_inputs is not None:
             learner_rope = self._learner_rope(position_embeddings, position_ids, hidden_states.dtype)
             if self.shares_rope:  # same head width and rotation: one prepared copy for the main attention and learners
                 main_rope = learner_inputs.query_rope(*position_embeddings)
+                if key_is_image is not None and hidden_states.shape[1] == 1:  # single-query decode: scale folded in
+                    scaled_rope = learner_inputs.scaled_query_rope(*position_embeddings, self.self_attn.scaling)
         attn_out, image_mass, weights = main_attention(
             self.self_attn,
             attn_in,
@@ -153,6 +155,7 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             need_weights=need_weights,
             layout=self.family.attention,
             rope=main_rope,
+            scaled_rope=scaled_rope,
             key_end=None if learner_inputs is None else learner_inputs.key_end,
             **kwargs,
         )
@@ -201,9 +204,13 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
             visual = self.visual_learner(hidden, cos, sin, *visual_kv, inputs.keys["visual"].mask, rope=rope)
             return hidden + visual
         textual_kv = inputs.keys_values("textual", self.layer_idx, self.textual_learner, cos, sin)
-        w = self.router(weights if positional else image_mass).to(hidden.dtype)
+        w = self.router(weights if positional else image_mass)
+        w = w if w.dtype == hidden.dtype else w.to(hidden.dtype)
         masks = (inputs.keys["visual"].mask, inputs.keys["textual"].mask)
-        return mix_learners(self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w)
+        joint = inputs.cache.joint_learner_kv(self.layer_idx) if inputs.cache is not None else None
+        return mix_learners(
+            self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w, joint
+        )
 
 
 

@@ -272,10 +272,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         Returns inputs_embeds [B, T, d] and is_image [B, T] bool.
         """
         is_image = input_ids == self.config.image_token_id
+        if pixel_values is None and image_features is None:
+            # No images (every decode step): plain embeddings, after checking that no image token waits for features
+            # (one host sync; skipped when compiled, where it would break the graph: generation never emits it).
+            if torch.compiler.is_compiling() or not bool(is_image.any()):
+                return self.get_input_embeddings()(input_ids), is_image
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
-        if pixel_values is None and image_features is None and torch.compiler.is_compiling():
-            # A compiled decode step: generation never emits the image token, and checking would sync.
-            return embeds, is_image
         n_slots = int(is_image.sum())
         if image_features is None and pixel_values is not None:
             image_features = self.get_image_features(pixel_values)
@@ -409,6 +411,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 key_pos = torch.gather(positions, 1, index)
             elif kind == "textual":
                 index, key_pos, key_valid = None, positions, valid
+            elif cache is not None and kind in cache.learner_key_meta:  # no new visual keys: the cached ones
+                index = None
+                key_pos, key_valid = cache.learner_key_meta[kind]
+                visible = (key_pos.unsqueeze(1) <= positions.unsqueeze(2)) & key_valid.unsqueeze(1)
+                keys[kind] = LearnerKeys(index=index, visible=visible, n_new=0)
+                continue
             else:
                 index = positions.new_zeros(batch, 0)
                 key_pos, key_valid = index, valid.new_zeros(batch, 0)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lorra import packed_weights
+
 
 class SegmentRouter(nn.Module):
     """Reads, per head, the attention mass each query puts on image tokens and on text tokens.
@@ -26,10 +28,23 @@ class SegmentRouter(nn.Module):
 
     def forward(self, image_mass: torch.Tensor) -> torch.Tensor:
         shape = image_mass.shape
-        image_mass = image_mass.reshape(-1, shape[-1]).to(self.linear.weight.dtype)
-        features = torch.cat([image_mass, 1.0 - image_mass], dim=-1)
-        logits = torch.addmm(self.linear.bias, features, self.linear.weight.t())
+        image_mass = image_mass.reshape(-1, shape[-1])
+        weight, bias = self.folded()
+        if image_mass.dtype != weight.dtype:
+            image_mass = image_mass.to(weight.dtype)
+        # W [m, 1 - m] + b = (W_img - W_txt) m + (b + W_txt 1): the text mass folded into the weights.
+        logits = torch.addmm(bias, image_mass, weight)
         return F.softmax(logits, dim=-1).view(*shape[:-1], 2)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linear map on [image mass, text mass] as one on the image mass: weight [H, 2], bias [2] (packed at
+        run time, see `lorra.packed_weights`)."""
+        def build():
+            heads = self.linear.in_features // 2
+            image, text = self.linear.weight[:, :heads], self.linear.weight[:, heads:]
+            return (image - text).t(), self.linear.bias + text.sum(dim=1)
+
+        return packed_weights(self, "_packed", tuple(self.parameters()), build)
 
 
 class PositionalRouter(nn.Module):

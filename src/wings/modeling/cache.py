@@ -338,7 +338,9 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
 
     def __init__(self, config, max_cache_len: int, *args, **kwargs):
         super().__init__(config, max_cache_len, *args, **kwargs)
-        self.max_cache_len = max_cache_len
+        # The full length generate allocated (a sliding layer's own cache is only its window). Kept under
+        # our own name: older transformers make StaticCache.max_cache_len a read-only property.
+        self.total_cache_len = max_cache_len
         self._init_learner_state()
         self._static_init()
 
@@ -361,7 +363,7 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
         if new == 0:
             return self.key_meta(kind, positions)
         if kind not in self.learner_key_meta:
-            room = self.max_cache_len - self._seen_tokens() - chunk_length if kind == "textual" else 0
+            room = self.total_cache_len - self._seen_tokens() - chunk_length if kind == "textual" else 0
             self._allocate_meta(kind, positions, new + max(room, 0))
         elif kind == "visual":
             # Images after the first chunk: grow the visual columns (eager only; decode steps carry no images).
@@ -402,7 +404,7 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
         """Write a chunk's image flags [B, T] at its cache slots; return the flags of all slots [B, max_cache_len]."""
         past = self.get_seq_length()
         if self.key_is_image is None:
-            self.key_is_image = flags.new_zeros(flags.shape[0], self.max_cache_len)
+            self.key_is_image = flags.new_zeros(flags.shape[0], self.total_cache_len)
             if not torch.compiler.is_compiling():
                 torch._dynamo.mark_static_address(self.key_is_image)
         index = torch.arange(flags.shape[1], device=flags.device) + past

@@ -232,7 +232,8 @@ def evaluate_lab_model(folder: Path, model_dir: str, data: dict, iit_file: str, 
 
 # ------------------------------------------------------------------------------------------------
 # steps run by `run_lab` (module level: they may run in worker processes, see `parallel.run_calls`)
-def _world_step(out: Path, which: str, sizes: LabSizes, threads: int) -> dict:
+def world_step(out: Path, which: str, sizes: LabSizes, threads: int) -> dict:
+    """The cached text or vision world (`which`), built with `threads` torch threads (run in a worker)."""
     torch.set_num_threads(threads)
     if which == "text":
         return cached_step(out / "text_world", "text world (tokenizer + LLM pretraining)",
@@ -291,8 +292,8 @@ def run_lab(config: LabConfig) -> dict:
 
     # The two worlds, then the distinct stage-1 runs, then every (seed, model) run in `config.jobs` processes.
     threads = max(1, config.threads // config.jobs)  # per process: never more threads than asked for in all
-    text_world, vision_world = run_calls([(_world_step, out, "text", sizes, threads),
-                                          (_world_step, out, "vision", sizes, threads)], config.jobs)
+    text_world, vision_world = run_calls([(world_step, out, "text", sizes, threads),
+                                          (world_step, out, "vision", sizes, threads)], config.jobs)
 
     def make_data(folder: Path) -> dict:
         from .text_world import heldout_text_items

@@ -44,11 +44,10 @@ from .pipeline import (
     Stage,
     _common_overrides,
     _write_json_atomic,
-    build_text_world,
-    build_vision_world,
     cached_step,
     iit_step,
     run_stage,
+    world_step,
 )
 
 logger = logging.getLogger(__name__)
@@ -198,14 +197,6 @@ def _model_task(ctx: _Context, seed: int, model: StudyModel) -> dict:
     return {"stage2": stage2, "eval": scores}
 
 
-def _world_task(out: Path, which: str, sizes: LabSizes, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    if which == "text":
-        return cached_step(out / "text_world", "text world (tokenizer + LLM pretraining)",
-                           lambda f: build_text_world(f, sizes))
-    return cached_step(out / "vision_world", "vision world (encoder pretraining)", lambda f: build_vision_world(f, sizes))
-
-
 def _base_items(out: Path, sizes: LabSizes) -> dict:
     """The base LLM's per-item text correctness (the bootstrap's retention denominator)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -272,8 +263,8 @@ def run_study(study: str = "frontier", output: str = "runs/lab_frontier", quick:
     start = time.time()
     lab = sizes.lab
 
-    text_world, vision_world = run_calls([(_world_task, out, "text", lab, threads),
-                                          (_world_task, out, "vision", lab, threads)], jobs)
+    text_world, vision_world = run_calls([(world_step, out, "text", lab, threads),
+                                          (world_step, out, "vision", lab, threads)], jobs)
     base = cached_step(out / "base", "base LLM per-item text scores", lambda f: _base_items(out, lab))
 
     def make_data(folder: Path) -> dict:

@@ -28,14 +28,22 @@ from wings import WingsForConditionalGeneration
 from wings.data.tokenizer import train_chat_tokenizer
 from wings.processing import WingsProcessor
 
-from tiny import randomize_learners
-
 IMAGE_SIZE, PATCH = 32, 8  # 16 image tokens per image
 CORPUS = [
     f"what colour is the {shape}? it is {colour}. hello, how are you? fine thanks, and you?"
     for shape in ("circle", "square", "triangle")
     for colour in ("red", "green", "blue", "yellow")
 ] * 5
+
+
+def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, seed: int = 3) -> None:
+    """Non-zero learner and router weights, so that the learner paths change the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.wings_layers:
+            for module in (layer.visual_learner, layer.textual_learner, layer.router):
+                for p in module.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), **settings) -> Path:

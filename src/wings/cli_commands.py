@@ -73,18 +73,21 @@ def train(
         if not init:  # shape settings are chosen when the model is built (stage 1); explicit overrides win
             overrides = [f"model.learner_rank={chosen.learner_rank}", f"model.router={chosen.router}", *overrides]
     loaded = load_recipe(recipe, overrides)
-    result = run_training(
-        loaded,
-        data=data,
-        output=output,
-        image_folder=image_folder,
-        llm=llm,
-        vision=vision,
-        init=init,
-        max_steps=max_steps,
-        resume=resume,
-        skip_bad_samples=skip_bad_samples,
-    )
+    try:
+        result = run_training(
+            loaded,
+            data=data,
+            output=output,
+            image_folder=image_folder,
+            llm=llm,
+            vision=vision,
+            init=init,
+            max_steps=max_steps,
+            resume=resume,
+            skip_bad_samples=skip_bad_samples,
+        )
+    finally:
+        _end_process_group()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, one summary is enough
         print(
             f"[wings train] {loaded.name}: {result.global_step} steps on {result.samples} samples in "
@@ -92,6 +95,19 @@ def train(
             f"saved to {result.output_dir}"
         )
     return 0
+
+
+def _end_process_group() -> None:
+    """Tear down the torchrun process group before the interpreter exits.
+
+    Left alive, gloo's worker threads are destroyed during interpreter shutdown and a rank can abort
+    ("terminate called without an active exception") after all its work is saved. Only the command
+    does this: a library caller may train several stages in one process group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def laws(

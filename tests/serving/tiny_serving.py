@@ -102,3 +102,60 @@ def sample_image(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:
     """A small random RGB image (not square, so 'pad' mode matters)."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+ENGINE_SCRIPT = """
+import json, sys
+sys.path.insert(0, {here!r})
+from tiny_serving import sample_image
+from vllm import LLM, SamplingParams
+
+if __name__ == "__main__":
+    folder, prompts, n_tokens, enforce_eager = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+    llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
+              max_num_seqs=4, limit_mm_per_prompt={{"image": 2}})
+    requests = [{{"prompt": p}} for p, _ in prompts]
+    for request, (_, n) in zip(requests, prompts):
+        if n:
+            request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
+    params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens)
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    print("engine-result: " + json.dumps([list(o.outputs[0].token_ids) for o in outputs]), flush=True)
+"""
+
+
+def hf_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int) -> list[list[int]]:
+    """Greedy ids of the saved model through Hugging Face `generate`; prompt i carries images sample_image(0..n-1)."""
+    from wings.processing import WingsProcessor
+
+    model = WingsForConditionalGeneration.from_pretrained(folder).eval()
+    processor = WingsProcessor.from_pretrained(folder)
+    ids = []
+    for prompt, n_images in prompts:
+        inputs = processor(prompt, images=[sample_image(i) for i in range(n_images)] or None)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False)
+        ids.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+    return ids
+
+
+def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, workdir: Path,
+                  enforce_eager: bool = True) -> list[list[int]]:
+    """Greedy ids from a vLLM engine in a subprocess of its own (a test session's engine lives in-process).
+
+    enforce_eager=False runs vLLM's default compiled path (the decoder traced once and compiled by inductor).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = Path(workdir) / "engine.py"
+    script.write_text(ENGINE_SCRIPT.format(here=str(Path(__file__).parent)))
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    args = [sys.executable, str(script), str(folder), json.dumps(prompts), str(n_tokens), "1" if enforce_eager else "0"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("engine-result: ")]
+    return json.loads(line[len("engine-result: "):])

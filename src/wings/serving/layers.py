@@ -202,9 +202,12 @@ class LearnerKeysValues(nn.Module):
         down = down.view(tokens, 2 * layers, n * r).transpose(0, 1)
         own_kv = torch.baddbmm(source[None, :, self.columns], down, self.up.transpose(1, 2))
         own_kv = own_kv.view(2, layers, tokens, self.width)
-        rotary_emb(positions.repeat(layers), own_kv[0].view(layers * tokens, self.width))  # keys, in place
+        # The rotated keys are taken from the return value: vLLM's RoPE is in place only in its custom kernels;
+        # the native form (what a compiled model runs) returns new tensors.
+        keys, _ = rotary_emb(positions.repeat(layers), own_kv[0].reshape(layers * tokens, self.width))
         out = source.new_zeros(2, layers, tokens, self.num_heads, self.padded)
-        out[..., :hd] = own_kv.view(2, layers, tokens, self.num_heads, hd)
+        out[0, ..., :hd] = keys.view(layers, tokens, self.num_heads, hd)
+        out[1, ..., :hd] = own_kv[1].view(layers, tokens, self.num_heads, hd)
         out[..., hd: hd + n] = channels[:, None]
         return out
 
@@ -279,9 +282,8 @@ class WingsLearners(nn.Module):
         tokens, n, r, hd, heads = hidden.shape[0], self.count, self.rank, self.head_dim, self.num_heads
         # Queries of all learners: [T, n*r] -> [n, T, w] -> + h, laid out [T, n, w].
         down = torch.mm(hidden, self.q_down.t()).view(tokens, n, r).transpose(0, 1)
-        q = torch.empty(tokens, n, self.width, dtype=hidden.dtype, device=hidden.device)
-        torch.add(torch.bmm(down, self.q_up.transpose(1, 2)).transpose(0, 1), hidden[:, None, self.columns], out=q)
-        rotary_emb(positions, q.view(tokens, -1))  # in place
+        q = torch.bmm(down, self.q_up.transpose(1, 2)).transpose(0, 1) + hidden[:, None, self.columns]
+        q, _ = rotary_emb(positions, q.reshape(tokens, n * self.width))  # the return value: see LearnerKeysValues
         query = self.query_channels.repeat(tokens, 1, 1, 1)
         query[..., :hd] = q.view(tokens, n, heads, hd).transpose(1, 2)
         out = self.attn(query.view(tokens, n * heads, self.padded), key, value)
@@ -296,9 +298,8 @@ class WingsLearners(nn.Module):
 
     def project_out(self, hidden: torch.Tensor, down: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """hidden [T, d] + sum_j weights[:, j] * B_o,j down[:, j]: down [T, n, r], weights [T, n] -> [T, d]."""
-        scaled = torch.empty(down.shape, dtype=down.dtype, device=down.device)
-        torch.mul(down, weights[..., None], out=scaled)
-        return torch.addmm(hidden, scaled.view(hidden.shape[0], -1), self.o_up.view(self.hidden_size, -1).t())
+        scaled = (down * weights[..., None]).reshape(hidden.shape[0], -1)
+        return torch.addmm(hidden, scaled, self.o_up.view(self.hidden_size, -1).t())
 
 
 class SegmentRouter(nn.Module):

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.activation import get_act_fn
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -69,6 +70,9 @@ def check_servable(config) -> None:
         raise ValueError(f"WINGS in vLLM: text model type '{model_type}' is not supported ({SUPPORTED_TEXT_MODEL_TYPES})")
 
 
+# vLLM compiles the decoder (its default outside enforce_eager: inductor on CPU, CUDA graphs on GPUs) as it
+# does its own Qwen2/Llama models; every input's first dimension is the step's token count.
+@support_torch_compile(dynamic_arg_dims={"positions": {0: "b"}, "inputs_embeds": {0: "b"}, "is_image": {0: "b"}})
 class WingsTextModel(nn.Module):
     """The LLM's decoder (`language_model.model`): embeddings, decoder layers, final norm."""
 

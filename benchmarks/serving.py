@@ -1,7 +1,7 @@
 """Serving throughput of WINGS in vLLM, as ratios measured in one run on one machine.
 
     .venv-serve/bin/python benchmarks/serving.py [--device cpu|cuda] [--shape small|medium|large]
-        [--rounds 2] [--repeats 3] [--output benchmarks/results/serving.json]
+        [--rounds 2] [--repeats 3] [--enforce-eager] [--output benchmarks/results/serving.json]
 
 A random WINGS model (Qwen2 LLM, learners of rank 64 in every layer, segment router, SigLIP tower) is
 saved once, together with its plain LLM (the same weights without learners, a Qwen2 checkpoint). Rows:
@@ -12,7 +12,8 @@ saved once, together with its plain LLM (the same weights without learners, a Qw
                                 vLLM over WINGS through Hugging Face `generate` (one left-padded batch
                                 of 16, cached decoding); target >= 5
 
-Every request decodes exactly `--tokens` tokens (EOS ignored on both sides, no detokenization). Each
+Both engines run vLLM's default execution mode (the decoder compiled: inductor on CPU, plus CUDA graphs
+on GPUs), as `vllm serve` does; `--enforce-eager` measures the eager mode instead. Every request decodes exactly `--tokens` tokens (EOS ignored on both sides, no detokenization). Each
 vLLM engine runs in a subprocess of its own (one engine per process); the engine start is not timed, one
 warm-up request is. On a shared machine the timings are noisy, so the WINGS and plain engines run in
 alternating rounds (`--rounds`), each timing its workload `--repeats` times; the first row is reported
@@ -104,11 +105,12 @@ def workload(with_images: bool) -> list[tuple[str, list]]:
     return requests
 
 
-def vllm_worker(model_dir: str, with_images: list[bool], tokens: int, dtype: str, repeats: int) -> dict:
+def vllm_worker(model_dir: str, with_images: list[bool], tokens: int, dtype: str, repeats: int,
+                enforce_eager: bool) -> dict:
     """Run in a subprocess: output tokens/s of vLLM over each workload, `repeats` timings each."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_dir, dtype=dtype, max_model_len=1024, max_num_seqs=REQUESTS, enforce_eager=True,
+    llm = LLM(model=model_dir, dtype=dtype, max_model_len=1024, max_num_seqs=REQUESTS, enforce_eager=enforce_eager,
               limit_mm_per_prompt={"image": 1} if any(with_images) else None)
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True, detokenize=False)
     result = {}
@@ -125,9 +127,12 @@ def vllm_worker(model_dir: str, with_images: list[bool], tokens: int, dtype: str
     return result
 
 
-def run_vllm(model_dir: Path, with_images: list[bool], tokens: int, dtype: str, repeats: int) -> dict:
+def run_vllm(model_dir: Path, with_images: list[bool], tokens: int, dtype: str, repeats: int,
+             enforce_eager: bool) -> dict:
     command = [sys.executable, __file__, "--worker", str(model_dir), "--tokens", str(tokens), "--dtype", dtype,
                "--repeats", str(repeats), "--workloads", ",".join("images" if i else "text" for i in with_images)]
+    if enforce_eager:
+        command.append("--enforce-eager")
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"vLLM worker failed:\n{done.stderr[-4000:]}")
@@ -162,6 +167,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
     parser.add_argument("--rounds", type=int, default=2, help="alternating WINGS / plain engine runs")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the workload per engine run")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="run both vLLM engines eagerly (default: vLLM's compiled default, as `vllm serve`)")
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workloads", default="", help=argparse.SUPPRESS)
@@ -169,7 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         flags = [name == "images" for name in args.workloads.split(",")]
-        print(RESULT + json.dumps(vllm_worker(args.worker, flags, args.tokens, args.dtype, args.repeats)), flush=True)
+        result = vllm_worker(args.worker, flags, args.tokens, args.dtype, args.repeats, args.enforce_eager)
+        print(RESULT + json.dumps(result), flush=True)
         return
 
     shape = args.shape or DEFAULT_SHAPE[args.device]
@@ -180,8 +188,8 @@ def main() -> None:
         for round_index in range(args.rounds):
             # The image workload once (first round): its row compares with HF generate, not with the plain LLM.
             wings = run_vllm(wings_dir, [False, True] if round_index == 0 else [False], args.tokens, dtype,
-                             args.repeats)
-            plain = run_vllm(llm_dir, [False], args.tokens, dtype, args.repeats)
+                             args.repeats, args.enforce_eager)
+            plain = run_vllm(llm_dir, [False], args.tokens, dtype, args.repeats, args.enforce_eager)
             wings_rates.append(max(wings["text"]))
             plain_rates.append(max(plain["text"]))
             image_rates += wings.get("images", [])
@@ -199,7 +207,8 @@ def main() -> None:
                               "vllm_plain_text": float(np.median(plain_rates)),
                               "vllm_wings_images": float(np.median(image_rates)), "hf_generate_images": hf},
         "settings": {"device": args.device, "dtype": dtype, "requests": REQUESTS, "tokens": args.tokens,
-                     "shape": shape, "sizes": SHAPES[shape], "rounds": args.rounds, "repeats": args.repeats},
+                     "shape": shape, "sizes": SHAPES[shape], "rounds": args.rounds, "repeats": args.repeats,
+                     "vllm_mode": "eager" if args.enforce_eager else "compiled"},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "load_average": os.getloadavg(),
                     "omp": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")}},

@@ -46,6 +46,15 @@ def test_positional_router_is_refused_with_a_clear_error(wings_dir):
     check_servable(config)
 
 
+def test_families_the_plugin_does_not_build_are_refused(wings_dir):
+    from wings.serving.model import check_servable
+
+    config = AutoConfig.from_pretrained(wings_dir)
+    config.text_config.model_type = "qwen3"  # trains in WINGS, but its q/k norms are not in the plugin's layers
+    with pytest.raises(ValueError, match="serves LLMs of type qwen2, llama; this model's is 'qwen3'"):
+        check_servable(config)
+
+
 def test_old_and_new_checkpoint_layouts_load_the_same_parameters(wings_dir, tmp_path):
     import shutil
 

@@ -34,7 +34,6 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.config import set_default_rope_theta
 
-from ..config import SUPPORTED_TEXT_MODEL_TYPES
 from .attention import learner_channels
 from .layers import LearnerKeysValues, WingsDecoderLayer
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
@@ -57,6 +56,12 @@ FUSED_PROJECTIONS = WeightsMapper(
 )
 
 
+# The families whose decoder layers the plugin builds (vLLM's own for layers without learners). The other
+# families WINGS trains (Qwen3, Gemma, Phi-3, ...) need q/k norms, softcaps, sliding windows or scalings
+# in the learner layers first.
+SERVED_TEXT_MODEL_TYPES = ("qwen2", "llama")
+
+
 def check_servable(config) -> None:
     """Raise a `ValueError` for WINGS settings the vLLM model cannot compute."""
     if config.router == "positional" and config.learner_mode == "routed":
@@ -66,8 +71,12 @@ def check_servable(config) -> None:
             "Hugging Face generate for this one."
         )
     model_type = config.text_config.model_type
-    if model_type not in SUPPORTED_TEXT_MODEL_TYPES:
-        raise ValueError(f"WINGS in vLLM: text model type '{model_type}' is not supported ({SUPPORTED_TEXT_MODEL_TYPES})")
+    if model_type not in SERVED_TEXT_MODEL_TYPES:
+        raise ValueError(
+            f"WINGS in vLLM: the plugin serves LLMs of type {', '.join(SERVED_TEXT_MODEL_TYPES)}; this model's is "
+            f"'{model_type}' (its layers differ in ways the plugin does not reproduce yet). Such models answer "
+            "through Hugging Face generate (`wings chat`, `model.generate`)."
+        )
 
 
 # vLLM compiles the decoder (its default outside enforce_eager: inductor on CPU, CUDA graphs on GPUs) as it

@@ -405,7 +405,7 @@ def lab(
     About 10 minutes on 2 idle CPU cores (9 min measured); --quick proves the pipeline in about 3 minutes. Finished steps
     are cached in --output, so an interrupted run resumes. `--study frontier` runs the second study:
     stage 2 of llava and wings at four LLM learning rates (plus text-share variants) over 3 seeds, on
-    a multimodal task that needs the LLM, with bootstrap intervals (about 50 minutes on 2 free cores;
+    a multimodal task that needs the LLM, with bootstrap intervals (about 45 minutes on 2 cores;
     --quick about 5).
 
     Args:

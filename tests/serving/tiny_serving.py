@@ -111,39 +111,54 @@ from tiny_serving import sample_image
 from vllm import LLM, SamplingParams
 
 if __name__ == "__main__":
-    folder, prompts, n_tokens, enforce_eager = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+    folder, prompts, n_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    enforce_eager, tp_size = sys.argv[4] == "1", int(sys.argv[5])
     llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
-              max_num_seqs=4, limit_mm_per_prompt={{"image": 2}})
+              max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
+              distributed_executor_backend="mp" if tp_size > 1 else None)
     requests = [{{"prompt": p}} for p, _ in prompts]
     for request, (_, n) in zip(requests, prompts):
         if n:
             request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
-    params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens)
-    outputs = llm.generate(requests, params, use_tqdm=False)
-    print("engine-result: " + json.dumps([list(o.outputs[0].token_ids) for o in outputs]), flush=True)
+    params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
+    outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
+    result = [[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]] for o in outputs]
+    print("engine-result: " + json.dumps(result), flush=True)
 """
 
 
-def hf_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int) -> list[list[int]]:
-    """Greedy ids of the saved model through Hugging Face `generate`; prompt i carries images sample_image(0..n-1)."""
+def hf_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int,
+              with_logprobs: bool = False) -> list[list[int]] | list[tuple[list[int], list[float]]]:
+    """Greedy ids of the saved model through Hugging Face `generate`; prompt i carries images sample_image(0..n-1).
+
+    with_logprobs: also each chosen token's log-probability (the image token suppressed, as in vLLM).
+    """
     from wings.processing import WingsProcessor
 
     model = WingsForConditionalGeneration.from_pretrained(folder).eval()
     processor = WingsProcessor.from_pretrained(folder)
-    ids = []
+    results = []
     for prompt, n_images in prompts:
         inputs = processor(prompt, images=[sample_image(i) for i in range(n_images)] or None)
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False)
-        ids.append(out[0, inputs["input_ids"].shape[1]:].tolist())
-    return ids
+            out = model.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+        ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        logits = torch.stack(out.logits)[:, 0].float()
+        logits[:, model.config.image_token_id] = float("-inf")
+        logprobs = torch.log_softmax(logits, dim=-1)[torch.arange(len(ids)), ids].tolist()
+        results.append((ids, logprobs) if with_logprobs else ids)
+    return results
 
 
 def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, workdir: Path,
-                  enforce_eager: bool = True) -> list[list[int]]:
-    """Greedy ids from a vLLM engine in a subprocess of its own (a test session's engine lives in-process).
+                  enforce_eager: bool = True, tensor_parallel_size: int = 1,
+                  with_logprobs: bool = False) -> list[list[int]] | list[tuple[list[int], list[float]]]:
+    """Greedy ids (and with_logprobs, each chosen token's log-probability) from a vLLM engine in a subprocess
+    of its own (a test session's engine lives in-process).
 
     enforce_eager=False runs vLLM's default compiled path (the decoder traced once and compiled by inductor).
+    tensor_parallel_size > 1 starts one worker process per rank, each bound to one of this process's CPUs.
     """
     import json
     import os
@@ -154,8 +169,14 @@ def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, w
     script.write_text(ENGINE_SCRIPT.format(here=str(Path(__file__).parent)))
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    args = [sys.executable, str(script), str(folder), json.dumps(prompts), str(n_tokens), "1" if enforce_eager else "0"]
+    if tensor_parallel_size > 1:
+        # vLLM binds each CPU worker's threads to a NUMA node; a one-node machine needs explicit per-rank CPUs.
+        cpus = sorted(os.sched_getaffinity(0))[:tensor_parallel_size]
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cpus)
+    args = [sys.executable, str(script), str(folder), json.dumps(prompts), str(n_tokens),
+            "1" if enforce_eager else "0", str(tensor_parallel_size)]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("engine-result: ")]
-    return json.loads(line[len("engine-result: "):])
+    results = json.loads(line[len("engine-result: "):])
+    return [tuple(r) for r in results] if with_logprobs else [ids for ids, _ in results]

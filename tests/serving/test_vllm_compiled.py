@@ -11,16 +11,13 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from tiny_serving import engine_greedy, hf_greedy, save_tiny_wings  # noqa: E402
+from tiny_serving import ENGINE_PROMPTS, engine_greedy, hf_greedy, save_tiny_wings  # noqa: E402
 
-USER, END = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
-PROMPTS = [(USER + "hello, how are you?" + END, 0), (USER + "fine thanks <image>\nwhat colour is the circle?" + END, 1),
-           (USER + "<image>\nand <image>\nwhat colour is the square? it is" + END, 2)]
 N_TOKENS = 10
 
 
 @pytest.mark.slow
 def test_compiled_engine_matches_hf_generate(tmp_path):
     folder = save_tiny_wings(tmp_path / "routed")
-    want = hf_greedy(folder, PROMPTS, N_TOKENS)
-    assert engine_greedy(folder, PROMPTS, N_TOKENS, tmp_path, enforce_eager=False) == want
+    want = hf_greedy(folder, ENGINE_PROMPTS, N_TOKENS)
+    assert engine_greedy(folder, ENGINE_PROMPTS, N_TOKENS, tmp_path, enforce_eager=False) == want

@@ -12,11 +12,8 @@ import torch
 
 pytest.importorskip("vllm")
 
-from tiny_serving import engine_greedy, hf_greedy, save_tiny_wings  # noqa: E402
+from tiny_serving import ENGINE_PROMPTS, engine_greedy, hf_greedy, save_tiny_wings  # noqa: E402
 
-USER, END = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
-PROMPTS = [(USER + "hello, how are you?" + END, 0), (USER + "fine thanks <image>\nwhat colour is the circle?" + END, 1),
-           (USER + "<image>\nand <image>\nwhat colour is the square? it is" + END, 2)]
 N_TOKENS = 8
 
 
@@ -24,8 +21,8 @@ N_TOKENS = 8
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU per tensor-parallel rank")
 def test_two_ranks_match_hf_generate(tmp_path):
     folder = save_tiny_wings(tmp_path / "tp")  # 4 heads / 2 KV heads: each rank holds 2 / 1 and 2 learner heads
-    want = hf_greedy(folder, PROMPTS, N_TOKENS, with_logprobs=True)
-    got = engine_greedy(folder, PROMPTS, N_TOKENS, tmp_path, tensor_parallel_size=2, with_logprobs=True)
+    want = hf_greedy(folder, ENGINE_PROMPTS, N_TOKENS, with_logprobs=True)
+    got = engine_greedy(folder, ENGINE_PROMPTS, N_TOKENS, tmp_path, tensor_parallel_size=2, with_logprobs=True)
     for (ids, logprobs), (want_ids, want_logprobs) in zip(got, want):
         assert ids == want_ids
         torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(want_logprobs), rtol=0, atol=2e-4)

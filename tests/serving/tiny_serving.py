@@ -104,6 +104,14 @@ def sample_image(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+USER, END = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+# (prompt, number of images) for engines in their own process: text only, one image after text, two images.
+ENGINE_PROMPTS = [
+    (USER + "hello, how are you?" + END, 0),
+    (USER + "fine thanks <image>\nwhat colour is the circle?" + END, 1),
+    (USER + "<image>\nand <image>\nwhat colour is the square? it is" + END, 2),
+]
+
 ENGINE_SCRIPT = """
 import json, sys
 sys.path.insert(0, {here!r})

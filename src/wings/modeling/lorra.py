@@ -234,12 +234,9 @@ def learner_pair_weights(visual: LoRRA, textual: LoRRA) -> tuple[torch.Tensor, .
     """
     def build():
         rank, width = visual.rank, visual.hidden_size
-        q_up = visual.q.up.weight.new_zeros(2 * rank, 2 * width)
-        q_up[:rank, :width] = visual.q.up.weight.t()
-        q_up[rank:, width:] = textual.q.up.weight.t()
         return (
             torch.cat((visual.q.down.weight, textual.q.down.weight)).t(),
-            q_up,
+            torch.block_diag(visual.q.up.weight.t(), textual.q.up.weight.t()),
             visual.o_down.weight.t(),
             textual.o_down.weight.t(),
             torch.cat((visual.o_up.weight, textual.o_up.weight), dim=1).t(),
@@ -438,14 +435,10 @@ class LoRRA(nn.Module):
         [A_k; A_v]^T [d, 2r] (one down-projection for keys and values), B_k^T, B_v^T [r, d], A_o^T [d, r],
         B_o^T [r, d], block-diag(B_k^T, B_v^T) [2r, 2d] (one up-projection for a few keys' K and V)."""
         def build():
-            rank, width = self.rank, self.hidden_size
-            kv_up = self.k.up.weight.new_zeros(2 * rank, 2 * width)
-            kv_up[:rank, :width] = self.k.up.weight.t()
-            kv_up[rank:, width:] = self.v.up.weight.t()
             return (
                 self.q.down.weight.t(), self.q.up.weight.t(),
                 torch.cat((self.k.down.weight, self.v.down.weight)).t(), self.k.up.weight.t(), self.v.up.weight.t(),
-                self.o_down.weight.t(), self.o_up.weight.t(), kv_up,
+                self.o_down.weight.t(), self.o_up.weight.t(), torch.block_diag(self.k.up.weight.t(), self.v.up.weight.t()),
             )
 
         return packed_weights(self, "_packed", tuple(self.parameters()), build)

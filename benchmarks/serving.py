@@ -15,10 +15,10 @@ saved once, together with its plain LLM (the same weights without learners, a Qw
 Both engines run vLLM's default execution mode (the decoder compiled: inductor on CPU, plus CUDA graphs
 on GPUs), as `vllm serve` does; `--enforce-eager` measures the eager mode instead. Every request decodes
 exactly `--tokens` tokens (EOS ignored on both sides, no detokenization). Each vLLM engine runs in a
-subprocess of its own (one engine per process); the engine start is not timed, one warm-up request is. On a shared machine the timings are noisy, so the WINGS and plain engines run in
-alternating rounds (`--rounds`), each timing its workload `--repeats` times; the first row is reported
-as the ratio of the median rounds' tokens/s, with the per-round ratios (best timing of each engine in
-the round) beside it.
+subprocess of its own (one engine per process); the engine start is not timed, one warm-up request is.
+On a shared machine the timings are noisy, so the WINGS and plain engines run in alternating rounds
+(`--rounds`), each timing its workload `--repeats` times; the first row is reported as the ratio of the
+median rounds' tokens/s, with the per-round ratios (best timing of each engine in the round) beside it.
 """
 
 from __future__ import annotations

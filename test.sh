@@ -15,10 +15,10 @@ if [ "${WINGS_SKIP_SERVE:-0}" = "1" ]; then
 fi
 "$root/scripts/ensure_venv_serve.sh"
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
-# The floor check: config, processor, and the model's core behaviour (parity with the LLM, cached
+# The floor check: config, processor, training arguments, and the model's core behaviour (parity with the LLM, cached
 # generation, save/load, pinned numbers) on the lowest transformers; the whole model suite runs above.
 # activation_checkpointing_enable is a newer-transformers API; the floor check leaves that one test out.
 exec "$root/.venv-serve/bin/python" -m pytest -q -p no:cacheprovider tests/serving tests/test_config.py \
-  tests/test_processing.py tests/modeling/test_parity.py tests/modeling/test_generation.py \
+  tests/test_processing.py tests/training/test_recipe.py tests/modeling/test_parity.py tests/modeling/test_generation.py \
   tests/modeling/test_save_load.py tests/modeling/test_pinned_outputs.py tests/modeling/test_static_cache.py \
   --deselect tests/modeling/test_save_load.py::test_gradient_checkpointing_gives_the_same_gradients

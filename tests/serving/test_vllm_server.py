@@ -6,14 +6,8 @@ layers with learners under `.decoder_layer.`), the offline-engine tests the layo
 
 from __future__ import annotations
 
-import base64
-import io
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,32 +15,16 @@ import pytest
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 
-from tiny_serving import rename_to_decoder_layer_keys, sample_image  # noqa: E402
+from tiny_serving import (  # noqa: E402
+    chat,
+    free_port,
+    image_part,
+    rename_to_decoder_layer_keys,
+    running_server,
+    sample_image,
+)
 
 N_TOKENS = 10
-STARTUP_SECONDS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_healthy(process: subprocess.Popen, port: int, log_path) -> None:
-    import urllib.request
-
-    deadline = time.time() + STARTUP_SECONDS
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"the server did not come up in {STARTUP_SECONDS} s:\n{log_path.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -55,41 +33,13 @@ def client(wings_dir, tmp_path_factory):
     for item in wings_dir.iterdir():
         shutil.copy(item, folder / item.name)
     rename_to_decoder_layer_keys(folder)
-    port = free_port()
-    log_path = folder / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     command = [
         sys.executable, "-c", "from wings.serving import serve_main; serve_main()", str(folder),
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(free_port()), "--dtype", "float32", "--enforce-eager",
         "--max-model-len", "512", "--max-num-seqs", "16", "--limit-mm-per-prompt", '{"image": 2}',
     ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_until_healthy(process, port, log_path)
-        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def image_part(image) -> dict:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
-
-
-def chat(client, content, **kwargs) -> str:
-    response = client.chat.completions.create(
-        model=client.models.list().data[0].id,
-        messages=[{"role": "user", "content": content}],
-        max_tokens=N_TOKENS, temperature=0, extra_body={"min_tokens": N_TOKENS}, **kwargs,
-    )
-    return response.choices[0].message.content
+    with running_server(command, folder / "server.log") as url:
+        yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
 
 
 def hf_reply(hf_generate, text: str, images: list) -> str:
@@ -104,7 +54,7 @@ def hf_reply(hf_generate, text: str, images: list) -> str:
 @pytest.mark.slow
 def test_chat_completion_with_a_base64_image_matches_generate(client, hf_generate):
     image = sample_image(5)
-    reply = chat(client, [image_part(image), {"type": "text", "text": "what colour is the circle?"}])
+    reply = chat(client, [image_part(image), {"type": "text", "text": "what colour is the circle?"}], N_TOKENS)
     assert reply == hf_reply(hf_generate, "what colour is the circle?", [image])
 
 
@@ -116,8 +66,8 @@ def test_sixteen_concurrent_requests_are_all_answered(client, hf_generate):
 
     def ask(i: int) -> tuple[str, str]:
         if i % 2:
-            return chat(client, [image_part(image), {"type": "text", "text": "and this one?"}]), expected_image
-        return chat(client, "hello, how are you?"), expected_text
+            return chat(client, [image_part(image), {"type": "text", "text": "and this one?"}], N_TOKENS), expected_image
+        return chat(client, "hello, how are you?", N_TOKENS), expected_text
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, range(16)))
@@ -140,8 +90,8 @@ def test_sixteen_concurrent_requests_are_all_answered(client, hf_generate):
 )
 def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_answering(client, content):
     with pytest.raises(openai.APIStatusError) as error:
-        chat(client, content)
+        chat(client, content, N_TOKENS)
     assert 400 <= error.value.status_code < 500
     body = error.value.response.json()
     assert body["error"]["message"]
-    assert chat(client, "hello, how are you?")
+    assert chat(client, "hello, how are you?", N_TOKENS)

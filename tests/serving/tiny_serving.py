@@ -7,7 +7,7 @@ if it computes the learners exactly; layer 1 has no learners (vLLM's own decoder
 from __future__ import annotations
 
 import re
-
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,117 @@ def rename_to_decoder_layer_keys(folder: Path) -> None:
         return key[: match.end()] + "decoder_layer." + key[match.end():]
 
     save_file({old(k): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def save_tiny_hub(folder: Path) -> tuple[Path, Path]:
+    """What a user starts `wings train` from: a tiny Qwen2 LLM with its tokenizer and a SigLIP tower with its
+    image processor, each saved as on the Hub. Returns (llm_dir, vision_dir)."""
+    tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
+    torch.manual_seed(0)
+    llm = Qwen2ForCausalLM(Qwen2Config(
+        hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=192,
+        vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ))
+    vision = SiglipVisionModel(SiglipVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                                  num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH))
+    llm_dir, vision_dir = Path(folder) / "llm", Path(folder) / "vision"
+    llm.save_pretrained(llm_dir)
+    tokenizer.save_pretrained(llm_dir)
+    vision.save_pretrained(vision_dir)
+    SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(vision_dir)
+    return llm_dir, vision_dir
+
+
+def write_llava_data(folder: Path, n_image: int = 12, n_text: int = 4) -> tuple[Path, Path]:
+    """A LLaVA-format data file (image questions about random images, text-only chat); returns (json, image folder)."""
+    import json
+
+    images = Path(folder) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i in range(n_image):
+        sample_image(100 + i).save(images / f"img{i}.png")
+        samples.append({"id": f"v{i}", "image": f"img{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat colour is the circle?"},
+            {"from": "gpt", "value": ("red", "green", "blue", "yellow")[i % 4]},
+        ]})
+    for i in range(n_text):
+        samples.append({"id": f"t{i}", "conversations": [
+            {"from": "human", "value": "hello, how are you?"}, {"from": "gpt", "value": "fine thanks, and you?"},
+        ]})
+    data = Path(folder) / "data.json"
+    data.write_text(json.dumps(samples))
+    return data, images
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(process, port: int, log_path: Path, seconds: int = 300) -> None:
+    """Block until the server answers /health; raises with the log's tail if it exits or takes too long."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"the server did not come up in {seconds} s:\n{log_path.read_text()[-4000:]}")
+
+
+@contextmanager
+def running_server(command: list[str], log_path: Path):
+    """Start an OpenAI-compatible server (`command` must bind 127.0.0.1:port); yields its base URL and
+    stops it on exit. VLLM_CPU_KVCACHE_SPACE defaults to 1 GiB, enough for the tiny models."""
+    import os
+    import subprocess
+
+    port = command[command.index("--port") + 1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until_healthy(process, int(port), log_path)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def chat(client, content, n_tokens: int, **kwargs) -> str:
+    """The reply to one user message through an `openai` client: greedy, exactly n_tokens long."""
+    response = client.chat.completions.create(
+        model=client.models.list().data[0].id,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=n_tokens, temperature=0, extra_body={"min_tokens": n_tokens}, **kwargs,
+    )
+    return response.choices[0].message.content
+
+
+def image_part(image: Image.Image) -> dict:
+    """An OpenAI chat content part carrying `image` as a base64 PNG data URL."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
 
 
 def sample_image(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:

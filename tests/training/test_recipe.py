@@ -84,3 +84,16 @@ def test_train_preset_fills_backbones_and_shape(monkeypatch):
     assert seen["llm"] == "Qwen/Qwen1.5-7B-Chat" and seen["vision"] == "google/siglip-so400m-patch14-384"
     assert seen["recipe"].model["learner_rank"] == 32  # explicit overrides win over the preset
     assert seen["recipe"].model["router"] == "segment"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_training_arguments_carry_the_recipe_checkpointing(enabled, tmp_path):
+    from wings.training.run import training_arguments
+
+    recipe = load_recipe("wings_stage2", [f"optim.gradient_checkpointing={str(enabled).lower()}", "optim.bf16=false"])
+    args = training_arguments(recipe, str(tmp_path), max_steps=5)
+    # The field was renamed after transformers 5.19; either name must carry the recipe's choice.
+    on = getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
+    assert bool(on) is enabled and args.max_steps == 5
+    kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
+    assert (kwargs == {"use_reentrant": False}) is enabled

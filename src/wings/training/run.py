@@ -101,8 +101,7 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         weight_decay=o.weight_decay,
         max_grad_norm=o.max_grad_norm,
         bf16=o.bf16,
-        activation_checkpointing=o.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
+        **_checkpointing_arguments(o.gradient_checkpointing),
         seed=o.seed,
         data_seed=o.seed,
         save_strategy="steps",
@@ -117,6 +116,15 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         use_cpu=not _has_accelerator(),
         disable_tqdm=False,
     )
+
+
+def _checkpointing_arguments(enabled: bool) -> dict:
+    """Activation checkpointing for `TrainingArguments`, under the name this transformers version uses
+    (`activation_checkpointing` replaced `gradient_checkpointing` after 5.19, the oldest release we support)."""
+    name = "activation_checkpointing"
+    if name not in TrainingArguments.__dataclass_fields__:
+        name = "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def _has_accelerator() -> bool:

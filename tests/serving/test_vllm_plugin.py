@@ -50,8 +50,24 @@ def test_families_the_plugin_does_not_build_are_refused(wings_dir):
     from wings.serving.model import check_servable
 
     config = AutoConfig.from_pretrained(wings_dir)
-    config.text_config.model_type = "qwen3"  # trains in WINGS, but its q/k norms are not in the plugin's layers
-    with pytest.raises(ValueError, match="serves LLMs of type qwen2, llama; this model's is 'qwen3'"):
+    config.text_config.model_type = "gemma3_text"  # trains in WINGS; its sandwich norms are not in the plugin's layers
+    with pytest.raises(ValueError, match="serves LLMs of type qwen2, qwen3, llama, mistral; this model's is 'gemma3_text'"):
+        check_servable(config)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])
+def test_sliding_windows_are_refused(wings_dir, model_type):
+    from wings.serving.model import check_servable
+
+    config = AutoConfig.from_pretrained(wings_dir)
+    text = config.text_config
+    text.model_type, text.sliding_window = model_type, None
+    check_servable(config)
+    text.sliding_window = 64
+    if model_type != "mistral":
+        check_servable(config)  # Qwen keeps a window size in its config but uses it only where layer_types say so
+        text.layer_types = ["full_attention", "sliding_attention", "full_attention"]
+    with pytest.raises(ValueError, match=f"this {model_type} LLM attends over a sliding window of 64 tokens"):
         check_servable(config)
 
 

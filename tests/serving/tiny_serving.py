@@ -17,8 +17,12 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
@@ -46,8 +50,18 @@ def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, s
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
+# The LLM families the plugin serves. Qwen3 and Mistral get an explicit head_dim of 64, twice the learners' d/H
+# of 32, so the learners need RoPE tables of their own, as in Qwen3-4B or Mistral Nemo.
+FAMILY_LLMS = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=64)),
+    "mistral": (MistralConfig, MistralForCausalLM, dict(head_dim=64, sliding_window=None)),
+}
+
+
 def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), **settings) -> Path:
-    """Save model + processor (as `wings train` does) to `folder`; returns it."""
+    """Save model + processor (as `wings train` does) to `folder`; returns it. family: a key of FAMILY_LLMS."""
     tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
     torch.manual_seed(0)
     common = dict(
@@ -55,7 +69,12 @@ def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), 
         vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     )
-    llm = Qwen2ForCausalLM(Qwen2Config(**common)) if family == "qwen2" else LlamaForCausalLM(LlamaConfig(**common))
+    config_class, model_class, extra = FAMILY_LLMS[family]
+    llm = model_class(config_class(**common, **extra))
+    with torch.no_grad():  # norms start at the identity; random ones make a misplaced norm (q_norm, k_norm) visible
+        for name, p in llm.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
     torch.manual_seed(1)
     vision = SiglipVisionModel(
         SiglipVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,

@@ -37,17 +37,38 @@ from .attention import supported_head_size
 
 
 def attention_biases(text_config) -> tuple[bool, bool]:
-    """(q/k/v bias, o bias) of the LLM family: Qwen2 has q/k/v biases; Llama/Mistral follow `attention_bias`."""
+    """(q/k/v bias, o bias) of the LLM family: Qwen2 has q/k/v biases; Qwen3, Llama and Mistral follow
+    `attention_bias`."""
     if text_config.model_type == "qwen2":
         return True, False
     bias = bool(getattr(text_config, "attention_bias", False))
+    if text_config.model_type == "qwen3":
+        return bias, bias
     return bool(getattr(text_config, "qkv_bias", bias)), bias
+
+
+def llm_head_dim(text_config) -> int:
+    """The LLM's attention head width: `head_dim` where the config sets it (Qwen3, Mistral Nemo, ...), else d/H.
+    The learners' heads are always d/H wide."""
+    return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+
+
+def learner_rope(text_config):
+    """vLLM's rotary embedding at the learners' head width d/H, with the LLM's RoPE settings (the same object as
+    the LLM's own where the widths agree: vLLM caches rotary embeddings by their arguments)."""
+    return get_rope(
+        text_config.hidden_size // text_config.num_attention_heads,
+        max_position=text_config.max_position_embeddings,
+        rope_parameters=getattr(text_config, "rope_parameters", None),
+        is_neox_style=True,
+    )
 
 
 class WingsSelfAttention(nn.Module):
     """The LLM's self-attention; with `with_image_mass` it also returns each head's attention mass on image keys.
 
-    The mass rides in one extra value channel (1 on image keys), so the paged kernel computes it with
+    Qwen3's per-head RMSNorm of queries and keys (`q_norm`, `k_norm`, before RoPE) is applied where the family
+    has it. The mass rides in one extra value channel (1 on image keys), so the paged kernel computes it with
     the output; queries and keys are zero-padded to the same width, which leaves the scores unchanged.
     """
 
@@ -66,7 +87,7 @@ class WingsSelfAttention(nn.Module):
             )
         self.num_heads = self.total_num_heads // tp_size
         self.num_kv_heads = max(1, self.total_num_kv_heads // tp_size)
-        self.head_dim = hidden // self.total_num_heads
+        self.head_dim = llm_head_dim(text_config)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.with_image_mass = with_image_mass
         self.padded = supported_head_size(self.head_dim + 1) if with_image_mass else self.head_dim
@@ -85,6 +106,10 @@ class WingsSelfAttention(nn.Module):
             rope_parameters=getattr(text_config, "rope_parameters", None),
             is_neox_style=True,
         )
+        self.qk_norm = text_config.model_type == "qwen3"
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
         self.attn = Attention(
             self.num_heads, self.padded, self.head_dim**-0.5, num_kv_heads=self.num_kv_heads,
             cache_config=cache_config, quant_config=quant_config, prefix=f"{prefix}.attn",
@@ -96,6 +121,9 @@ class WingsSelfAttention(nn.Module):
         """x [T, d] (normed), is_image [T] bool -> output after o_proj [T, d] and image mass [T, H] (or None)."""
         qkv, _ = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:
+            q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).view(q.shape)
+            k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).view(k.shape)
         q, k = self.rotary_emb(positions, q, k)
         mass = None
         if self.with_image_mass:
@@ -326,7 +354,8 @@ class SegmentRouter(nn.Module):
 
 
 class WingsDecoderLayer(nn.Module):
-    """A Llama-family decoder layer with WINGS learners, in vLLM's (hidden, residual) calling convention.
+    """A Llama-family decoder layer (Qwen2, Qwen3, Llama, Mistral) with WINGS learners, in vLLM's (hidden,
+    residual) calling convention.
 
     Parameter names are the LLM's own (`self_attn.*`, `mlp.*`, norms) plus `visual_learner.*`,
     `textual_learner.*` and `router.*`, as in the saved checkpoints.
@@ -363,14 +392,15 @@ class WingsDecoderLayer(nn.Module):
         is_image: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
+        rotary_emb,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden_states, residual [T, d] (their sum is the layer input); is_image [T] bool; key, value
-        [T, H, padded] the learners' (this layer's slice of `LearnerKeysValues`). Returns (MLP output,
-        residual stream) whose sum is the layer output."""
+        [T, H, padded] the learners' (this layer's slice of `LearnerKeysValues`); rotary_emb: the learners' RoPE
+        (`learner_rope`). Returns (MLP output, residual stream) whose sum is the layer output."""
         x = hidden_states if residual is None else hidden_states + residual
         attn_out, mass = self.self_attn(positions, self.input_layernorm(x), is_image if self.routed else None)
         h = x + attn_out
-        down, sees_any = self.learners(positions, h, key, value, self.self_attn.rotary_emb)
+        down, sees_any = self.learners(positions, h, key, value, rotary_emb)
         weights = sees_any.to(h.dtype)
         if self.routed:
             weights = weights * self.router(mass).to(h.dtype)

@@ -1,8 +1,9 @@
-"""`WingsForConditionalGeneration` for vLLM: vision tower + projector + a Llama-family LLM with WINGS learners.
+"""`WingsForConditionalGeneration` for vLLM: vision tower + projector + a Llama-family LLM (Qwen2, Qwen3, Llama,
+Mistral) with WINGS learners.
 
 The module tree and parameter names mirror `wings.modeling.model.WingsForConditionalGeneration`, so
 the saved safetensors load as they are (vLLM fuses q/k/v and gate/up on load). Layers without
-learners are vLLM's own Qwen2/Llama decoder layers; layers with learners are
+learners are vLLM's own Qwen2/Qwen3/Llama/Mistral decoder layers; layers with learners are
 `wings.serving.layers.WingsDecoderLayer`.
 
 vLLM hands the model `inputs_embeds` (text embeddings with the projected image features scattered
@@ -27,7 +28,9 @@ from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, 
 from vllm.model_executor.models.clip import CLIPVisionModel
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
 from vllm.model_executor.models.llama import LlamaDecoderLayer
+from vllm.model_executor.models.mistral import MistralDecoderLayer
 from vllm.model_executor.models.qwen2 import Qwen2DecoderLayer
+from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer
 from vllm.model_executor.models.siglip import SiglipVisionModel
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, get_layer_index, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
@@ -35,7 +38,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.config import set_default_rope_theta
 
 from .attention import learner_channels
-from .layers import LearnerKeysValues, WingsDecoderLayer
+from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
 
 # Checkpoints saved before the decoder-layer wrapper kept the LLM's own names store the LLM weights
@@ -57,9 +60,19 @@ FUSED_PROJECTIONS = WeightsMapper(
 
 
 # The families whose decoder layers the plugin builds (vLLM's own for layers without learners). The other
-# families WINGS trains (Qwen3, Gemma, Phi-3, ...) need q/k norms, softcaps, sliding windows or scalings
-# in the learner layers first.
-SERVED_TEXT_MODEL_TYPES = ("qwen2", "llama")
+# families WINGS trains (Gemma, Phi-3, OLMo 2, MoE, ...) need softcaps, sandwich norms, scalings or expert
+# layers in the learner layers first.
+SERVED_TEXT_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+
+
+def sliding_window_in_use(text_config) -> bool:
+    """True when some layer of the LLM attends over a sliding window (which the learner layers do not model)."""
+    if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
+        return True
+    if text_config.model_type in ("qwen2", "qwen3"):
+        return bool(getattr(text_config, "use_sliding_window", False))
+    window = getattr(text_config, "sliding_window", None)
+    return window is not None and window < text_config.max_position_embeddings
 
 
 def check_servable(config) -> None:
@@ -77,6 +90,12 @@ def check_servable(config) -> None:
             f"'{model_type}' (its layers differ in ways the plugin does not reproduce yet). Such models answer "
             "through Hugging Face generate (`wings chat`, `model.generate`)."
         )
+    if sliding_window_in_use(config.text_config):
+        raise ValueError(
+            f"WINGS in vLLM: this {model_type} LLM attends over a sliding window of "
+            f"{config.text_config.sliding_window} tokens in some layers, which the plugin's layers with learners do "
+            "not reproduce; such models answer through Hugging Face generate (`wings chat`, `model.generate`)."
+        )
 
 
 # vLLM compiles the decoder (its default outside enforce_eager: inductor on CPU, CUDA graphs on GPUs) as it
@@ -89,7 +108,7 @@ class WingsTextModel(nn.Module):
         super().__init__()
         config = vllm_config.model_config.hf_config
         text = config.text_config
-        if text.model_type == "qwen2":
+        if text.model_type in ("qwen2", "qwen3"):
             set_default_rope_theta(text, default_theta=1000000)
         cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
         self.embed_tokens = VocabParallelEmbedding(
@@ -108,10 +127,16 @@ class WingsTextModel(nn.Module):
                 layers.append(WingsDecoderLayer(config, kv_weights, cache_config, quant_config, layer_prefix))
             elif text.model_type == "qwen2":
                 layers.append(Qwen2DecoderLayer(text, cache_config, quant_config, prefix=layer_prefix))
+            elif text.model_type == "qwen3":
+                layers.append(Qwen3DecoderLayer(text, cache_config, quant_config, prefix=layer_prefix))
+            elif text.model_type == "mistral":
+                layers.append(MistralDecoderLayer(vllm_config, prefix=layer_prefix, config=text))
             else:
                 layers.append(LlamaDecoderLayer(vllm_config, prefix=layer_prefix, config=text))
         self.layers = nn.ModuleList(layers)
         self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
+        # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.
+        self.learner_rotary_emb = learner_rope(text)
         self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -124,12 +149,13 @@ class WingsTextModel(nn.Module):
         hidden, residual = inputs_embeds, None
         if self.learner_layers:
             channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)
-            rope = self.learner_layers[0].self_attn.rotary_emb
-            keys, values = self.learner_keys_values(positions, inputs_embeds, channels, rope)
+            keys, values = self.learner_keys_values(positions, inputs_embeds, channels, self.learner_rotary_emb)
         index = 0
         for layer in self.layers:
             if isinstance(layer, WingsDecoderLayer):
-                hidden, residual = layer(positions, hidden, residual, is_image, keys[index], values[index])
+                hidden, residual = layer(
+                    positions, hidden, residual, is_image, keys[index], values[index], self.learner_rotary_emb
+                )
                 index += 1
             else:
                 hidden, residual = layer(positions, hidden, residual)

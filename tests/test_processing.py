@@ -35,6 +35,15 @@ def test_chat_messages_and_expansion(processor):
     assert int((batch["input_ids"] == processor.image_token_id).sum()) == 8
 
 
+def test_chat_template_renders_content_parts_as_the_processor_does(processor):
+    """Tools that give the template the parts themselves (vLLM's OpenAI server) get the processor's prompt."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"},
+                                             {"type": "image"}, {"type": "text", "text": "and this?"}]}]
+    direct = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert direct == processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert "<|im_start|>user\n<image>\nwhat colour?<image>\nand this?<|im_end|>" in direct
+
+
 def test_marker_image_mismatch(processor):
     with pytest.raises(ValueError, match="1 '<image>' marker.*2 image"):
         processor("<image> hi", images=[_img(), _img()])

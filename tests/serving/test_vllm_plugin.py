@@ -51,7 +51,8 @@ def test_families_the_plugin_does_not_build_are_refused(wings_dir):
 
     config = AutoConfig.from_pretrained(wings_dir)
     config.text_config.model_type = "gemma3_text"  # trains in WINGS; its sandwich norms are not in the plugin's layers
-    with pytest.raises(ValueError, match="serves LLMs of type qwen2, qwen3, llama, mistral; this model's is 'gemma3_text'"):
+    refusal = "serves LLMs of type qwen2, qwen3, llama, mistral; this model's is 'gemma3_text'"
+    with pytest.raises(ValueError, match=refusal):
         check_servable(config)
 
 

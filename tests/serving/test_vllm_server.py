@@ -66,7 +66,8 @@ def test_sixteen_concurrent_requests_are_all_answered(client, hf_generate):
 
     def ask(i: int) -> tuple[str, str]:
         if i % 2:
-            return chat(client, [image_part(image), {"type": "text", "text": "and this one?"}], N_TOKENS), expected_image
+            reply = chat(client, [image_part(image), {"type": "text", "text": "and this one?"}], N_TOKENS)
+            return reply, expected_image
         return chat(client, "hello, how are you?", N_TOKENS), expected_text
 
     with ThreadPoolExecutor(16) as pool:

@@ -19,13 +19,15 @@ IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, IMAGE_TOKEN)
 
 # ChatML, as Qwen uses it. `content` may be a string or a list of HF content parts
-# ({"type": "text", "text": ...} / {"type": "image"}); each image part renders as one <image>.
+# ({"type": "text", "text": ...} / {"type": "image"}); each image part renders as an <image> marker on its
+# own line, as in training data ("<image>\nquestion") and as `WingsProcessor` flattens parts. vLLM and other
+# tools that hand the parts to the template directly get the same prompt.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "{{ '<|im_end|>\n' }}"

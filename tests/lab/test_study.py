@@ -46,7 +46,9 @@ def test_bad_arguments_and_a_changed_study_in_the_same_folder_are_refused(tmp_pa
 def test_quick_study_end_to_end_and_resume(tmp_path, capfd):
     out = tmp_path / "frontier"
     metrics = run_study("frontier", output=str(out), quick=True, seeds=2, jobs=2)
-    assert json.loads((out / "metrics.json").read_text())["frontier_gap"] == metrics["frontier_gap"]
+    # Compared as JSON text: a quick study's frontiers may not overlap in retention, and NaN != NaN.
+    written = json.loads((out / "metrics.json").read_text())["frontier_gap"]
+    assert json.dumps(written, sort_keys=True) == json.dumps(metrics["frontier_gap"], sort_keys=True)
     models = study_models(QUICK_STUDY)
     assert set(metrics["models"]) == {m.name for m in models}
     for name, entry in metrics["models"].items():

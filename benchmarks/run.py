@@ -220,6 +220,37 @@ def flop_ratio(shape: Shape, length: int, image_tokens: int | None = None) -> fl
     return wings / sum(forward_flops(shape, length, n_img, False).values())
 
 
+def decode_reads(shape: Shape, context: int, image_tokens: int, wings: bool) -> dict[str, int]:
+    """Values read by one cached decode step (batch 1, `context` tokens cached, `image_tokens` of them an image).
+
+    At batch 1 a decode step multiplies one token by every weight matrix and reads every cached key and value
+    once, so on hardware bound by memory bandwidth its time follows these counts (times the bytes per value).
+    The unwrapped Qwen2: the decoder layers' weights (q/k/v with biases, o, MLP, two norms), the main cache
+    (keys and values of the KV heads), the final norm, one embedding row and the lm_head. WINGS adds, per
+    layer, the learner weights a step uses (both learners' q and o, the textual learner's k and v for the new
+    token, the router) and the learners' cache: a key and a value of full width d for every cached token (image
+    tokens for the visual learner, text tokens for the textual one). Packed block-diagonal matrices read some
+    zeros on top of this (see docs/decoding.md); the count is the ideal.
+    """
+    d, kv, r, h = shape.hidden, shape.kv_heads * shape.head_dim, shape.rank, shape.heads
+    per_layer = {
+        "layer_weights": d * (d + 2 * kv) + (d + 2 * kv) + d * d + 3 * d * shape.mlp + 2 * d,
+        "kv_cache": 2 * context * kv,
+    }
+    if wings:
+        per_layer["learner_weights"] = 2 * 2 * (2 * d * r) + 2 * (2 * d * r) + (2 * h * 2 + 2)
+        per_layer["learner_cache"] = 2 * context * d
+    parts = {name: shape.layers * count for name, count in per_layer.items()}
+    parts["head"] = shape.vocab * d + 2 * d  # lm_head, final norm, the new token's embedding row
+    return parts
+
+
+def decode_read_ratio(shape: Shape, context: int, image_tokens: int | None = None) -> float:
+    """Analytic values read per decode step, WINGS / plain LLM: the time ratio where decoding is memory-bound."""
+    n_img = shape.image_tokens if image_tokens is None else image_tokens
+    return sum(decode_reads(shape, context, n_img, True).values()) / sum(decode_reads(shape, context, n_img, False).values())
+
+
 # ------------------------------------------------------------------------------------------------
 # models and inputs
 
@@ -872,9 +903,13 @@ def run(settings: Settings, device: str = "cpu", preset: str = "custom", log=pri
         log("train MFU ...")
         rows += bench_mfu(models, s, device)
     seven_b = {f"qwen1.5-7b@{t}": flop_ratio(QWEN15_7B, t) for t in (1024, 2048, 4096)}
+    reads = {f"benchmark, vocab {v}, context {s.prompt_length}": decode_read_ratio(replace(s.shape, vocab=v), s.prompt_length)
+             for v in s.decode_vocabs}
+    reads.update({f"qwen1.5-7b, context {t}": decode_read_ratio(QWEN15_7B, t) for t in (1024, 4096)})
     return {
         "rows": rows,
         "flop_ratio_released_7b": seven_b,
+        "decode_read_ratio": reads,
         "settings": asdict(s),
         "shapes": {"benchmark": asdict(s.shape), "released_7b": asdict(QWEN15_7B)},
     }
@@ -893,6 +928,9 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['name']:<44} {r['measured']:>9.3f} {target:>10} {ok:>5}  {details}")
     lines.append("analytic FLOP ratio WINGS / plain, released Qwen1.5-7B shape (729 image tokens, rank 64):")
     for name, value in result["flop_ratio_released_7b"].items():
+        lines.append(f"  {name}: {value:.4f}")
+    lines.append("analytic values read per decode step WINGS / plain (the decode time ratio where memory-bound):")
+    for name, value in result["decode_read_ratio"].items():
         lines.append(f"  {name}: {value:.4f}")
     return "\n".join(lines)
 

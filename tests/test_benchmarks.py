@@ -34,7 +34,7 @@ def test_every_row_runs_on_a_micro_shape(bench, tmp_path):
             continue
         assert math.isfinite(row["measured"]) and row["measured"] > 0, row
     table = bench.format_table(result)
-    assert "qwen1.5-7b@2048" in table
+    assert "qwen1.5-7b@2048" in table and "qwen1.5-7b, context 1024" in table
     json.dumps(result)  # the --output file is plain JSON
 
 
@@ -49,3 +49,22 @@ def test_flop_accounting(bench):
     assert plain["attn_scores_values"] == layers * 4 * (1024 * 1025 / 2) * d  # causal half
     ratios = [bench.flop_ratio(bench.QWEN15_7B, t) for t in (1024, 2048, 4096)]
     assert 1.0 < ratios[0] < ratios[1] < ratios[2] < 1.3  # learner attention grows with T
+
+
+def test_decode_read_accounting_matches_the_models_parameters(bench):
+    shape = bench.MICRO
+    models = bench.build_models(shape, "cpu", wrapper=False)
+    llm, wings = models["llm"], models["wings"]
+    plain = bench.decode_reads(shape, 40, 16, wings=False)
+    with_learners = bench.decode_reads(shape, 40, 16, wings=True)
+    assert plain["layer_weights"] == sum(p.numel() for p in llm.model.layers.parameters())
+    assert plain["head"] == llm.lm_head.weight.numel() + llm.model.norm.weight.numel() + shape.hidden
+    assert plain["kv_cache"] == shape.layers * 2 * 40 * shape.kv_heads * shape.head_dim
+    # A decode step reads every learner weight except the visual learner's k/v (image keys are cached).
+    unused = sum(p.numel() for layer in wings.wings_layers
+                 for p in (*layer.visual_learner.k.parameters(), *layer.visual_learner.v.parameters()))
+    learner = sum(p.numel() for layer in wings.wings_layers
+                  for m in (layer.visual_learner, layer.textual_learner, layer.router) for p in m.parameters())
+    assert with_learners["learner_weights"] == learner - unused
+    assert with_learners["learner_cache"] == shape.layers * 2 * 40 * shape.hidden
+    assert 1.0 < bench.decode_read_ratio(bench.QWEN15_7B, 1024) < bench.decode_read_ratio(bench.QWEN15_7B, 4096)

@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from tiny_serving import save_tiny_wings
+from tiny_serving import greedy_with_logprobs, save_tiny_wings
 
 # One engine serves every parity test; its scheduler budget is small so that prompts are prefilled in
 # chunks (an image's 16 tokens can straddle two chunks) and its KV blocks hold 32 tokens.
@@ -47,16 +46,7 @@ def hf_generate(wings_dir):
     def generate(prompt: str, images=(), n_tokens: int = 10):
         key = (prompt, tuple(id(i) for i in images), n_tokens)
         if key not in cache:
-            inputs = processor(prompt, images=list(images) or None)
-            with torch.no_grad():
-                out = model.generate(
-                    **inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
-                    output_logits=True, return_dict_in_generate=True,
-                )
-            ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-            logits = torch.stack(out.logits)[:, 0].float()
-            logits[:, model.config.image_token_id] = float("-inf")  # suppressed in both
-            cache[key] = ids, torch.log_softmax(logits, dim=-1)
+            cache[key] = greedy_with_logprobs(model, processor, prompt, list(images), n_tokens)
         return cache[key]
 
     generate.processor = processor

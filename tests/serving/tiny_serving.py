@@ -265,26 +265,31 @@ if __name__ == "__main__":
 """
 
 
+def greedy_with_logprobs(model, processor, prompt: str, images: list, n_tokens: int) -> tuple[list[int], torch.Tensor]:
+    """Greedy ids of Hugging Face `generate` (exactly n_tokens) and each step's log-softmax row [n_tokens, V],
+    with the image token suppressed in the rows as vLLM suppresses it."""
+    inputs = processor(prompt, images=list(images) or None)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    logits = torch.stack(out.logits)[:, 0].float()
+    logits[:, model.config.image_token_id] = float("-inf")
+    return ids, torch.log_softmax(logits, dim=-1)
+
+
 def hf_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int,
               with_logprobs: bool = False) -> list[list[int]] | list[tuple[list[int], list[float]]]:
     """Greedy ids of the saved model through Hugging Face `generate`; prompt i carries images sample_image(0..n-1).
 
     with_logprobs: also each chosen token's log-probability (the image token suppressed, as in vLLM).
     """
-    from wings.processing import WingsProcessor
-
     model = WingsForConditionalGeneration.from_pretrained(folder).eval()
     processor = WingsProcessor.from_pretrained(folder)
     results = []
     for prompt, n_images in prompts:
-        inputs = processor(prompt, images=[sample_image(i) for i in range(n_images)] or None)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
-                                 output_logits=True, return_dict_in_generate=True)
-        ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-        logits = torch.stack(out.logits)[:, 0].float()
-        logits[:, model.config.image_token_id] = float("-inf")
-        logprobs = torch.log_softmax(logits, dim=-1)[torch.arange(len(ids)), ids].tolist()
+        ids, rows = greedy_with_logprobs(model, processor, prompt, [sample_image(i) for i in range(n_images)], n_tokens)
+        logprobs = rows[torch.arange(len(ids)), ids].tolist()
         results.append((ids, logprobs) if with_logprobs else ids)
     return results
 

@@ -90,3 +90,9 @@ def test_fresh_lorra_outputs_zero():
     k, v = m.keys_values(h, cos, sin)
     out = m(h, cos, sin, k, v, torch.ones(1, 3, 3, dtype=torch.bool).tril())
     assert out.abs().max() == 0
+
+
+def test_weights_are_all_of_a_learners_parameters():
+    # The packed decode weights are rebuilt when one of these changes: a parameter left out would go stale.
+    lorra = LoRRA(32, 4, 8)
+    assert [id(p) for p in lorra.weights()] == [id(p) for p in lorra.parameters()]

@@ -245,8 +245,7 @@ def learner_pair_weights(visual: LoRRA, textual: LoRRA) -> tuple[torch.Tensor, .
             .view(2, visual.num_heads, visual.head_dim, 2 * rank).transpose(0, 1).reshape(2 * width, 2 * rank),
         )
 
-    params = tuple(visual.parameters()) + tuple(textual.parameters())
-    return packed_weights(visual, "_packed_pair", params, build)
+    return packed_weights(visual, "_packed_pair", visual.weights() + textual.weights(), build)
 
 
 def mix_learners(
@@ -441,7 +440,13 @@ class LoRRA(nn.Module):
                 self.o_down.weight.t(), self.o_up.weight.t(), torch.block_diag(self.k.up.weight.t(), self.v.up.weight.t()),
             )
 
-        return packed_weights(self, "_packed", tuple(self.parameters()), build)
+        return packed_weights(self, "_packed", self.weights(), build)
+
+    def weights(self) -> tuple[nn.Parameter, ...]:
+        """All of this learner's parameters, named one by one: `parameters()` walks the module tree, which costs
+        more than a small decode step's arithmetic, and the packed weights look them up on every step."""
+        return (self.q.down.weight, self.q.up.weight, self.k.down.weight, self.k.up.weight, self.v.down.weight,
+                self.v.up.weight, self.o_down.weight, self.o_up.weight)
 
     def queries(self, flat: torch.Tensor) -> torch.Tensor:
         """h + B_q A_q h for flat hidden states [B * T, d] (before RoPE) -> [B * T, d]."""

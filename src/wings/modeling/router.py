@@ -44,7 +44,8 @@ class SegmentRouter(nn.Module):
             image, text = self.linear.weight[:, :heads], self.linear.weight[:, heads:]
             return (image - text).t(), self.linear.bias + text.sum(dim=1)
 
-        return packed_weights(self, "_packed", tuple(self.parameters()), build)
+        # The parameters named directly: `parameters()` walks the module tree on every decode step.
+        return packed_weights(self, "_packed", (self.linear.weight, self.linear.bias), build)
 
 
 class PositionalRouter(nn.Module):

@@ -228,28 +228,24 @@ def packed_weights(holder: nn.Module, slot: str, params: tuple[nn.Parameter, ...
 def learner_pair_weights(visual: LoRRA, textual: LoRRA) -> tuple[torch.Tensor, ...]:
     """Both learners' query and output projections packed (see `packed_weights`; kept on `visual`):
 
-    q_down [d, 2r] = [A_q^vis; A_q^txt]^T, q_up [2, r, d] = (B_q^vis^T, B_q^txt^T), A_o^vis^T and A_o^txt^T [d, r],
-    o_up [2r, d] = [B_o^vis^T; B_o^txt^T], o_down [2, d, r] = (A_o^vis^T, A_o^txt^T). The per-learner pairs are
-    stacked for one batched matmul each (a block-diagonal matrix would also read its zero blocks).
+    q_down [d, 2r] = [A_q^vis; A_q^txt]^T, q_up [2r, 2d] = block-diag(B_q^vis^T, B_q^txt^T),
+    A_o^vis^T and A_o^txt^T [d, r], o_up [2r, d] = [B_o^vis^T; B_o^txt^T], o_down [2d, 2r] = block-diag(A_o^vis^T,
+    A_o^txt^T) with its rows reordered from (learner, head, channel) to (head, learner, channel).
     """
     def build():
+        rank, width = visual.rank, visual.hidden_size
         return (
             torch.cat((visual.q.down.weight, textual.q.down.weight)).t(),
-            torch.stack((visual.q.up.weight.t(), textual.q.up.weight.t())),
+            torch.block_diag(visual.q.up.weight.t(), textual.q.up.weight.t()),
             visual.o_down.weight.t(),
             textual.o_down.weight.t(),
             torch.cat((visual.o_up.weight, textual.o_up.weight), dim=1).t(),
-            torch.stack((visual.o_down.weight.t(), textual.o_down.weight.t())),
+            # Rows in (head, learner, channel) order: the joint attention's output is laid out that way.
+            torch.block_diag(visual.o_down.weight.t(), textual.o_down.weight.t())
+            .view(2, visual.num_heads, visual.head_dim, 2 * rank).transpose(0, 1).reshape(2 * width, 2 * rank),
         )
 
     return packed_weights(visual, "_packed_pair", visual.weights() + textual.weights(), build)
-
-
-def pair_up(flat: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """flat + B_j A_j flat for a pair j = 0, 1 of low-rank residuals: flat [n, d], down [n, 2r] (both A_j flat side by
-    side), up [2, r, d] -> [2, n, d]. One batched matmul; the residual is broadcast, not copied."""
-    rank = up.shape[1]
-    return torch.baddbmm(flat.unsqueeze(0), down.view(-1, 2, rank).transpose(0, 1), up)
 
 
 def mix_learners(
@@ -298,9 +294,9 @@ def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights, joint) -
     heads, head_dim, rank = visual.num_heads, visual.head_dim, visual.rank
     q_down, q_up, o_down_visual, o_down_textual, o_up, o_down_both = learner_pair_weights(visual, textual)
     o_down = (o_down_visual, o_down_textual)
-    # Both learners' queries h + B_q A_q h: [2, B * T, d] -> [B, 2 H, T, d_h] (learner-major heads).
-    q = pair_up(flat, torch.mm(flat, q_down), q_up).view(2, batch, length, heads, head_dim)
-    q = rotate(q.permute(1, 0, 3, 2, 4).reshape(batch, 2 * heads, length, head_dim), rope)
+    # Both learners' queries h + B_q A_q h: [B * T, 2 d], the residual added by the block-diagonal up-projection.
+    q = torch.addmm(torch.cat((flat, flat), dim=1), torch.mm(flat, q_down), q_up)
+    q = rotate(q.view(batch, length, 2 * heads, head_dim).transpose(1, 2), rope)  # [B, 2 H, T, d_h]
     active = [i for i in (0, 1) if kv[i][0].shape[2] > 0]  # a learner without keys outputs zero
     if not active:
         return hidden
@@ -318,9 +314,12 @@ def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights, joint) -
         )
         values = values if values.dtype == q.dtype else values.to(q.dtype)
         out = torch.bmm(torch.softmax(scores, dim=-1), values.reshape(batch * heads, n_keys, head_dim))
-        # [B * H, 2T, d_h] -> [2, B * T, d] (learner, token, head and channel), then both A_o at once: [B * T, 2r].
-        attended = out.view(batch, heads, 2, length, head_dim).permute(2, 0, 3, 1, 4).reshape(2, batch * length, width)
-        down = torch.bmm(attended, o_down_both).transpose(0, 1).mul(scale.unsqueeze(-1)).reshape(-1, 2 * rank)
+        # [B * H, 2T, d_h] -> [B * T, 2d] (head, learner, channel), then both A_o at once: [B * T, 2r].
+        if length == 1:
+            attended = out.view(batch, 2 * width)
+        else:
+            attended = out.view(batch, heads, 2, length, head_dim).permute(0, 3, 1, 2, 4).reshape(batch * length, 2 * width)
+        down = torch.mm(attended, o_down_both).view(-1, 2, rank).mul_(scale.unsqueeze(-1)).view(-1, 2 * rank)
         return torch.addmm(flat, down, o_up).view(batch, length, width)
     downs = []
     for i in active:
@@ -433,12 +432,12 @@ class LoRRA(nn.Module):
     def packed(self) -> tuple[torch.Tensor, ...]:
         """This learner's projections transposed for `mm` (see `packed_weights`): A_q^T [d, r], B_q^T [r, d],
         [A_k; A_v]^T [d, 2r] (one down-projection for keys and values), B_k^T, B_v^T [r, d], A_o^T [d, r],
-        B_o^T [r, d], (B_k^T, B_v^T) stacked [2, r, d] (one batched up-projection for a few keys' K and V)."""
+        B_o^T [r, d], block-diag(B_k^T, B_v^T) [2r, 2d] (one up-projection for a few keys' K and V)."""
         def build():
             return (
                 self.q.down.weight.t(), self.q.up.weight.t(),
                 torch.cat((self.k.down.weight, self.v.down.weight)).t(), self.k.up.weight.t(), self.v.up.weight.t(),
-                self.o_down.weight.t(), self.o_up.weight.t(), torch.stack((self.k.up.weight.t(), self.v.up.weight.t())),
+                self.o_down.weight.t(), self.o_up.weight.t(), torch.block_diag(self.k.up.weight.t(), self.v.up.weight.t()),
             )
 
         return packed_weights(self, "_packed", self.weights(), build)
@@ -471,9 +470,10 @@ class LoRRA(nn.Module):
         kv_down, k_up, v_up = packed[2:5]
         down = torch.mm(flat, kv_down)  # [B * N, 2r]: the features are read once for K and V
         if n_keys <= SHORT_QUERIES:
-            # A few keys (a decode step): K and V by one batched up-projection that also adds the residual.
-            kv = pair_up(flat, down, packed[7]).view(2, batch, n_keys, self.num_heads, self.head_dim).transpose(2, 3)
-            return rotate(kv[0], rope), kv[1]  # [B, H, N, d_h] each
+            # A few keys (a decode step): K and V by one block-diagonal up-projection that also adds the residual.
+            kv = torch.addmm(torch.cat((flat, flat), dim=1), down, packed[7])
+            kv = kv.view(batch, n_keys, 2 * self.num_heads, self.head_dim).transpose(1, 2)  # [B, 2 H, N, d_h]
+            return rotate(kv[:, : self.num_heads], rope), kv[:, self.num_heads :]
         k = torch.addmm(flat, down[:, :r], k_up).view(batch, n_keys, width)
         v = torch.addmm(flat, down[:, r:], v_up).view(batch, n_keys, width)
         return rotate(self._heads(k), rope), self._heads(v)

@@ -53,15 +53,21 @@ def llm_head_dim(text_config) -> int:
     return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
 
 
-def learner_rope(text_config):
-    """vLLM's rotary embedding at the learners' head width d/H, with the LLM's RoPE settings (the same object as
-    the LLM's own where the widths agree: vLLM caches rotary embeddings by their arguments)."""
+def rope_at(text_config, head_size: int):
+    """vLLM's rotary embedding with the LLM's RoPE settings at `head_size` channels: the LLM's head_dim for the
+    main attention, d/H for the learners (vLLM caches rotary embeddings by their arguments, so equal widths share
+    one object)."""
     return get_rope(
-        text_config.hidden_size // text_config.num_attention_heads,
+        head_size,
         max_position=text_config.max_position_embeddings,
         rope_parameters=getattr(text_config, "rope_parameters", None),
         is_neox_style=True,
     )
+
+
+def learner_rope(text_config):
+    """The learners' rotary embedding: `rope_at` their head width d/H."""
+    return rope_at(text_config, text_config.hidden_size // text_config.num_attention_heads)
 
 
 class WingsSelfAttention(nn.Module):
@@ -100,12 +106,7 @@ class WingsSelfAttention(nn.Module):
             self.total_num_heads * self.head_dim, hidden, bias=o_bias, quant_config=quant_config,
             prefix=f"{prefix}.o_proj",
         )
-        self.rotary_emb = get_rope(
-            self.head_dim,
-            max_position=text_config.max_position_embeddings,
-            rope_parameters=getattr(text_config, "rope_parameters", None),
-            is_neox_style=True,
-        )
+        self.rotary_emb = rope_at(text_config, self.head_dim)
         self.qk_norm = text_config.model_type == "qwen3"
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)

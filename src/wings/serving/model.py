@@ -59,10 +59,19 @@ FUSED_PROJECTIONS = WeightsMapper(
 )
 
 
-# The families whose decoder layers the plugin builds (vLLM's own for layers without learners). The other
-# families WINGS trains (Gemma, Phi-3, OLMo 2, MoE, ...) need softcaps, sandwich norms, scalings or expert
-# layers in the learner layers first.
-SERVED_TEXT_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+# The families the plugin serves, each with vLLM's own decoder layer for its layers without learners
+# (built from the vLLM config, the text config and the layer's prefix). The other families WINGS trains
+# (Gemma, Phi-3, OLMo 2, MoE, ...) need softcaps, sandwich norms, scalings or expert layers in the learner
+# layers first.
+PLAIN_DECODER_LAYERS = {
+    "qwen2": lambda vllm_config, text, prefix: Qwen2DecoderLayer(
+        text, vllm_config.cache_config, vllm_config.quant_config, prefix=prefix),
+    "qwen3": lambda vllm_config, text, prefix: Qwen3DecoderLayer(
+        text, vllm_config.cache_config, vllm_config.quant_config, prefix=prefix),
+    "llama": lambda vllm_config, text, prefix: LlamaDecoderLayer(vllm_config, prefix=prefix, config=text),
+    "mistral": lambda vllm_config, text, prefix: MistralDecoderLayer(vllm_config, prefix=prefix, config=text),
+}
+SERVED_TEXT_MODEL_TYPES = tuple(PLAIN_DECODER_LAYERS)
 
 
 def sliding_window_in_use(text_config) -> bool:
@@ -125,14 +134,8 @@ class WingsTextModel(nn.Module):
             if i in with_learners:
                 kv_weights = self.learner_keys_values.layer_weights(with_learners.index(i))
                 layers.append(WingsDecoderLayer(config, kv_weights, cache_config, quant_config, layer_prefix))
-            elif text.model_type == "qwen2":
-                layers.append(Qwen2DecoderLayer(text, cache_config, quant_config, prefix=layer_prefix))
-            elif text.model_type == "qwen3":
-                layers.append(Qwen3DecoderLayer(text, cache_config, quant_config, prefix=layer_prefix))
-            elif text.model_type == "mistral":
-                layers.append(MistralDecoderLayer(vllm_config, prefix=layer_prefix, config=text))
             else:
-                layers.append(LlamaDecoderLayer(vllm_config, prefix=layer_prefix, config=text))
+                layers.append(PLAIN_DECODER_LAYERS[text.model_type](vllm_config, text, layer_prefix))
         self.layers = nn.ModuleList(layers)
         self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
         # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.

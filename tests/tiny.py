@@ -83,6 +83,10 @@ def image_prompt(text_before: list[int], text_after: list[int], n_images: int = 
     return ids + list(text_after)
 
 
+# `wings train` overrides for a few seconds' run on a tiny model (fp32, no checkpointing, no intermediate saves).
+FAST_TRAINING = ["optim.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.bf16=false",
+                 "optim.gradient_checkpointing=false", "optim.save_steps=100", "optim.logging_steps=1"]
+
 HUB_COLOURS = ("red", "green", "blue", "yellow")
 
 

@@ -17,42 +17,25 @@ import pytest
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 
+from tiny import FAST_TRAINING  # noqa: E402
 from tiny_serving import (  # noqa: E402
+    chat,
     free_port,
     hf_greedy,
     image_part,
     running_server,
     sample_image,
     save_tiny_hub,
+    user_prompt,
     write_llava_data,
 )
 
 N_TOKENS = 8
-FAST = ["optim.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.bf16=false",
-        "optim.gradient_checkpointing=false", "optim.save_steps=100", "optim.logging_steps=1"]
-
-
-def chat_ids(client, content) -> list[int]:
-    """The greedy reply's token ids (an untrained model's text may be partial UTF-8, which detokenizers differ on)."""
-    response = client.chat.completions.create(
-        model=client.models.list().data[0].id, messages=[{"role": "user", "content": content}],
-        max_tokens=N_TOKENS, temperature=0, logprobs=True,
-        extra_body={"min_tokens": N_TOKENS, "return_tokens_as_token_ids": True},
-    )
-    return [int(step.token.removeprefix("token_id:")) for step in response.choices[0].logprobs.content]
-
-
-def chat_prompt(folder: Path, text: str, n_images: int) -> str:
-    """The prompt the saved chat template makes of one user message with n_images images before the text."""
-    from wings import WingsProcessor
-
-    parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
-    processor = WingsProcessor.from_pretrained(folder)
-    return processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True)
 
 
 @pytest.mark.slow
 def test_vllm_serve_answers_with_a_model_trained_by_wings_train(tmp_path):
+    from wings import WingsProcessor
     from wings.cli import main
 
     vllm = shutil.which("vllm", path=str(Path(sys.executable).parent))
@@ -61,19 +44,20 @@ def test_vllm_serve_answers_with_a_model_trained_by_wings_train(tmp_path):
     data, images = write_llava_data(tmp_path / "data")
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     assert main(["train", "wings_stage1", "--llm", str(llm_dir), "--vision", str(vision_dir), "--data", str(data),
-                 "--image-folder", str(images), "--output", str(stage1), "--max-steps", "3", *FAST,
+                 "--image-folder", str(images), "--output", str(stage1), "--max-steps", "3", *FAST_TRAINING,
                  "model.learner_rank=8"]) == 0
     assert main(["train", "wings_stage2", "--init", str(stage1), "--data", str(data), "--image-folder", str(images),
-                 "--output", str(stage2), "--max-steps", "2", *FAST]) == 0
+                 "--output", str(stage2), "--max-steps", "2", *FAST_TRAINING]) == 0
 
     # float32 for exact parity: vLLM on CPU otherwise runs a float32 checkpoint in bfloat16.
     command = [vllm, "serve", str(stage2), "--host", "127.0.0.1", "--port", str(free_port()), "--dtype", "float32"]
     with running_server(command, tmp_path / "server.log") as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
         question = {"type": "text", "text": "what colour is the circle?"}
-        with_image = chat_ids(client, [image_part(sample_image(0)), question])
-        text_only = chat_ids(client, "hello, how are you?")
+        with_image = chat(client, [image_part(sample_image(0)), question], N_TOKENS, token_ids=True)
+        text_only = chat(client, "hello, how are you?", N_TOKENS, token_ids=True)
     # hf_greedy gives prompt i the images sample_image(0), ...: the one above.
-    prompts = [(chat_prompt(stage2, "what colour is the circle?", 1), 1),
-               (chat_prompt(stage2, "hello, how are you?", 0), 0)]
+    processor = WingsProcessor.from_pretrained(stage2)
+    prompts = [(user_prompt(processor, "what colour is the circle?", 1), 1),
+               (user_prompt(processor, "hello, how are you?", 0), 0)]
     assert [with_image, text_only] == hf_greedy(stage2, prompts, N_TOKENS)

@@ -22,6 +22,7 @@ from tiny_serving import (  # noqa: E402
     rename_to_decoder_layer_keys,
     running_server,
     sample_image,
+    user_prompt,
 )
 
 N_TOKENS = 10
@@ -45,9 +46,7 @@ def client(wings_dir, tmp_path_factory):
 def hf_reply(hf_generate, text: str, images: list) -> str:
     """What `generate` answers to the same chat message (rendered as `wings chat` renders it)."""
     processor = hf_generate.processor
-    parts = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-    prompt = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True)
-    ids, _ = hf_generate(prompt, images, n_tokens=N_TOKENS)
+    ids, _ = hf_generate(user_prompt(processor, text, len(images)), images, n_tokens=N_TOKENS)
     return processor.decode(ids, skip_special_tokens=True)
 
 

@@ -207,14 +207,27 @@ def running_server(command: list[str], log_path: Path):
             process.kill()
 
 
-def chat(client, content, n_tokens: int, **kwargs) -> str:
-    """The reply to one user message through an `openai` client: greedy, exactly n_tokens long."""
+def chat(client, content, n_tokens: int, token_ids: bool = False) -> str | list[int]:
+    """The reply to one user message through an `openai` client: greedy, exactly n_tokens long. token_ids: return
+    the reply's token ids instead of its text (an untrained model's text may be partial UTF-8, which detokenizers
+    differ on)."""
+    extra_body = {"min_tokens": n_tokens}
+    if token_ids:
+        extra_body["return_tokens_as_token_ids"] = True
     response = client.chat.completions.create(
         model=client.models.list().data[0].id,
         messages=[{"role": "user", "content": content}],
-        max_tokens=n_tokens, temperature=0, extra_body={"min_tokens": n_tokens}, **kwargs,
+        max_tokens=n_tokens, temperature=0, logprobs=token_ids, extra_body=extra_body,
     )
+    if token_ids:
+        return [int(step.token.removeprefix("token_id:")) for step in response.choices[0].logprobs.content]
     return response.choices[0].message.content
+
+
+def user_prompt(processor, text: str, n_images: int) -> str:
+    """The prompt a processor's chat template makes of one user message: n_images images, then the text."""
+    parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+    return processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True)
 
 
 def image_part(image: Image.Image) -> dict:

@@ -9,13 +9,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from tiny import HUB_COLOURS, SLIDING_WINDOW
+from tiny import FAST_TRAINING, HUB_COLOURS, SLIDING_WINDOW
 from wings import WingsForConditionalGeneration
 from wings.cli import main
 from wings.data.tokenizer import train_chat_tokenizer
-
-FAST = ["optim.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.bf16=false",
-        "optim.gradient_checkpointing=false", "optim.save_steps=100", "optim.logging_steps=1"]
 
 
 def _gemma3_hub(root):
@@ -40,7 +37,8 @@ def test_stage1_on_gemma3_trains_projector_and_visual_learners_only(tiny_hub, da
     llm_dir = _gemma3_hub(tmp_path)
     out = tmp_path / "s1"
     main(["train", "wings_stage1", "--llm", str(llm_dir), "--vision", str(tiny_hub / "vision"), "--data", str(data),
-          "--image-folder", str(images), "--output", str(out), "--max-steps", "4", *FAST, "model.learner_rank=4"])
+          "--image-folder", str(images), "--output", str(out), "--max-steps", "4", *FAST_TRAINING,
+          "model.learner_rank=4"])
     weights = load_file(str(out / "model.safetensors"))
     for key, value in load_file(str(llm_dir / "model.safetensors")).items():
         assert torch.equal(weights[f"language_model.{key}"], value), key  # the LLM is frozen

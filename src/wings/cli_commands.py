@@ -27,8 +27,8 @@ def train(
     recipe: str,
     /,
     *overrides: str,
-    data: str,
     output: str,
+    data: list[str] | None = None,
     llm: str | None = None,
     vision: str | None = None,
     image_folder: str | None = None,
@@ -47,8 +47,10 @@ def train(
         recipe: a recipe YAML file or a shipped recipe name (e.g. wings_stage1).
         overrides: recipe overrides section.key=value (e.g. optim.batch_size=4 train.llm=1e-5); they
             may also follow the options.
-        data: LLaVA-format JSON/JSONL file.
         output: output directory (checkpoints and the final model).
+        data: LLaVA or messages-format JSON/JSONL file; several make a mixture, each FILE or
+            FILE:WEIGHT (e.g. --data llava.json --data text.jsonl:0.1: one sample in ten text-only).
+            Default: the recipe's data.sources.
         llm: causal LM: local directory or hub id (with its tokenizer).
         vision: vision encoder: local directory or hub id (with its image processor).
         image_folder: folder the data's image paths are relative to.

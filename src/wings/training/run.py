@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..data.collate import LlavaCollator, LlavaDataset
-from ..data.conversation import tokenize_conversation
-from ..data.llava import SampleTooLongError, load_llava_records
+from ..data.collate import LlavaCollator, PreparedDataset
+from ..data.llava import DataError
+from ..data.mixture import DataSource, mix_sources
+from ..data.prepared import prepare_data
 from ..modeling.model import WingsForConditionalGeneration
 from ..processing import WingsProcessor
 from .groups import set_trainable
@@ -70,21 +71,42 @@ def build_model_and_processor(
     return model, processor
 
 
-def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
-    """Tokenise every sample once before training so that an over-long one is reported up front."""
-    kept = []
-    for record in tqdm(dataset.records, desc="checking sample lengths", leave=False):
-        try:
-            tokenize_conversation(record, dataset.processor, dataset.max_length)
-        except SampleTooLongError as err:
-            if not skip:
-                raise
-            logger.warning("skipping sample: %s", err)
-            continue
-        kept.append(record)
-    if len(kept) < len(dataset.records):
-        logger.warning("skipped %d over-long samples", len(dataset.records) - len(kept))
-    dataset.records = kept
+def data_sources(recipe: Recipe, data: str | Sequence[str] | None) -> list[DataSource]:
+    """The stage's data files: `data` (the `--data` values) when given, else the recipe's `data.sources`."""
+    specs = [data] if isinstance(data, str) else list(data or recipe.data.sources)
+    if not specs:
+        raise RecipeError(f"recipe '{recipe.name}': no data; pass --data FILE (or set data.sources in the recipe)")
+    sources = [DataSource.parse(spec) for spec in specs]
+    for source in sources:  # before minutes of model loading
+        if not Path(source.path).is_file():
+            raise DataError(f"{Path(source.path).name}: data file '{source.path}' not found")
+    return sources
+
+
+def load_training_data(
+    recipe: Recipe,
+    sources: Sequence[DataSource],
+    processor: WingsProcessor,
+    args: TrainingArguments,
+    image_folder: str | None = None,
+    skip_bad_samples: bool = False,
+) -> PreparedDataset:
+    """Prepare (or reuse) every source, check it, and mix the sources into the training set.
+
+    Under torchrun / accelerate the main process prepares first while the other ranks wait; they then
+    find the finished cache and map it. Every bad sample raises a `DataError` naming it, or is logged
+    and skipped with `skip_bad_samples`.
+    """
+    parts = []
+    with args.main_process_first(local=False, desc="data preparation"):
+        for source in sources:
+            prepared = prepare_data(source.path, processor, recipe.data.max_length, image_folder,
+                                    num_proc=recipe.data.num_proc, cache_dir=recipe.data.cache_dir)
+            parts.append(prepared.good(skip_bad_samples))
+    rows, counts = mix_sources(parts, [s.weight for s in sources], seed=recipe.optim.seed)
+    if len(sources) > 1:
+        logger.info("data mixture: %s", ", ".join(f"{s.path}: {n}" for s, n in zip(sources, counts)))
+    return PreparedDataset(rows, processor, recipe.data.image_mode)
 
 
 def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> TrainingArguments:
@@ -111,6 +133,7 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         report_to=o.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=o.dataloader_num_workers,
+        dataloader_pin_memory=_has_accelerator(),
         # Text-only batches leave the visual learners without gradients.
         ddp_find_unused_parameters=True,
         use_cpu=not _has_accelerator(),
@@ -135,7 +158,7 @@ def _has_accelerator() -> bool:
 
 def train(
     recipe: Recipe,
-    data: str,
+    data: str | Sequence[str] | None,
     output: str,
     image_folder: str | None = None,
     llm: str | None = None,
@@ -146,15 +169,19 @@ def train(
     skip_bad_samples: bool = False,
     callbacks: list[TrainerCallback] | None = None,
 ) -> TrainResult:
-    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`."""
+    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`.
+
+    `data` is one data file or several (`path` or `path:weight`, see `wings.data.mixture`); None
+    takes the recipe's `data.sources`.
+    """
     from .trainer import WingsTrainer
 
     start = time.time()
-    records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
+    sources = data_sources(recipe, data)
     set_seed(recipe.optim.seed)  # the fresh learners' init is part of the run's reproducibility
     model, processor = build_model_and_processor(recipe, llm, vision, init)
-    dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode)
-    check_lengths(dataset, skip_bad_samples)
+    args = training_arguments(recipe, output, max_steps)
+    dataset = load_training_data(recipe, sources, processor, args, image_folder, skip_bad_samples)
     if recipe.method == "lora":
         add_lora(model, recipe.lora)
     trainable = set_trainable(model, list(recipe.train))
@@ -167,10 +194,11 @@ def train(
         pad_id = processor.tokenizer.eos_token_id
     trainer = WingsTrainer(
         model=model,
-        args=training_arguments(recipe, output, max_steps),
+        args=args,
         train_dataset=dataset,
         data_collator=LlavaCollator(pad_token_id=pad_id, padding_side="right"),
         group_lrs=recipe.train,
+        group_by_modality_length=recipe.data.group_by_modality_length,
         callbacks=callbacks,
     )
     checkpoint = None

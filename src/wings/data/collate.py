@@ -58,12 +58,12 @@ class PreparedDataset(Dataset):
     @property
     def lengths(self) -> np.ndarray:
         """Token counts [N] (image tokens included), for length-grouped sampling."""
-        return self.rows.with_format("numpy")["length"]
+        return self.rows.with_format("numpy")["length"][:]
 
     @property
     def has_images(self) -> np.ndarray:
         """[N] bool: whether each sample has an image (for modality grouping)."""
-        return self.rows.with_format("numpy")["n_images"] > 0
+        return self.rows.with_format("numpy")["n_images"][:] > 0
 
 
 class LlavaDataset(Dataset):

@@ -92,9 +92,11 @@ def read_json_records(path: str | os.PathLike, noun: str = "records") -> list[Js
 def iter_json_texts(path: str | os.PathLike, noun: str = "records") -> Iterator[JsonRecord]:
     """Every record of a JSON list or JSONL file as its JSON text (``value`` is a str), in file order.
 
-    The same records and problems as `read_json_records`, without holding the parsed file: a JSON
-    list is scanned one item at a time, so a file of hundreds of thousands of samples costs its text
-    and not a tree of Python objects. Parse each ``value`` with `json.loads`.
+    The same records as `read_json_records`, without holding the parsed file: a JSON list is scanned
+    one item at a time, so a file of hundreds of thousands of samples costs its text and not a tree
+    of Python objects. Parse each ``value`` with `json.loads`; a JSONL line is not checked here (the
+    caller parses lines, possibly in parallel, and reports a malformed one with its ``line``), while
+    a malformed JSON list ends the records with a whole-file problem (``index`` None).
     """
     path = Path(path)
     if path.suffix.lower() == ".jsonl":

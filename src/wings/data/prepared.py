@@ -213,9 +213,10 @@ def _load(directory: Path) -> Dataset:
 
 
 def _write_raw(path: Path, out: Path) -> Dataset:
-    """One row per sample of `path`: index, its JSON text, and the parse problem (None when it parsed)."""
-    schema = pa.schema([("index", pa.int64()), ("raw", pa.large_string()), ("problem", pa.string())])
-    batch: dict[str, list] = {"index": [], "raw": [], "problem": []}
+    """One row per sample of `path`: index, JSONL line, its JSON text, and a problem found while reading."""
+    schema = pa.schema([("index", pa.int64()), ("line", pa.int64()), ("raw", pa.large_string()),
+                        ("problem", pa.string())])
+    batch: dict[str, list] = {"index": [], "line": [], "raw": [], "problem": []}
     whole_file_problem = None
     with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         def flush():
@@ -229,6 +230,7 @@ def _write_raw(path: Path, out: Path) -> Dataset:
                     whole_file_problem = record.problem
                     break
                 batch["index"].append(record.index)
+                batch["line"].append(record.line)
                 batch["raw"].append(record.value if record.problem is None else None)
                 batch["problem"].append(record.problem)
                 if len(batch["index"]) >= _RAW_BATCH:
@@ -249,13 +251,18 @@ def _prepare_batch(
     batch: dict[str, list], source: str, image_folder: str | None, processor: WingsProcessor, max_length: int | None
 ) -> dict[str, list]:
     out: dict[str, list] = {name: [] for name in FEATURES}
-    for index, raw, problem in zip(batch["index"], batch["raw"], batch["problem"]):
+    for index, line, raw, problem in zip(batch["index"], batch["line"], batch["raw"], batch["problem"]):
         row: dict[str, Any] = {"index": index, "id": None, "input_ids": [], "label_spans": [], "images": [],
                                "length": 0, "n_images": 0, "error": None}
         try:
             if problem is not None:
                 raise DataError(f"{sample_name(source, index, None)}: {problem}")
-            record = parse_sample(json.loads(raw), source, index, image_folder, check_images=False)
+            try:
+                sample = json.loads(raw)
+            except json.JSONDecodeError as err:  # JSONL lines are parsed here, in parallel
+                raise DataError(f"{sample_name(source, index, None)}: malformed JSON on line {line}: {err.msg} "
+                                f"(column {err.colno})") from None
+            record = parse_sample(sample, source, index, image_folder, check_images=False)
             row["id"] = record.id
             for path in record.images:
                 key = os.fspath(path)

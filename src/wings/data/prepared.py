@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,8 @@ def prepare_data(
     if (directory / MANIFEST).is_file():
         logger.info("%s: using prepared data in %s", path.name, directory)
         return PreparedSource(path, _load(directory), directory, built=False)
+    logger.info("%s: preparing into %s", path.name, directory)
+    started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.stem}-{key}.", dir=root))
     try:
@@ -203,7 +206,9 @@ def prepare_data(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return PreparedSource(path, _load(directory), directory, built=True)
+    rows = _load(directory)
+    logger.info("%s: prepared %d samples in %.1f s", path.name, len(rows), time.perf_counter() - started)
+    return PreparedSource(path, rows, directory, built=True)
 
 
 def _load(directory: Path) -> Dataset:

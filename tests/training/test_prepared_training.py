@@ -72,3 +72,23 @@ def test_mixture_and_modality_grouping_from_the_command_line(tiny_hub, dataset, 
     # The recipe's data.sources is the same mixture when --data is not given.
     assert _train(tiny_hub, tmp_path / "recipe", f"data.sources=[{data}, '{text}:0.25']", images=images) == 0
     assert "on 22 samples" in capsys.readouterr().out
+
+
+def test_data_prepare_fills_the_cache_train_reads_and_stats_counts(tiny_hub, dataset, tmp_path, caplog, capsys,
+                                                                   monkeypatch):
+    data, images = dataset
+    monkeypatch.setenv("WINGS_DATA_CACHE", str(tmp_path / "cache"))
+    model = ["--llm", str(tiny_hub / "llm"), "--vision", str(tiny_hub / "vision"), "--image-folder", str(images)]
+    assert main(["data", "prepare", "wings_stage1", "--data", str(data), *model]) == 0
+    assert "data.json: prepared, 16 good and 0 bad samples" in capsys.readouterr().out
+    caplog.set_level("INFO", logger="wings.data.prepared")
+    assert _train(tiny_hub, tmp_path / "out", data=[data], images=images, steps="1") == 0
+    assert not any("preparing into" in r.getMessage() for r in caplog.records)  # the same key as `wings train`
+
+    stats_dir = tmp_path / "stats"
+    assert main(["data", "stats", "wings_stage1", "--data", str(data), *model, "--output", str(stats_dir)]) == 0
+    assert "16 samples (0 bad), 12 with images (75%), 4 text-only, 12 images" in capsys.readouterr().out
+    [stats] = json.loads((stats_dir / "stats.json").read_text())
+    assert (stats["samples"], stats["image_samples"], stats["text_samples"], stats["images"]) == (16, 12, 4, 12)
+    assert stats["length"]["max"] > stats["length"]["min"] >= 4 and 0 < stats["label_tokens"] < stats["tokens"]
+    assert (stats_dir / "data_lengths.png").stat().st_size > 0

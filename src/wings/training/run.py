@@ -12,12 +12,10 @@ from pathlib import Path
 from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..data.collate import LlavaCollator, PreparedDataset
-from ..data.llava import DataError
-from ..data.mixture import DataSource, mix_sources
-from ..data.prepared import prepare_data
+from ..data.collate import LlavaCollator
 from ..modeling.model import WingsForConditionalGeneration
 from ..processing import WingsProcessor
+from .data import data_sources, load_training_data
 from .groups import set_trainable
 from .lora import add_lora, merge_lora
 from .recipe import Recipe, RecipeError
@@ -69,44 +67,6 @@ def build_model_and_processor(
         image_mode=recipe.data.image_mode,
     )
     return model, processor
-
-
-def data_sources(recipe: Recipe, data: str | Sequence[str] | None) -> list[DataSource]:
-    """The stage's data files: `data` (the `--data` values) when given, else the recipe's `data.sources`."""
-    specs = [data] if isinstance(data, str) else list(data or recipe.data.sources)
-    if not specs:
-        raise RecipeError(f"recipe '{recipe.name}': no data; pass --data FILE (or set data.sources in the recipe)")
-    sources = [DataSource.parse(spec) for spec in specs]
-    for source in sources:  # before minutes of model loading
-        if not Path(source.path).is_file():
-            raise DataError(f"{Path(source.path).name}: data file '{source.path}' not found")
-    return sources
-
-
-def load_training_data(
-    recipe: Recipe,
-    sources: Sequence[DataSource],
-    processor: WingsProcessor,
-    args: TrainingArguments,
-    image_folder: str | None = None,
-    skip_bad_samples: bool = False,
-) -> PreparedDataset:
-    """Prepare (or reuse) every source, check it, and mix the sources into the training set.
-
-    Under torchrun / accelerate the main process prepares first while the other ranks wait; they then
-    find the finished cache and map it. Every bad sample raises a `DataError` naming it, or is logged
-    and skipped with `skip_bad_samples`.
-    """
-    parts = []
-    with args.main_process_first(local=False, desc="data preparation"):
-        for source in sources:
-            prepared = prepare_data(source.path, processor, recipe.data.max_length, image_folder,
-                                    num_proc=recipe.data.num_proc, cache_dir=recipe.data.cache_dir)
-            parts.append(prepared.good(skip_bad_samples))
-    rows, counts = mix_sources(parts, [s.weight for s in sources], seed=recipe.optim.seed)
-    if len(sources) > 1:
-        logger.info("data mixture: %s", ", ".join(f"{s.path}: {n}" for s, n in zip(sources, counts)))
-    return PreparedDataset(rows, processor, recipe.data.image_mode)
 
 
 def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> TrainingArguments:

@@ -502,6 +502,10 @@ def test_run_laws_compare(saved_wings, tmp_path):
     summary = json.loads((tmp_path / "laws_compare.json").read_text())
     assert set(summary) == {"model", "model-2"} and summary["model"]["n_samples"] == 2
     assert (tmp_path / "laws_compare.png").stat().st_size > 1000
+    for name in results:  # each model's own files, as run_laws writes them
+        own = json.loads((tmp_path / name / "laws.json").read_text())
+        assert own == {k: v for k, v in summary[name].items() if k != "model_dir"}
+        assert (tmp_path / name / "laws.png").stat().st_size > 1000
 
 
 def test_laws_plot_ticks_are_whole_layers(tmp_path, monkeypatch):

@@ -586,35 +586,22 @@ def run_laws_compare(
     data_file: str | os.PathLike,
     image_folder: str | os.PathLike | None,
     output_dir: str | os.PathLike,
-    limit: int | None = None,
-    batch_size: int = 1,
-    image_mode: ImageMode | None = None,
-    exclude_special_tokens: Iterable[int] | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
+    **options: Any,
 ) -> dict[str, LawsResult]:
-    """LAWS of several saved models on the same data; writes laws_compare.json ({name: summary}) and
-    laws_compare.png. Models are loaded one at a time; each renders the prompts with its own processor.
-    Arguments as `run_laws`; each model is named by its folder (made unique with -2, -3, ...).
+    """LAWS of several saved models on the same data: `run_laws` for each (its laws.json and laws.png go to
+    ``output_dir/<name>/``), then laws_compare.json ({name: summary}) and laws_compare.png overlaid in
+    ``output_dir``. Models are loaded one at a time; each renders the prompts with its own processor; each is
+    named by its folder (made unique with -2, -3, ...). options: the keyword arguments of `run_laws`.
     """
     names = unique_names(model_dirs)
+    output_dir = Path(output_dir)
     results: dict[str, LawsResult] = {}
     for name, model_dir in zip(names, model_dirs):
-        model, processor = load_model_and_processor(model_dir, device)
-        samples = llava_laws_samples(data_file, image_folder, processor, limit)
-        results[name] = compute_laws(
-            model, processor, samples, batch_size=batch_size, progress=progress,
-            exclude_special_tokens=exclude_special_tokens, image_mode=image_mode,
-        )
-        del model, processor
-        gc.collect()
+        results[name] = run_laws(model_dir, data_file, image_folder, output_dir / name, **options)
+        gc.collect()  # the model run_laws loaded is garbage now: free it before the next one loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     summary = {name: {"model_dir": str(d), **r.to_json()} for (name, r), d in zip(results.items(), model_dirs)}
     (output_dir / "laws_compare.json").write_text(json.dumps(summary, indent=2))
     plot_laws_compare(results, output_dir / "laws_compare.png")
     return results
-
-

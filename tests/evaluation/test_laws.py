@@ -15,6 +15,7 @@ from tiny import (
     IMAGE_TOKEN_ID,
     image_prompt,
     randomize_learners,
+    save_tiny_wings,
     tiny_family_llm,
     tiny_family_wings,
     tiny_llm,
@@ -28,8 +29,6 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
-    Qwen2Config,
-    Qwen2ForCausalLM,
     SiglipImageProcessorPil,
 )
 
@@ -470,16 +469,7 @@ def write_llava_data(root):
 @pytest.fixture(scope="module")
 def saved_wings(tmp_path_factory):
     root = tmp_path_factory.mktemp("laws")
-    tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
-    torch.manual_seed(0)
-    llm = Qwen2ForCausalLM(
-        Qwen2Config(
-            hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
-            intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-    )
-    save_wings(root / "model", llm, tokenizer)
+    save_tiny_wings(root / "model")
     return root, *write_llava_data(root)
 
 

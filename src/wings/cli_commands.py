@@ -37,6 +37,7 @@ def train(
     max_steps: int | None = None,
     resume: bool = False,
     skip_bad_samples: bool = False,
+    overwrite: bool = False,
 ) -> int:
     """Run one training stage of a recipe.
 
@@ -55,8 +56,11 @@ def train(
         init: a previous stage's output directory to start from.
         preset: a model-size preset (e.g. wings-base): its LLM, encoder, rank and router.
         max_steps: stop after this many optimizer steps.
-        resume: resume from the last checkpoint in --output.
+        resume: resume from the last checkpoint in --output (an --output holding a previous run is
+            refused unless --resume or --overwrite is given).
         skip_bad_samples: log and skip bad samples instead of stopping.
+        overwrite: train from scratch into an --output that holds a previous run: its checkpoints are
+            deleted and its final model is replaced when this run saves.
     """
     from .training.recipe import load_recipe
     from .training.run import train as run_training
@@ -85,6 +89,7 @@ def train(
             max_steps=max_steps,
             resume=resume,
             skip_bad_samples=skip_bad_samples,
+            overwrite=overwrite,
         )
     finally:
         _end_process_group()

@@ -68,13 +68,14 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
-def check_model(name: str | os.PathLike, option: str, kind: str) -> str | None:
+def check_model(name: str | os.PathLike, option: str, kind: str, why: str | None = None) -> str | None:
     """Check a model argument; returns its `model_type` (None for a hub id left to the hub to resolve).
 
     Args:
         name: a local directory or a hub id.
         option: the option it came from, for the message (e.g. "--llm").
         kind: what the option needs: "llm", "vision", "wings", "multimodal" or "evaluable".
+        why: the reason for the kind, added to the message (e.g. "the dialogues hold images").
 
     Raises:
         ModelPathError: a path-like name that does not exist, a hub id that is not in the cache while the
@@ -99,7 +100,10 @@ def check_model(name: str | os.PathLike, option: str, kind: str) -> str | None:
         raise ModelPathError(f"{option} '{text}': not a directory (a saved model is a directory with config.json)")
     model_type = read_model_type(path, option)
     if not _kind_accepts(kind, model_type):
-        raise ModelPathError(f"{option} '{text}': a '{model_type}' model, but {option} takes {KIND_NAMES[kind]}")
+        reason = f" ({why})" if why else ""
+        raise ModelPathError(
+            f"{option} '{text}': a '{model_type}' model, but {option} takes {KIND_NAMES[kind]}{reason}"
+        )
     check_weights(path, option)
     return model_type
 

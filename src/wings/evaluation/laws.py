@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.images import ImageMode
-from ..data.llava import IMAGE_MARKER, load_llava_records
+from ..data.llava import IMAGE_MARKER, DataError, load_llava_records
 from ..modeling.attention import additive_mask, repeat_kv
 from ..modeling.decoder_layer import check_llama_family_layer
 from ..modeling.lorra import apply_rope
@@ -505,7 +505,7 @@ def llava_laws_samples(
     if late:
         logger.warning("LAWS: %d samples have no image before the first assistant reply; skipped", late)
     if not samples:
-        raise ValueError(f"{data_file}: no sample with an image in its first user turn(s); LAWS needs image samples")
+        raise DataError(f"{data_file}: no sample with an image in its first user turn(s); LAWS needs image samples")
     return samples
 
 

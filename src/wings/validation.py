@@ -28,6 +28,14 @@ KIND_NAMES = {
     "multimodal": "a multimodal model (WINGS or Hugging Face LLaVA)",
     "evaluable": "a WINGS, Hugging Face LLaVA or causal LM model",
 }
+# Files beside the weights that each kind needs (any one of them): tokenizer, image processor, or both.
+COMPANION_FILES = {
+    "llm": ("tokenizer_config.json", "tokenizer.json"),
+    "vision": ("preprocessor_config.json", "processor_config.json"),
+    "wings": ("processor_config.json", "tokenizer_config.json"),
+    "multimodal": ("processor_config.json", "tokenizer_config.json"),
+    "evaluable": ("processor_config.json", "tokenizer_config.json", "tokenizer.json"),
+}
 # Files a finished `wings train` run or a Trainer checkpoint leaves in its output directory.
 FINISHED_RUN_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -100,11 +108,16 @@ def check_model(name: str | os.PathLike, option: str, kind: str, why: str | None
         raise ModelPathError(f"{option} '{text}': not a directory (a saved model is a directory with config.json)")
     model_type = read_model_type(path, option)
     if not _kind_accepts(kind, model_type):
-        reason = f" ({why})" if why else ""
+        reason = f": {why}" if why else ""
         raise ModelPathError(
             f"{option} '{text}': a '{model_type}' model, but {option} takes {KIND_NAMES[kind]}{reason}"
         )
     check_weights(path, option)
+    if not any((path / name).is_file() for name in COMPANION_FILES[kind]):
+        raise ModelPathError(
+            f"{option} '{text}': a model without its {' or '.join(COMPANION_FILES[kind])} (save the "
+            "tokenizer or processor beside it)"
+        )
     return model_type
 
 

@@ -51,7 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.images import ImageMode
-from ..data.llava import IMAGE_MARKER, load_llava_records
+from ..data.llava import IMAGE_MARKER, DataError, load_llava_records
 from ..errors import UnsupportedModelError
 from ..families import TextFamily, text_family
 from ..modeling.attention import additive_mask, project_qkv, repeat_kv, uses_rope
@@ -544,7 +544,7 @@ def llava_laws_samples(
     if late:
         logger.warning("LAWS: %d samples have no image before the first assistant reply; skipped", late)
     if not samples:
-        raise ValueError(f"{data_file}: no sample with an image in its first user turn(s); LAWS needs image samples")
+        raise DataError(f"{data_file}: no sample with an image in its first user turn(s); LAWS needs image samples")
     return samples
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..data.collate import LlavaCollator, LlavaDataset
 from ..data.conversation import tokenize_conversation
 from ..data.llava import SampleTooLongError, load_llava_records
+from ..errors import UsageError
 from ..modeling.model import WingsForConditionalGeneration
 from ..processing import WingsProcessor
+from ..validation import CHECKPOINT_PREFIX, check_model, check_output_dir
 from .groups import set_trainable
 from .lora import add_lora, merge_lora
 from .recipe import Recipe, RecipeError
@@ -68,6 +71,34 @@ def build_model_and_processor(
         image_mode=recipe.data.image_mode,
     )
     return model, processor
+
+
+def check_run_arguments(output: str, max_steps: int | None, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is read, a used --output without --resume/--overwrite and a --max-steps < 1."""
+    check_output_dir(output, resume=resume, overwrite=overwrite)
+    if max_steps is not None and max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {max_steps}")
+
+
+def check_model_arguments(llm: str | None, vision: str | None, init: str | None) -> None:
+    """Missing, damaged or wrong-kind model directories, named before any model is built (a plain LLM
+    given as --init would otherwise build a default-sized WINGS model)."""
+    if init is not None:
+        check_model(init, "--init", "wings")
+        return
+    if llm is not None:
+        check_model(llm, "--llm", "llm")
+    if vision is not None:
+        check_model(vision, "--vision", "vision")
+
+
+def remove_checkpoints(output: str) -> None:
+    """Delete the previous run's checkpoints (--overwrite), so that rotation and a later --resume only
+    see this run's."""
+    for path in sorted(Path(output).glob(f"{CHECKPOINT_PREFIX}*")):
+        if path.is_dir():
+            logger.warning("--overwrite: deleting the previous run's %s", path)
+            shutil.rmtree(path)
 
 
 def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
@@ -145,12 +176,19 @@ def train(
     resume: bool = False,
     skip_bad_samples: bool = False,
     callbacks: list[TrainerCallback] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`."""
+    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`.
+
+    An `output` holding a previous run (its final model or checkpoints) is refused unless `resume`
+    (continue from its last checkpoint) or `overwrite` (delete its checkpoints and train from scratch).
+    """
     from .trainer import WingsTrainer
 
     start = time.time()
+    check_run_arguments(output, max_steps, resume, overwrite)
     records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
+    check_model_arguments(llm, vision, init)
     set_seed(recipe.optim.seed)  # the fresh learners' init is part of the run's reproducibility
     model, processor = build_model_and_processor(recipe, llm, vision, init)
     dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode)
@@ -161,6 +199,8 @@ def train(
     logger.info("trainable parameters per group: %s", trainable)
 
     os.makedirs(output, exist_ok=True)
+    if overwrite and int(os.environ.get("RANK", "0")) == 0:
+        remove_checkpoints(output)
     recipe.save(Path(output) / "recipe.yaml")
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
@@ -183,9 +223,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if recipe.method == "lora":
         merge_lora(model)
-    trainer.save_model(output)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(output)
+    trainer.save_final(output, processor)
     return TrainResult(
         output_dir=output,
         global_step=result.global_step,

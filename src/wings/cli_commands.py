@@ -37,6 +37,7 @@ def train(
     max_steps: int | None = None,
     resume: bool = False,
     skip_bad_samples: bool = False,
+    overwrite: bool = False,
 ) -> int:
     """Run one training stage of a recipe.
 
@@ -57,8 +58,11 @@ def train(
         init: a previous stage's output directory to start from.
         preset: a model-size preset (e.g. wings-base): its LLM, encoder, rank and router.
         max_steps: stop after this many optimizer steps.
-        resume: resume from the last checkpoint in --output.
+        resume: resume from the last checkpoint in --output (an --output holding a previous run is
+            refused unless --resume or --overwrite is given).
         skip_bad_samples: log and skip bad samples instead of stopping.
+        overwrite: train from scratch into an --output that holds a previous run: its checkpoints are
+            deleted and its final model is replaced when this run saves.
     """
     from .training.recipe import load_recipe
     from .training.run import train as run_training
@@ -77,6 +81,7 @@ def train(
             max_steps=max_steps,
             resume=resume,
             skip_bad_samples=skip_bad_samples,
+            overwrite=overwrite,
         )
     finally:
         _end_process_group()
@@ -246,11 +251,18 @@ def laws(
             image processor's resize; default: the model's processor's own mode (its training mode).
         device: e.g. cpu or cuda:0 (default: cuda when available).
     """
+    from .evaluation.checks import check_model_reads, require_image_samples
     from .evaluation.laws import run_laws, run_laws_compare
+    from .validation import check_device, check_positive
 
     options = dict(limit=limit, batch_size=batch_size, image_mode=image_mode, device=device)
     if model and compare:
         raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ..., not both")
+    check_positive(limit=limit, batch_size=batch_size)
+    check_device(device)
+    for option, path in [("--model", model)] if model else [("--compare", path) for path in compare or []]:
+        check_model_reads(path, option, images=True, why="LAWS measures attention on image tokens")
+    require_image_samples(data, image_folder, "--data", "LAWS")
     if compare:
         results = run_laws_compare(compare, data, image_folder, output, **options)
         for name, result in results.items():
@@ -288,7 +300,11 @@ def iit_build(
         top_k: each context turn is drawn among this many nearest unused neighbours.
     """
     from .evaluation.iit import DEFAULT_SETTINGS, build_iit, load_pool, write_iit
+    from .validation import check_positive
 
+    check_positive(per_setting=per_setting, top_k=top_k)
+    if seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed}")
     text = load_pool(text_pool, "text")
     visual = load_pool(visual_pool, "visual") if visual_pool else None
     dialogues = build_iit(text, visual, settings=settings or DEFAULT_SETTINGS, per_setting=per_setting, seed=seed,
@@ -333,12 +349,22 @@ def iit_eval(
         device: e.g. cpu or cuda:0.
         output: folder for iit.json and iit.png.
     """
+    from .evaluation.checks import check_model_reads, dialogues_have_images
     from .evaluation.iit import evaluate_iit, iit_table, load_iit, plot_iit
     from .evaluation.loading import load_model_and_processor
+    from .validation import check_device, check_positive
 
+    check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    if not 0 < confidence < 1:
+        raise UsageError(f"--confidence is a level between 0 and 1 (e.g. 0.95), got {confidence}")
+    check_device(device)
+    if output and Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(f"--output '{output}' is a file; give a folder")
+    dialogues = load_iit(data)
+    check_model_reads(model, "--model", images=dialogues_have_images(dialogues), why=f"dialogues in '{data}' show images")
     loaded, processor = load_model_and_processor(model, **_given(device=device))
     result = evaluate_iit(
-        loaded, processor, load_iit(data), image_folder=image_folder, batch_size=batch_size, method=method,
+        loaded, processor, dialogues, image_folder=image_folder, batch_size=batch_size, method=method,
         answer_format=answer_format, max_new_tokens=max_new_tokens, normalize=normalize, confidence=confidence,
         **_given(image_mode=image_mode),
     )

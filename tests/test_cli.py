@@ -415,3 +415,12 @@ def test_lab_study_frontier_reaches_run_study(monkeypatch, tmp_path, capsys):
     assert (options["jobs"], options["threads"], options["llm_layers"]) == (1, 1, 8)
     assert "frontier report" in capsys.readouterr().out
     assert main(["lab", "--study", "frontier", "--models", "llava"]) == 1  # rows belong to the default study
+
+
+def test_the_module_docstring_examples_name_real_commands():
+    examples = re.findall(r'(Command|Passthrough)\("([^"]+)", "([^"]+)"\)', cli.__doc__)
+    assert len(examples) == 3
+    registered = {(c.name, c.target) for c in COMMANDS}
+    for kind, name, target in examples:
+        assert (name, target) in registered, (name, target)
+        assert callable(getattr(cli, kind)(name, target).load())

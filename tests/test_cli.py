@@ -142,6 +142,7 @@ def test_every_library_option_is_reachable_with_the_library_default():
 @pytest.fixture
 def calls(monkeypatch):
     """Replace library entry points by recorders: {name: (args, kwargs)}."""
+    import wings.evaluation.checks as checks
     import wings.evaluation.forgetting as forgetting
     import wings.evaluation.iit as iit
     import wings.evaluation.laws as laws
@@ -158,6 +159,9 @@ def calls(monkeypatch):
     class Laws:
         attention_shift, n_samples, n_skipped = 0.5, 2, 0
 
+    # The paths are made up: the checks of the model and data files are recorders too.
+    monkeypatch.setattr(checks, "check_model_reads", record("check_model_reads"))
+    monkeypatch.setattr(checks, "require_image_samples", record("require_image_samples"))
     monkeypatch.setattr(laws, "run_laws", record("run_laws", Laws))
     monkeypatch.setattr(laws, "run_laws_compare", record("run_laws_compare", lambda: {"a": Laws(), "b": Laws()}))
     monkeypatch.setattr(iit, "load_pool", record("load_pool", list))

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer
 
-from tiny import make_tiny_hub
+from tiny import make_tiny_hub, save_hub_wings
 from wings import WingsForConditionalGeneration, WingsProcessor
 from wings.cli import main
 from wings.evaluation import forgetting
@@ -29,14 +28,7 @@ from wings.evaluation import forgetting
 def ws(tmp_path_factory) -> Path:
     """A tiny hub, a saved WINGS model (no training), damaged copies of it, data files of every kind."""
     root = tmp_path_factory.mktemp("mistakes")
-    hub = make_tiny_hub(root / "hub")
-    tokenizer = AutoTokenizer.from_pretrained(hub / "llm")
-    model = WingsForConditionalGeneration.from_llm_and_vision(str(hub / "llm"), str(hub / "vision"),
-                                                              tokenizer=tokenizer, learner_rank=4)
-    processor = WingsProcessor(AutoImageProcessor.from_pretrained(hub / "vision"), tokenizer,
-                               image_seq_length=model.config.image_seq_length)
-    model.save_pretrained(root / "wings")
-    processor.save_pretrained(root / "wings")
+    save_hub_wings(make_tiny_hub(root / "hub"), root / "wings")
     weights = (root / "wings" / "model.safetensors").read_bytes()
     for name, change in {
         "empty_weights": lambda d: (d / "model.safetensors").write_bytes(b""),

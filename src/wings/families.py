@@ -102,6 +102,11 @@ class VllmParts:
         qkv_bias: whether q/k/v projections have biases: a bool, or the config attribute that says so.
         o_bias: the same for the output projection.
         default_rope_theta: the RoPE base vLLM's model assumes when the config names none (Qwen: 1e6), or None.
+        fused_residual: whether vLLM's layer takes and returns (hidden, residual), whose sum is the stream (the
+            Llama convention), rather than the stream itself (Granite).
+        attention_scale: config attribute holding the attention's score scale where it is not head_dim^-0.5
+            (Granite's attention_multiplier), or None.
+        logits_divisor: config attribute by which the LM head's logits are divided (Granite's logits_scaling).
     """
 
     decoder_layer: str
@@ -109,6 +114,9 @@ class VllmParts:
     qkv_bias: bool | str = "attention_bias"
     o_bias: bool | str = "attention_bias"
     default_rope_theta: float | None = None
+    fused_residual: bool = True
+    attention_scale: str | None = None
+    logits_divisor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,8 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
         _VLLM + "qwen2:Qwen2DecoderLayer", "configs", qkv_bias=True, o_bias=False, default_rope_theta=1e6)),
     "mistral": TextFamily(PRE_NORM, notes="optional sliding window",
                           vllm=VllmParts(_VLLM + "mistral:MistralDecoderLayer")),
-    "ministral": TextFamily(PRE_NORM, notes="sliding window on some layers"),
+    "ministral": TextFamily(PRE_NORM, notes="sliding window on some layers",
+                            vllm=VllmParts(_VLLM + "mistral:MistralDecoderLayer")),
     "qwen3": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms", vllm=VllmParts(
         _VLLM + "qwen3:Qwen3DecoderLayer", "configs", default_rope_theta=1e6)),
     "qwen3_moe": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms, MoE MLP"),
@@ -154,13 +163,16 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
         AttentionLayout(qk_norm="head"),
         notes="sandwich norms, sqrt(d) embedding scale, per-head q/k norms, local/global layers with two RoPE bases",
     ),
-    "phi3": TextFamily(PRE_NORM_DROPOUT, AttentionLayout(qkv="fused"), notes="fused qkv_proj and gate_up_proj"),
+    "phi3": TextFamily(PRE_NORM_DROPOUT, AttentionLayout(qkv="fused"), notes="fused qkv_proj and gate_up_proj",
+                       vllm=VllmParts(_VLLM + "llama:LlamaDecoderLayer")),
     "olmo2": TextFamily(POST_NORM, AttentionLayout(qk_norm="projection"), notes="post-norm, q/k norms over the projection"),
     "smollm3": TextFamily(PRE_NORM, AttentionLayout(rope_switch="use_rope"), notes="NoPE layers between RoPE layers"),
     "granite": TextFamily(
         PRE_NORM_MULTIPLIER,
         embedding_multiplier="embedding_multiplier",
         notes="embedding, attention and residual multipliers, logits scaling",
+        vllm=VllmParts(_VLLM + "granite:GraniteDecoderLayer", "configs", fused_residual=False,
+                       attention_scale="attention_multiplier", logits_divisor="logits_scaling"),
     ),
 }
 

@@ -32,6 +32,7 @@ from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.models.llama import LlamaMLP
+from vllm.model_executor.models.utils import extract_layer_index
 
 from ..modeling.lorra import mix_outputs
 from ..modeling.router import segment_route
@@ -61,6 +62,15 @@ def rope_at(text_config, head_size: int):
         rope_parameters=getattr(text_config, "rope_parameters", None),
         is_neox_style=True,
     )
+
+
+def layer_sliding_window(text_config, prefix: str) -> int | None:
+    """The sliding window of the layer named by `prefix` where `layer_types` says it is a sliding layer, else None
+    (vLLM then applies the model-wide window of a model whose every layer slides, such as Mistral's)."""
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types and layer_types[extract_layer_index(prefix)] == "sliding_attention":
+        return text_config.sliding_window
+    return None
 
 
 def learner_rope(text_config):
@@ -109,9 +119,12 @@ class WingsSelfAttention(nn.Module):
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
+        scale_attribute = served_family(text_config).vllm.attention_scale
+        scale = getattr(text_config, scale_attribute) if scale_attribute else self.head_dim**-0.5
         self.attn = Attention(
-            self.num_heads, self.padded, self.head_dim**-0.5, num_kv_heads=self.num_kv_heads,
-            cache_config=cache_config, quant_config=quant_config, prefix=f"{prefix}.attn",
+            self.num_heads, self.padded, scale, num_kv_heads=self.num_kv_heads, cache_config=cache_config,
+            quant_config=quant_config, per_layer_sliding_window=layer_sliding_window(text_config, prefix),
+            prefix=f"{prefix}.attn",
         )
 
     def forward(
@@ -296,10 +309,11 @@ class WingsLearners(nn.Module):
         for j in range(n):
             query_channels[..., j, self.head_dim + j] = 1.0 / self.scale
         self.register_buffer("query_channels", query_channels, persistent=False)
-        self.attn = Attention(
-            n * self.num_heads, self.padded, self.scale, num_kv_heads=self.num_heads,
-            cache_config=cache_config, prefix=f"{prefix}.attn",
-        )
+        # No cache_config: the learners attend over every earlier key of their modality, also where the LLM's
+        # layers attend over a sliding window (as in the Hugging Face model), and their mask channel needs an
+        # unquantised cache (a quantised one would clip -MASK_BIAS).
+        self.attn = Attention(n * self.num_heads, self.padded, self.scale, num_kv_heads=self.num_heads,
+                              prefix=f"{prefix}.attn")
 
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary_emb
@@ -356,6 +370,8 @@ class WingsDecoderLayer(nn.Module):
         text = config.text_config
         hidden, heads = text.hidden_size, text.num_attention_heads
         self.routed = config.learner_mode == "routed"
+        multiplier = served_family(text).layout.residual_multiplier  # Granite scales both branches
+        self.residual_multiplier = getattr(text, multiplier) if multiplier else 1.0
         self.self_attn = WingsSelfAttention(text, self.routed, cache_config, quant_config, f"{prefix}.self_attn")
         self.mlp = LlamaMLP(
             hidden, text.intermediate_size, text.hidden_act, quant_config=quant_config,
@@ -387,7 +403,7 @@ class WingsDecoderLayer(nn.Module):
         (`learner_rope`). Returns (MLP output, residual stream) whose sum is the layer output."""
         x = hidden_states if residual is None else hidden_states + residual
         attn_out, mass = self.self_attn(positions, self.input_layernorm(x), is_image if self.routed else None)
-        h = x + attn_out
+        h = x + self.residual_multiplier * attn_out
         down, sees_any = self.learners(positions, h, key, value, rotary_emb)
         # A learner whose query sees no key of its modality adds nothing (as in the Hugging Face model).
         weights = sees_any.to(h.dtype)
@@ -396,4 +412,4 @@ class WingsDecoderLayer(nn.Module):
             h = mix_outputs(h, *outputs, weights * self.router(mass).to(h.dtype))
         else:
             h = torch.addcmul(h, weights, outputs[0])
-        return self.mlp(self.post_attention_layernorm(h)), h
+        return self.residual_multiplier * self.mlp(self.post_attention_layernorm(h)), h

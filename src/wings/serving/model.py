@@ -59,16 +59,6 @@ FUSED_PROJECTIONS = WeightsMapper(
 )
 
 
-def sliding_window_in_use(text_config) -> bool:
-    """True when some layer of the LLM attends over a sliding window (which the learner layers do not model)."""
-    if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
-        return True
-    if not getattr(text_config, "use_sliding_window", True):  # configs that switch their window off (Qwen)
-        return False
-    window = getattr(text_config, "sliding_window", None)
-    return window is not None and window < text_config.max_position_embeddings
-
-
 def check_servable(config) -> None:
     """Raise a `ValueError` for WINGS settings the vLLM model cannot compute."""
     if config.router == "positional" and config.learner_mode == "routed":
@@ -79,12 +69,6 @@ def check_servable(config) -> None:
         )
     served_family(config.text_config)
     vision_tower_class(config.vision_config)
-    if sliding_window_in_use(config.text_config):
-        raise ValueError(
-            f"WINGS in vLLM: this {config.text_config.model_type} LLM attends over a sliding window of "
-            f"{config.text_config.sliding_window} tokens in some layers, which the plugin's layers with learners do "
-            "not reproduce; such models answer through Hugging Face generate (`wings chat`, `model.generate`)."
-        )
 
 
 # vLLM compiles the decoder (its default outside enforce_eager: inductor on CPU, CUDA graphs on GPUs) as it
@@ -97,7 +81,8 @@ class WingsTextModel(nn.Module):
         super().__init__()
         config = vllm_config.model_config.hf_config
         text = config.text_config
-        default_theta = served_family(text).vllm.default_rope_theta
+        family = served_family(text)
+        default_theta = family.vllm.default_rope_theta
         if default_theta is not None:
             set_default_rope_theta(text, default_theta=default_theta)
         cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
@@ -121,6 +106,10 @@ class WingsTextModel(nn.Module):
         self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
         # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.
         self.learner_rotary_emb = learner_rope(text)
+        # Decoders that scale their input embeddings (Granite) scale the image features too, as the learners'
+        # key/value source in the Hugging Face model.
+        self.embedding_multiplier = getattr(text, family.embedding_multiplier) if family.embedding_multiplier else None
+        self.fused_residual = family.vllm.fused_residual
         self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -130,6 +119,8 @@ class WingsTextModel(nn.Module):
         self, positions: torch.Tensor, inputs_embeds: torch.Tensor, is_image: torch.Tensor
     ) -> torch.Tensor:
         """positions [T], inputs_embeds [T, d] (the learners' key/value source), is_image [T] -> hidden [T, d]."""
+        if self.embedding_multiplier is not None:
+            inputs_embeds = inputs_embeds * self.embedding_multiplier
         hidden, residual = inputs_embeds, None
         if self.learner_layers:
             channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)
@@ -141,10 +132,11 @@ class WingsTextModel(nn.Module):
                     positions, hidden, residual, is_image, keys[index], values[index], self.learner_rotary_emb
                 )
                 index += 1
-            else:
+            elif self.fused_residual:
                 hidden, residual = layer(positions, hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+            else:  # vLLM's layer takes and returns the stream itself
+                hidden, residual = layer(positions, hidden if residual is None else hidden + residual), None
+        return self.norm(hidden) if residual is None else self.norm(hidden, residual)[0]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return AutoWeightsLoader(self).load_weights(weights, mapper=FUSED_PROJECTIONS)
@@ -165,7 +157,8 @@ class WingsLanguageModel(nn.Module):
         )
         if self.tied:
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
-        self.logits_processor = LogitsProcessor(text.vocab_size)
+        divisor = served_family(text).vllm.logits_divisor  # Granite divides its logits
+        self.logits_processor = LogitsProcessor(text.vocab_size, scale=1.0 / getattr(text, divisor) if divisor else 1.0)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)

@@ -96,7 +96,9 @@ class VllmParts:
     the config, not from loaded modules, so facts the Hugging Face side reads off the modules are named here.
 
     Args:
-        decoder_layer: vLLM's own decoder layer of the family ("module:Class"), run where a layer has no learners.
+        decoder_layer: vLLM's own decoder layer of the family ("module:Class"), run where a layer has no learners;
+            None where vLLM has none (it serves such families through its Transformers backend): the plugin's
+            own layer then runs without learners.
         layer_args: how that class is constructed: "vllm_config" (`Class(vllm_config, prefix=..., config=text)`,
             Llama style) or "configs" (`Class(text, cache_config, quant_config, prefix=...)`, Qwen style).
         qkv_bias: whether q/k/v projections have biases: a bool, or the config attribute that says so.
@@ -107,9 +109,11 @@ class VllmParts:
         attention_scale: config attribute holding the attention's score scale where it is not head_dim^-0.5
             (Granite's attention_multiplier), or None.
         logits_divisor: config attribute by which the LM head's logits are divided (Granite's logits_scaling).
+        rope_layers: config attribute listing, per layer, 1 where it applies RoPE and 0 where not (SmolLM3's
+            `no_rope_layers`), or None (every layer).
     """
 
-    decoder_layer: str
+    decoder_layer: str | None
     layer_args: str = "vllm_config"
     qkv_bias: bool | str = "attention_bias"
     o_bias: bool | str = "attention_bias"
@@ -117,6 +121,7 @@ class VllmParts:
     fused_residual: bool = True
     attention_scale: str | None = None
     logits_divisor: str | None = None
+    rope_layers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,10 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
     ),
     "phi3": TextFamily(PRE_NORM_DROPOUT, AttentionLayout(qkv="fused"), notes="fused qkv_proj and gate_up_proj",
                        vllm=VllmParts(_VLLM + "llama:LlamaDecoderLayer")),
-    "olmo2": TextFamily(POST_NORM, AttentionLayout(qk_norm="projection"), notes="post-norm, q/k norms over the projection"),
-    "smollm3": TextFamily(PRE_NORM, AttentionLayout(rope_switch="use_rope"), notes="NoPE layers between RoPE layers"),
+    "olmo2": TextFamily(POST_NORM, AttentionLayout(qk_norm="projection"), notes="post-norm, q/k norms over the projection",
+                        vllm=VllmParts(None)),
+    "smollm3": TextFamily(PRE_NORM, AttentionLayout(rope_switch="use_rope"), notes="NoPE layers between RoPE layers",
+                          vllm=VllmParts(None, rope_layers="no_rope_layers")),
     "granite": TextFamily(
         PRE_NORM_MULTIPLIER,
         embedding_multiplier="embedding_multiplier",

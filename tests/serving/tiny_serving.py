@@ -50,18 +50,21 @@ def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, s
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-# The LLM families the plugin serves, each with what distinguishes it switched on. Qwen3 and Mistral get an
-# explicit head_dim of 64, twice the learners' d/H of 32, so the learners need RoPE tables of their own, as in
-# Qwen3-4B or Mistral Nemo. Windows of SLIDING_WINDOW tokens are shorter than the test prompts.
+# The LLM families the plugin serves, each with what distinguishes it switched on. Qwen3, Mistral and Ministral
+# get an explicit head_dim (128, 64, 64) other than the learners' d/H of 32, so the learners need RoPE tables of
+# their own, as in Qwen3-4B or Mistral Nemo. Windows of SLIDING_WINDOW tokens are shorter than the test prompts.
 SLIDING_WINDOW = 12
 FAMILY_LLMS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=64)),
+    # Grouped-query attention at 8 / 2 heads of 32 channels; Qwen3's main attention at a head size of 128.
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2)),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=128)),
     "mistral": (MistralConfig, MistralForCausalLM, dict(head_dim=64, sliding_window=SLIDING_WINDOW)),
     "ministral": ("MinistralConfig", "MinistralForCausalLM", dict(
         head_dim=64, sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(no_rope_layers=[1, 0, 0])),
     "granite": ("GraniteConfig", "GraniteForCausalLM", dict(
         embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
 }
@@ -98,7 +101,7 @@ def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), 
         import transformers
 
         config_class, model_class = getattr(transformers, config_class), getattr(transformers, model_class)
-    llm = model_class(config_class(**common, **extra))
+    llm = model_class(config_class(**{**common, **extra}))
     with torch.no_grad():  # norms start at the identity; random ones make a misplaced norm (q_norm, k_norm) visible
         for name, p in llm.named_parameters():
             if "norm" in name:

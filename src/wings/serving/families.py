@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib
 
-from ..families import PRE_NORM, PRE_NORM_DROPOUT, PRE_NORM_MULTIPLIER, TEXT_FAMILIES, TextFamily
+from ..families import POST_NORM, PRE_NORM, PRE_NORM_DROPOUT, PRE_NORM_MULTIPLIER, TEXT_FAMILIES, TextFamily
 
 # Features of the table the layers with learners (`wings.serving.layers`) compute. Residual dropout is the
 # identity at inference; vLLM's QKVParallelLinear and MergedColumnParallelLinear load fused q/k/v and gate/up.
-SERVED_LAYOUTS = (PRE_NORM, PRE_NORM_DROPOUT, PRE_NORM_MULTIPLIER)
-SERVED_QK_NORMS = (None, "head")
+SERVED_LAYOUTS = (PRE_NORM, PRE_NORM_DROPOUT, PRE_NORM_MULTIPLIER, POST_NORM)
+SERVED_QK_NORMS = (None, "head", "projection")
 
 
 def missing_parts(family: TextFamily) -> list[str]:
@@ -28,8 +28,8 @@ def missing_parts(family: TextFamily) -> list[str]:
         missing.append(f"q/k norms over the '{family.attention.qk_norm}'")
     if family.attention.softcap:
         missing.append("attention-logit softcapping")
-    if family.attention.rope_switch:
-        missing.append("layers without RoPE")
+    if family.attention.rope_switch and (family.vllm is None or family.vllm.rope_layers is None):
+        missing.append("which layers apply no RoPE (VllmParts.rope_layers)")
     return missing
 
 

@@ -73,6 +73,13 @@ def layer_sliding_window(text_config, prefix: str) -> int | None:
     return None
 
 
+def layer_uses_rope(text_config, prefix: str) -> bool:
+    """False on the layers (named by `prefix`) that apply no RoPE: SmolLM3's NoPE layers, whose config lists 0
+    for them under the attribute the family table names (`VllmParts.rope_layers`)."""
+    attribute = served_family(text_config).vllm.rope_layers
+    return bool(getattr(text_config, attribute)[extract_layer_index(prefix)]) if attribute else True
+
+
 def learner_rope(text_config):
     """The learners' rotary embedding: `rope_at` their head width d/H."""
     return rope_at(text_config, text_config.hidden_size // text_config.num_attention_heads)
@@ -115,10 +122,15 @@ class WingsSelfAttention(nn.Module):
             prefix=f"{prefix}.o_proj",
         )
         self.rotary_emb = rope_at(text_config, self.head_dim)
-        self.qk_norm = served_family(text_config).attention.qk_norm == "head"
+        self.uses_rope = layer_uses_rope(text_config, prefix)
+        # q/k RMSNorm over each head's channels ("head": Qwen3) or over the whole projection ("projection": OLMo 2).
+        self.qk_norm = served_family(text_config).attention.qk_norm
+        if self.qk_norm == "projection" and tp_size > 1:
+            raise ValueError(f"{prefix}: q/k norms over the whole projection are not split over tensor-parallel ranks")
         if self.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
+            q_width, k_width = (self.head_dim, self.head_dim) if self.qk_norm == "head" else (self.q_size, self.kv_size)
+            self.q_norm = RMSNorm(q_width, eps=text_config.rms_norm_eps)
+            self.k_norm = RMSNorm(k_width, eps=text_config.rms_norm_eps)
         scale_attribute = served_family(text_config).vllm.attention_scale
         scale = getattr(text_config, scale_attribute) if scale_attribute else self.head_dim**-0.5
         self.attn = Attention(
@@ -133,10 +145,13 @@ class WingsSelfAttention(nn.Module):
         """x [T, d] (normed), is_image [T] bool -> output after o_proj [T, d] and image mass [T, H] (or None)."""
         qkv, _ = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:
+        if self.qk_norm == "head":
             q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).view(q.shape)
             k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).view(k.shape)
-        q, k = self.rotary_emb(positions, q, k)
+        elif self.qk_norm == "projection":
+            q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
+        if self.uses_rope:
+            q, k = self.rotary_emb(positions, q, k)
         mass = None
         if self.with_image_mass:
             tokens, hd, heads, kv_heads = x.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
@@ -202,8 +217,13 @@ class LearnerKeysValues(nn.Module):
     matmul all up-projections. The per-layer weights are views into the stacks held here.
     """
 
-    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, rank: int, count: int):
+    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, rank: int, count: int,
+                 rotated: list[bool] | None = None):
+        """rotated: per layer with learners, whether its learners apply RoPE (False on NoPE layers); all by default."""
         super().__init__()
+        rotated = [True] * num_layers if rotated is None else rotated
+        self.register_buffer("rotated", torch.tensor(rotated)[:, None, None], persistent=False)
+        self.rotate_none = not any(rotated)
         tp_size = get_tensor_model_parallel_world_size()
         self.num_layers, self.count, self.rank = num_layers, count, rank
         self.num_heads = num_heads // tp_size
@@ -244,7 +264,10 @@ class LearnerKeysValues(nn.Module):
         own_kv = own_kv.view(2, layers, tokens, self.width)
         # The rotated keys are taken from the return value: vLLM's RoPE is in place only in its custom kernels;
         # the native form (what a compiled model runs) returns new tensors.
-        keys, _ = rotary_emb(positions.repeat(layers), own_kv[0].reshape(layers * tokens, self.width))
+        keys = own_kv[0]
+        if not self.rotate_none:
+            rotated, _ = rotary_emb(positions.repeat(layers), keys.reshape(layers * tokens, self.width))
+            keys = torch.where(self.rotated, rotated.view(layers, tokens, self.width), keys)
         out = source.new_zeros(2, layers, tokens, self.num_heads, self.padded)
         out[0, ..., :hd] = keys.view(layers, tokens, self.num_heads, hd)
         out[1, ..., :hd] = own_kv[1].view(layers, tokens, self.num_heads, hd)
@@ -324,7 +347,8 @@ class WingsLearners(nn.Module):
         # Queries of all learners: [T, n*r] -> [n, T, w] -> + h, laid out [T, n, w].
         down = torch.mm(hidden, self.q_down.t()).view(tokens, n, r).transpose(0, 1)
         q = torch.bmm(down, self.q_up.transpose(1, 2)).transpose(0, 1) + hidden[:, None, self.columns]
-        q, _ = rotary_emb(positions, q.reshape(tokens, n * self.width))  # the return value: see LearnerKeysValues
+        if rotary_emb is not None:  # None on layers without RoPE
+            q, _ = rotary_emb(positions, q.reshape(tokens, n * self.width))  # the return value: see LearnerKeysValues
         query = self.query_channels.repeat(tokens, 1, 1, 1)
         query[..., :hd] = q.view(tokens, n, heads, hd).transpose(1, 2)
         out = self.attn(query.view(tokens, n * heads, self.padded), key, value)
@@ -356,29 +380,41 @@ class SegmentRouter(nn.Module):
 
 
 class WingsDecoderLayer(nn.Module):
-    """A Llama-family decoder layer (Qwen2, Qwen3, Llama, Mistral) with WINGS learners, in vLLM's (hidden,
-    residual) calling convention.
+    """A decoder layer of the LLM's family, built from its `wings.families` entry (norm placement, residual
+    multiplier, q/k norms, RoPE or not), with WINGS learners where `kv_weights` is given; in vLLM's (hidden,
+    residual) calling convention. Families without a vLLM decoder layer of their own run it without learners too.
 
-    Parameter names are the LLM's own (`self_attn.*`, `mlp.*`, norms) plus `visual_learner.*`,
-    `textual_learner.*` and `router.*`, as in the saved checkpoints.
+        a = Attn(norm_1(x) or x);  h = x + m * (norm_a(a) or a);  h += learners(h)
+        out = h + m * (norm_b(f) or f),  f = MLP(norm_2(h) or h)
+
+    Parameter names are the LLM's own (`self_attn.*`, `mlp.*`, the norms the layout names) plus
+    `visual_learner.*`, `textual_learner.*` and `router.*`, as in the saved checkpoints.
     """
 
-    def __init__(self, config, kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]], cache_config, quant_config,
-                 prefix: str):
-        """kv_weights: this layer's learner K/V weight views from `LearnerKeysValues.layer_weights`."""
+    def __init__(self, config, kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, cache_config,
+                 quant_config, prefix: str):
+        """kv_weights: this layer's learner K/V weight views from `LearnerKeysValues.layer_weights`; None for a
+        layer without learners."""
         super().__init__()
         text = config.text_config
         hidden, heads = text.hidden_size, text.num_attention_heads
-        self.routed = config.learner_mode == "routed"
-        multiplier = served_family(text).layout.residual_multiplier  # Granite scales both branches
+        family = served_family(text)
+        self.has_learners = kv_weights is not None
+        self.routed = self.has_learners and config.learner_mode == "routed"
+        multiplier = family.layout.residual_multiplier  # Granite scales both branches
         self.residual_multiplier = getattr(text, multiplier) if multiplier else 1.0
         self.self_attn = WingsSelfAttention(text, self.routed, cache_config, quant_config, f"{prefix}.self_attn")
         self.mlp = LlamaMLP(
             hidden, text.intermediate_size, text.hidden_act, quant_config=quant_config,
             bias=bool(getattr(text, "mlp_bias", False)), prefix=f"{prefix}.mlp",
         )
-        self.input_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
+        layout = family.layout
+        self.norm_names = (layout.attention_norm, layout.attention_out_norm, layout.mlp_norm, layout.mlp_out_norm)
+        for name in self.norm_names:
+            if name is not None:
+                self.add_module(name, RMSNorm(hidden, eps=text.rms_norm_eps))
+        if not self.has_learners:
+            return
         count = 2 if self.routed else 1  # stage-1 models ("visual_only") have no textual learner or router
         self.learners = WingsLearners(
             hidden, heads, config.learner_rank, count, kv_weights, cache_config, f"{prefix}.learners"
@@ -388,28 +424,34 @@ class WingsDecoderLayer(nn.Module):
             self.textual_learner = self.learners.names[1]
             self.router = SegmentRouter(heads)
 
+    def _norm(self, which: int, x: torch.Tensor) -> torch.Tensor:
+        name = self.norm_names[which]
+        return x if name is None else getattr(self, name)(x)
+
     def forward(
         self,
         positions: torch.Tensor,
         hidden_states: torch.Tensor,
         residual: torch.Tensor | None,
-        is_image: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        rotary_emb,
+        is_image: torch.Tensor | None = None,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        rotary_emb=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden_states, residual [T, d] (their sum is the layer input); is_image [T] bool; key, value
         [T, H, padded] the learners' (this layer's slice of `LearnerKeysValues`); rotary_emb: the learners' RoPE
         (`learner_rope`). Returns (MLP output, residual stream) whose sum is the layer output."""
         x = hidden_states if residual is None else hidden_states + residual
-        attn_out, mass = self.self_attn(positions, self.input_layernorm(x), is_image if self.routed else None)
-        h = x + self.residual_multiplier * attn_out
-        down, sees_any = self.learners(positions, h, key, value, rotary_emb)
-        # A learner whose query sees no key of its modality adds nothing (as in the Hugging Face model).
-        weights = sees_any.to(h.dtype)
-        outputs = self.learners.outputs(down)
-        if self.routed:
-            h = mix_outputs(h, *outputs, weights * self.router(mass).to(h.dtype))
-        else:
-            h = torch.addcmul(h, weights, outputs[0])
-        return self.residual_multiplier * self.mlp(self.post_attention_layernorm(h)), h
+        attn_out, mass = self.self_attn(positions, self._norm(0, x), is_image if self.routed else None)
+        h = x + self.residual_multiplier * self._norm(1, attn_out)
+        if self.has_learners:
+            rope = rotary_emb if self.self_attn.uses_rope else None
+            down, sees_any = self.learners(positions, h, key, value, rope)
+            # A learner whose query sees no key of its modality adds nothing (as in the Hugging Face model).
+            weights = sees_any.to(h.dtype)
+            outputs = self.learners.outputs(down)
+            if self.routed:
+                h = mix_outputs(h, *outputs, weights * self.router(mass).to(h.dtype))
+            else:
+                h = torch.addcmul(h, weights, outputs[0])
+        return self.residual_multiplier * self._norm(3, self.mlp(self._norm(2, h))), h

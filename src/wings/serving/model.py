@@ -33,7 +33,7 @@ from vllm.transformers_utils.config import set_default_rope_theta
 
 from .attention import learner_channels
 from .families import plain_decoder_layer, served_family
-from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope
+from .layers import LearnerKeysValues, WingsDecoderLayer, layer_uses_rope, learner_rope
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
 from .vision import build_vision_tower, tower_features, vision_tower_class
 
@@ -92,7 +92,8 @@ class WingsTextModel(nn.Module):
         with_learners = sorted(set(config.layers_with_learners))
         self.learner_count = 2 if config.learner_mode == "routed" else 1
         self.learner_keys_values = LearnerKeysValues(
-            len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count
+            len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count,
+            rotated=[layer_uses_rope(text, f"{prefix}.layers.{i}") for i in with_learners],
         )
         layers = []
         for i in range(text.num_hidden_layers):
@@ -100,10 +101,12 @@ class WingsTextModel(nn.Module):
             if i in with_learners:
                 kv_weights = self.learner_keys_values.layer_weights(with_learners.index(i))
                 layers.append(WingsDecoderLayer(config, kv_weights, cache_config, quant_config, layer_prefix))
+            elif family.vllm.decoder_layer is None:  # vLLM has no layer of this family: WINGS' own, no learners
+                layers.append(WingsDecoderLayer(config, None, cache_config, quant_config, layer_prefix))
             else:
                 layers.append(plain_decoder_layer(vllm_config, text, layer_prefix))
         self.layers = nn.ModuleList(layers)
-        self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
+        self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer) and layer.has_learners]
         # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.
         self.learner_rotary_emb = learner_rope(text)
         # Decoders that scale their input embeddings (Granite) scale the image features too, as the learners'
@@ -127,12 +130,12 @@ class WingsTextModel(nn.Module):
             keys, values = self.learner_keys_values(positions, inputs_embeds, channels, self.learner_rotary_emb)
         index = 0
         for layer in self.layers:
-            if isinstance(layer, WingsDecoderLayer):
+            if isinstance(layer, WingsDecoderLayer) and layer.has_learners:
                 hidden, residual = layer(
                     positions, hidden, residual, is_image, keys[index], values[index], self.learner_rotary_emb
                 )
                 index += 1
-            elif self.fused_residual:
+            elif isinstance(layer, WingsDecoderLayer) or self.fused_residual:
                 hidden, residual = layer(positions, hidden, residual)
             else:  # vLLM's layer takes and returns the stream itself
                 hidden, residual = layer(positions, hidden if residual is None else hidden + residual), None

@@ -28,6 +28,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from tiny import randomize_learners  # tests/: on the path of pytest and of the engine subprocesses below
 from wings import WingsForConditionalGeneration
 from wings.data.tokenizer import train_chat_tokenizer
 from wings.processing import WingsProcessor
@@ -38,16 +39,6 @@ CORPUS = [
     for shape in ("circle", "square", "triangle")
     for colour in ("red", "green", "blue", "yellow")
 ] * 5
-
-
-def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, seed: int = 3) -> None:
-    """Non-zero learner and router weights, so that the learner paths change the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.wings_layers:
-            for module in (layer.visual_learner, layer.textual_learner, layer.router):
-                for p in module.parameters():
-                    p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 # The LLM families the plugin serves, each with what distinguishes it switched on. Qwen3, Mistral and Ministral
@@ -285,7 +276,7 @@ ENGINE_PROMPTS = [
 
 ENGINE_SCRIPT = """
 import gc, json, sys
-sys.path.insert(0, {here!r})
+sys.path[:0] = [{here!r}, {tests!r}]  # tests/serving (tiny_serving) and tests/ (tiny, which it imports)
 from tiny_serving import sample_image
 from vllm import LLM, SamplingParams
 
@@ -364,7 +355,8 @@ def engines_greedy(folders: list[Path], prompts: list[tuple[str, int]], n_tokens
     import sys
 
     script = Path(workdir) / "engine.py"
-    script.write_text(ENGINE_SCRIPT.format(here=str(Path(__file__).parent)))
+    here = Path(__file__).parent
+    script.write_text(ENGINE_SCRIPT.format(here=str(here), tests=str(here.parent)))
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     if tensor_parallel_size > 1:

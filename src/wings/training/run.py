@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..data.collate import LlavaCollator, LlavaDataset
-from ..data.conversation import tokenize_conversation
-from ..data.llava import SampleTooLongError, load_llava_records
+from ..data.collate import LlavaCollator
+from ..errors import UsageError
 from ..modeling.model import WingsForConditionalGeneration
 from ..processing import WingsProcessor
+from ..validation import CHECKPOINT_PREFIX, check_model, check_output_dir
+from .data import data_sources, load_training_data
 from .groups import set_trainable
 from .lora import add_lora, merge_lora
 from .recipe import Recipe, RecipeError
@@ -70,21 +72,32 @@ def build_model_and_processor(
     return model, processor
 
 
-def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
-    """Tokenise every sample once before training so that an over-long one is reported up front."""
-    kept = []
-    for record in tqdm(dataset.records, desc="checking sample lengths", leave=False):
-        try:
-            tokenize_conversation(record, dataset.processor, dataset.max_length)
-        except SampleTooLongError as err:
-            if not skip:
-                raise
-            logger.warning("skipping sample: %s", err)
-            continue
-        kept.append(record)
-    if len(kept) < len(dataset.records):
-        logger.warning("skipped %d over-long samples", len(dataset.records) - len(kept))
-    dataset.records = kept
+def check_run_arguments(output: str, max_steps: int | None, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is read, a used --output without --resume/--overwrite and a --max-steps < 1."""
+    check_output_dir(output, resume=resume, overwrite=overwrite)
+    if max_steps is not None and max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {max_steps}")
+
+
+def check_model_arguments(llm: str | None, vision: str | None, init: str | None) -> None:
+    """Missing, damaged or wrong-kind model directories, named before any model is built (a plain LLM
+    given as --init would otherwise build a default-sized WINGS model)."""
+    if init is not None:
+        check_model(init, "--init", "wings")
+        return
+    if llm is not None:
+        check_model(llm, "--llm", "llm")
+    if vision is not None:
+        check_model(vision, "--vision", "vision")
+
+
+def remove_checkpoints(output: str) -> None:
+    """Delete the previous run's checkpoints (--overwrite), so that rotation and a later --resume only
+    see this run's."""
+    for path in sorted(Path(output).glob(f"{CHECKPOINT_PREFIX}*")):
+        if path.is_dir():
+            logger.warning("--overwrite: deleting the previous run's %s", path)
+            shutil.rmtree(path)
 
 
 def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> TrainingArguments:
@@ -111,6 +124,7 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         report_to=o.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=o.dataloader_num_workers,
+        dataloader_pin_memory=_has_accelerator(),
         # Text-only batches leave the visual learners without gradients.
         ddp_find_unused_parameters=True,
         use_cpu=not _has_accelerator(),
@@ -135,7 +149,7 @@ def _has_accelerator() -> bool:
 
 def train(
     recipe: Recipe,
-    data: str,
+    data: str | Sequence[str] | None,
     output: str,
     image_folder: str | None = None,
     llm: str | None = None,
@@ -145,32 +159,45 @@ def train(
     resume: bool = False,
     skip_bad_samples: bool = False,
     callbacks: list[TrainerCallback] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`."""
+    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`.
+
+    `data` is one data file or several (`path` or `path:weight`, see `wings.data.mixture`); None
+    takes the recipe's `data.sources`.
+
+    An `output` holding a previous run (its final model or checkpoints) is refused unless `resume`
+    (continue from its last checkpoint) or `overwrite` (delete its checkpoints and train from scratch).
+    """
     from .trainer import WingsTrainer
 
     start = time.time()
-    records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
+    check_run_arguments(output, max_steps, resume, overwrite)
+    sources = data_sources(recipe, data)
+    check_model_arguments(llm, vision, init)
     set_seed(recipe.optim.seed)  # the fresh learners' init is part of the run's reproducibility
     model, processor = build_model_and_processor(recipe, llm, vision, init)
-    dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode)
-    check_lengths(dataset, skip_bad_samples)
+    args = training_arguments(recipe, output, max_steps)
+    dataset = load_training_data(recipe, sources, processor, args, image_folder, skip_bad_samples)
     if recipe.method == "lora":
         add_lora(model, recipe.lora)
     trainable = set_trainable(model, list(recipe.train))
     logger.info("trainable parameters per group: %s", trainable)
 
     os.makedirs(output, exist_ok=True)
+    if overwrite and int(os.environ.get("RANK", "0")) == 0:
+        remove_checkpoints(output)
     recipe.save(Path(output) / "recipe.yaml")
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = processor.tokenizer.eos_token_id
     trainer = WingsTrainer(
         model=model,
-        args=training_arguments(recipe, output, max_steps),
+        args=args,
         train_dataset=dataset,
         data_collator=LlavaCollator(pad_token_id=pad_id, padding_side="right"),
         group_lrs=recipe.train,
+        group_by_modality_length=recipe.data.group_by_modality_length,
         callbacks=callbacks,
     )
     checkpoint = None
@@ -183,9 +210,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if recipe.method == "lora":
         merge_lora(model)
-    trainer.save_model(output)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(output)
+    trainer.save_final(output, processor)
     return TrainResult(
         output_dir=output,
         global_step=result.global_step,

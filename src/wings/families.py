@@ -111,6 +111,13 @@ class VllmParts:
         logits_divisor: config attribute by which the LM head's logits are divided (Granite's logits_scaling).
         rope_layers: config attribute listing, per layer, 1 where it applies RoPE and 0 where not (SmolLM3's
             `no_rope_layers`), or None (every layer).
+        attention_scale_power: the power to which `attention_scale`'s value is raised (Gemma: its
+            query_pre_attn_scalar ** -0.5).
+        norm: vLLM's RMSNorm class of the family ("module:Class"; Gemma's scales by 1 + w).
+        mlp, mlp_activation: vLLM's gated MLP class of the family and the config attribute naming its activation.
+        embedding_scale: whether the decoder scales its token embeddings by sqrt(d) (Gemma; the image features
+            scattered into them are not scaled, as in the Hugging Face model).
+        logits_softcap: config attribute holding the final logit softcap (Gemma 2), or None.
     """
 
     decoder_layer: str | None
@@ -122,6 +129,12 @@ class VllmParts:
     attention_scale: str | None = None
     logits_divisor: str | None = None
     rope_layers: str | None = None
+    attention_scale_power: float = 1.0
+    norm: str = "vllm.model_executor.layers.layernorm:RMSNorm"
+    mlp: str = "vllm.model_executor.models.llama:LlamaMLP"
+    mlp_activation: str = "hidden_act"
+    embedding_scale: bool = False
+    logits_softcap: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,11 +175,18 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
         SANDWICH,
         AttentionLayout(softcap="attn_logit_softcapping"),
         notes="sandwich norms, sqrt(d) embedding scale, query_pre_attn_scalar, logit softcapping, sliding layers",
+        vllm=VllmParts(_VLLM + "gemma2:Gemma2DecoderLayer", "configs", attention_scale="query_pre_attn_scalar",
+                       attention_scale_power=-0.5, norm="vllm.model_executor.layers.layernorm:GemmaRMSNorm",
+                       mlp=_VLLM + "gemma2:Gemma2MLP", mlp_activation="hidden_activation", embedding_scale=True,
+                       logits_softcap="final_logit_softcapping"),
     ),
     "gemma3_text": TextFamily(
         SANDWICH,
         AttentionLayout(qk_norm="head"),
         notes="sandwich norms, sqrt(d) embedding scale, per-head q/k norms, local/global layers with two RoPE bases",
+        vllm=VllmParts(_VLLM + "gemma3:Gemma3DecoderLayer", "configs", attention_scale="query_pre_attn_scalar",
+                       attention_scale_power=-0.5, norm="vllm.model_executor.layers.layernorm:GemmaRMSNorm",
+                       mlp=_VLLM + "gemma3:Gemma3MLP", mlp_activation="hidden_activation", embedding_scale=True),
     ),
     "phi3": TextFamily(PRE_NORM_DROPOUT, AttentionLayout(qkv="fused"), notes="fused qkv_proj and gate_up_proj",
                        vllm=VllmParts(_VLLM + "llama:LlamaDecoderLayer")),

@@ -21,7 +21,6 @@ from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.activation import get_act_fn
-from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -33,7 +32,7 @@ from vllm.transformers_utils.config import set_default_rope_theta
 
 from .attention import learner_channels
 from .families import plain_decoder_layer, served_family
-from .layers import LearnerKeysValues, WingsDecoderLayer, layer_uses_rope, learner_rope
+from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope, norm_class
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
 from .vision import build_vision_tower, tower_features, vision_tower_class
 
@@ -93,7 +92,7 @@ class WingsTextModel(nn.Module):
         self.learner_count = 2 if config.learner_mode == "routed" else 1
         self.learner_keys_values = LearnerKeysValues(
             len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count,
-            rotated=[layer_uses_rope(text, f"{prefix}.layers.{i}") for i in with_learners],
+            [learner_rope(text, f"{prefix}.layers.{i}") for i in with_learners],
         )
         layers = []
         for i in range(text.num_hidden_layers):
@@ -107,16 +106,17 @@ class WingsTextModel(nn.Module):
                 layers.append(plain_decoder_layer(vllm_config, text, layer_prefix))
         self.layers = nn.ModuleList(layers)
         self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer) and layer.has_learners]
-        # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.
-        self.learner_rotary_emb = learner_rope(text)
         # Decoders that scale their input embeddings (Granite) scale the image features too, as the learners'
         # key/value source in the Hugging Face model.
         self.embedding_multiplier = getattr(text, family.embedding_multiplier) if family.embedding_multiplier else None
         self.fused_residual = family.vllm.fused_residual
-        self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.norm = norm_class(text)(text.hidden_size, eps=text.rms_norm_eps)
+        # Gemma scales its token embeddings by sqrt(d) (not the image features scattered into them, as in HF).
+        self.embedding_scale = text.hidden_size**0.5 if family.vllm.embedding_scale else None
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+        embeds = self.embed_tokens(input_ids)
+        return embeds if self.embedding_scale is None else embeds * torch.tensor(self.embedding_scale).to(embeds.dtype)
 
     def forward(
         self, positions: torch.Tensor, inputs_embeds: torch.Tensor, is_image: torch.Tensor
@@ -127,13 +127,11 @@ class WingsTextModel(nn.Module):
         hidden, residual = inputs_embeds, None
         if self.learner_layers:
             channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)
-            keys, values = self.learner_keys_values(positions, inputs_embeds, channels, self.learner_rotary_emb)
+            keys, values = self.learner_keys_values(positions, inputs_embeds, channels)
         index = 0
         for layer in self.layers:
             if isinstance(layer, WingsDecoderLayer) and layer.has_learners:
-                hidden, residual = layer(
-                    positions, hidden, residual, is_image, keys[index], values[index], self.learner_rotary_emb
-                )
+                hidden, residual = layer(positions, hidden, residual, is_image, keys[index], values[index])
                 index += 1
             elif isinstance(layer, WingsDecoderLayer) or self.fused_residual:
                 hidden, residual = layer(positions, hidden, residual)
@@ -160,8 +158,10 @@ class WingsLanguageModel(nn.Module):
         )
         if self.tied:
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
-        divisor = served_family(text).vllm.logits_divisor  # Granite divides its logits
-        self.logits_processor = LogitsProcessor(text.vocab_size, scale=1.0 / getattr(text, divisor) if divisor else 1.0)
+        parts = served_family(text).vllm
+        divisor = getattr(text, parts.logits_divisor) if parts.logits_divisor else 1.0  # Granite divides its logits
+        softcap = getattr(text, parts.logits_softcap) if parts.logits_softcap else None  # Gemma 2 caps them
+        self.logits_processor = LogitsProcessor(text.vocab_size, scale=1.0 / divisor, soft_cap=softcap)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)

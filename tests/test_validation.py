@@ -101,6 +101,10 @@ def test_check_output_dir(tmp_path):
         check_output_dir(tmp_path)
     check_output_dir(tmp_path, resume=True)
     check_output_dir(tmp_path, overwrite=True)
+    (tmp_path / "checkpoint-4").rmdir()
+    with pytest.raises(OutputExistsError, match="no checkpoint to continue from.*--overwrite"):
+        check_output_dir(tmp_path, resume=True)  # it would silently retrain the final model
+    (tmp_path / "checkpoint-4").mkdir()
     with pytest.raises(UsageError, match="one of them"):
         check_output_dir(tmp_path, resume=True, overwrite=True)
     with pytest.raises(UsageError, match="is a file"):

@@ -74,6 +74,8 @@ def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, s
             for module in (layer.visual_learner, layer.textual_learner, layer.router):
                 for p in module.parameters():
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
+    if not model.training:
+        model.eval()  # packs the learners' inference weights again (wings.modeling.packing)
 
 
 def image_prompt(text_before: list[int], text_after: list[int], n_images: int = 1, seq: int = 4) -> list[int]:

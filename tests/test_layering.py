@@ -22,7 +22,7 @@ import wings
 LAYERS: list[tuple[str, ...]] = [
     ("wings.errors", "wings.compat", "wings.validation", "wings.families", "wings.config"),
     ("wings.modeling",),
-    ("wings.processing", "wings.presets"),
+    ("wings.processing", "wings.chat_content", "wings.presets"),
     ("wings.data",),
     ("wings.training",),
     ("wings.evaluation",),

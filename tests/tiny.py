@@ -115,6 +115,22 @@ def make_tiny_hub(root):
     return root
 
 
+def save_hub_wings(hub, folder, learner_rank: int = 4):
+    """Build a WINGS model (untrained learners) from `make_tiny_hub`'s LLM and tower; save it with its processor."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from wings.processing import WingsProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(hub / "llm")
+    model = WingsForConditionalGeneration.from_llm_and_vision(str(hub / "llm"), str(hub / "vision"),
+                                                              tokenizer=tokenizer, learner_rank=learner_rank)
+    processor = WingsProcessor(AutoImageProcessor.from_pretrained(hub / "vision"), tokenizer,
+                               image_seq_length=model.config.image_seq_length)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def tiny_processor(corpus, image_size: int = IMAGE_SIZE, image_seq_length: int = 4, tokenizer=None):
     """A WingsProcessor over an offline tokenizer trained on `corpus` and a PIL SigLIP image processor."""
     from wings.processing import WingsProcessor

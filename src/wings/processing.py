@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
+from .chat_content import content_format, template_content
 from .modeling.model import ensure_image_token
 
 
@@ -224,9 +225,11 @@ class WingsProcessor(ProcessorMixin):
         for key in PROCESSOR_CALL_KWARGS:
             if key in kwargs:
                 processor_kwargs[key] = kwargs.pop(key)
+        # The template gets the content parts or one string, as vLLM's server hands them (`wings.chat_content`).
+        fmt = content_format(template or self.tokenizer.chat_template)
         prompts = [
             self.tokenizer.apply_chat_template(
-                [{**m, "content": flatten_content(m["content"])} for m in messages],
+                [{**m, "content": template_content(m["content"], fmt)} for m in messages],
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,

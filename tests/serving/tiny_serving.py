@@ -41,18 +41,51 @@ CORPUS = [
 ] * 5
 
 
-# The LLM families the plugin serves. Qwen3 and Mistral get an explicit head_dim of 64, twice the learners' d/H
-# of 32, so the learners need RoPE tables of their own, as in Qwen3-4B or Mistral Nemo.
+# The LLM families the plugin serves, each with what distinguishes it switched on. Qwen3, Mistral and Ministral
+# get an explicit head_dim (128, 64, 64) other than the learners' d/H of 32, so the learners need RoPE tables of
+# their own, as in Qwen3-4B or Mistral Nemo. Windows of SLIDING_WINDOW tokens are shorter than the test prompts.
+SLIDING_WINDOW = 12
 FAMILY_LLMS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=64)),
-    "mistral": (MistralConfig, MistralForCausalLM, dict(head_dim=64, sliding_window=None)),
+    # Grouped-query attention at 8 / 2 heads of 32 channels; Qwen3's main attention at a head size of 128.
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2)),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=128)),
+    "mistral": (MistralConfig, MistralForCausalLM, dict(head_dim=64, sliding_window=SLIDING_WINDOW)),
+    "ministral": ("MinistralConfig", "MinistralForCausalLM", dict(
+        head_dim=64, sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(no_rope_layers=[1, 0, 0])),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=64, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=20,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=64, sliding_window=SLIDING_WINDOW, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+        query_pre_attn_scalar=20)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", dict(
+        embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
 }
 
 
-def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), **settings) -> Path:
-    """Save model + processor (as `wings train` does) to `folder`; returns it. family: a key of FAMILY_LLMS."""
+def tiny_tower(encoder: str):
+    """A tiny vision tower of `encoder` ("siglip", "clip" or "siglip2", the NaFlex model) seeing IMAGE_SIZE-pixel
+    squares as (IMAGE_SIZE / PATCH)^2 patches."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Siglip2VisionConfig, Siglip2VisionModel
+
+    common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, patch_size=PATCH)
+    if encoder == "siglip":
+        return SiglipVisionModel(SiglipVisionConfig(image_size=IMAGE_SIZE, **common))
+    if encoder == "clip":
+        return CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, **common))
+    if encoder == "siglip2":
+        return Siglip2VisionModel(Siglip2VisionConfig(num_patches=(IMAGE_SIZE // PATCH) ** 2, **common))
+    raise ValueError(encoder)
+
+
+def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), encoder: str = "siglip",
+                    **settings) -> Path:
+    """Save model + processor (as `wings train` does) to `folder`; returns it. family: a key of FAMILY_LLMS;
+    encoder: see `tiny_tower`."""
     tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
     torch.manual_seed(0)
     common = dict(
@@ -61,16 +94,17 @@ def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), 
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     )
     config_class, model_class, extra = FAMILY_LLMS[family]
-    llm = model_class(config_class(**common, **extra))
+    if isinstance(config_class, str):
+        import transformers
+
+        config_class, model_class = getattr(transformers, config_class), getattr(transformers, model_class)
+    llm = model_class(config_class(**{**common, **extra}))
     with torch.no_grad():  # norms start at the identity; random ones make a misplaced norm (q_norm, k_norm) visible
         for name, p in llm.named_parameters():
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     torch.manual_seed(1)
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE_SIZE, patch_size=PATCH)
-    )
+    vision = tiny_tower(encoder)
     torch.manual_seed(2)
     model = WingsForConditionalGeneration.from_llm_and_vision(
         llm.eval(), vision.eval(), tokenizer=tokenizer, learner_rank=8, learner_layers=list(learner_layers), **settings
@@ -247,25 +281,31 @@ ENGINE_PROMPTS = [
 ]
 
 ENGINE_SCRIPT = """
-import json, sys
+import gc, json, sys
 sys.path[:0] = [{here!r}, {tests!r}]  # tests/serving (tiny_serving) and tests/ (tiny, which it imports)
 from tiny_serving import sample_image
 from vllm import LLM, SamplingParams
 
 if __name__ == "__main__":
-    folder, prompts, n_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    folders, prompts, n_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
     enforce_eager, tp_size = sys.argv[4] == "1", int(sys.argv[5])
-    llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
-              max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
-              distributed_executor_backend="mp" if tp_size > 1 else None)
-    requests = [{{"prompt": p}} for p, _ in prompts]
-    for request, (_, n) in zip(requests, prompts):
-        if n:
-            request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
-    params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
-    outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
-    result = [[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]] for o in outputs]
-    print("engine-result: " + json.dumps(result), flush=True)
+    results = []
+    for folder in folders:  # one engine after the other: the process starts (imports vLLM) once
+        llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
+                  max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
+                  distributed_executor_backend="mp" if tp_size > 1 else None)
+        requests = [{{"prompt": p}} for p, _ in prompts]
+        for request, (_, n) in zip(requests, prompts):
+            if n:
+                request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
+        params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
+        outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
+        results.append([[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]]
+                        for o in outputs])
+        llm.llm_engine.engine_core.shutdown()
+        del llm, outputs
+        gc.collect()
+    print("engine-result: " + json.dumps(results), flush=True)
 """
 
 
@@ -307,6 +347,14 @@ def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, w
     enforce_eager=False runs vLLM's default compiled path (the decoder traced once and compiled by inductor).
     tensor_parallel_size > 1 starts one worker process per rank, each bound to one of this process's CPUs.
     """
+    (results,) = engines_greedy([folder], prompts, n_tokens, workdir, enforce_eager, tensor_parallel_size)
+    return [tuple(r) for r in results] if with_logprobs else [ids for ids, _ in results]
+
+
+def engines_greedy(folders: list[Path], prompts: list[tuple[str, int]], n_tokens: int, workdir: Path,
+                   enforce_eager: bool = True, tensor_parallel_size: int = 1) -> list[list[tuple[list[int], list[float]]]]:
+    """`engine_greedy` for several saved models, one engine after the other in one subprocess (vLLM is imported
+    once): per folder, per prompt, (greedy ids, their log-probabilities)."""
     import json
     import os
     import subprocess
@@ -321,10 +369,9 @@ def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, w
         # vLLM binds each CPU worker's threads to a NUMA node; a one-node machine needs explicit per-rank CPUs.
         cpus = sorted(os.sched_getaffinity(0))[:tensor_parallel_size]
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cpus)
-    args = [sys.executable, str(script), str(folder), json.dumps(prompts), str(n_tokens),
+    args = [sys.executable, str(script), json.dumps([str(f) for f in folders]), json.dumps(prompts), str(n_tokens),
             "1" if enforce_eager else "0", str(tensor_parallel_size)]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900 * len(folders))
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("engine-result: ")]
-    results = json.loads(line[len("engine-result: "):])
-    return [tuple(r) for r in results] if with_logprobs else [ids for ids, _ in results]
+    return [[tuple(r) for r in per_folder] for per_folder in json.loads(line[len("engine-result: "):])]

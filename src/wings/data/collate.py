@@ -1,4 +1,5 @@
-"""`LlavaDataset` (records -> token ids, labels, pixel values) and `LlavaCollator` (padding + image batching).
+"""`PreparedDataset` (prepared rows -> token ids, labels, pixel values), `LlavaDataset` (the same from
+records, tokenising on access) and `LlavaCollator` (padding + image batching).
 
 Batches follow the HF LLaVA contract of `WingsForConditionalGeneration.forward`: `pixel_values` hold
 every image of the batch, in sample order and, within a sample, in `<image>` marker order, which is
@@ -11,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -18,8 +20,50 @@ from ..processing import WingsProcessor
 from .conversation import IGNORE_INDEX, tokenize_conversation
 from .images import ImageMode, ImageTransform
 from .llava import LlavaRecord, SampleTooLongError
+from .prepared import labels_from_spans
 
 logger = logging.getLogger(__name__)
+
+
+class PreparedDataset(Dataset):
+    """Prepared rows (`wings.data.prepared`) as training samples: the tokens come from the cache, so an
+    item only decodes and transforms its images (in the data-loader workers when there are any).
+
+    Args:
+        rows: good prepared rows (`PreparedSource.good()`, or a mixture of several).
+        processor: its image processor transforms the images.
+        image_mode: "pad" (LLaVA-1.5) or "resize"; see `ImageTransform`.
+
+    Each item: input_ids [T] (long), labels [T] (long), pixel_values [n_images, 3, H, W] or None.
+    """
+
+    def __init__(self, rows, processor: WingsProcessor, image_mode: ImageMode = "pad"):
+        self.rows = rows.select_columns(["input_ids", "label_spans", "images", "length", "n_images"])
+        self.processor = processor
+        self.transform = ImageTransform(processor, image_mode)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        input_ids = np.asarray(row["input_ids"], dtype=np.int64)
+        images = row["images"]
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(labels_from_spans(input_ids, row["label_spans"])),
+            "pixel_values": torch.stack([self.transform(p) for p in images]) if images else None,
+        }
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token counts [N] (image tokens included), for length-grouped sampling."""
+        return self.rows.with_format("numpy")["length"][:]
+
+    @property
+    def has_images(self) -> np.ndarray:
+        """[N] bool: whether each sample has an image (for modality grouping)."""
+        return self.rows.with_format("numpy")["n_images"][:] > 0
 
 
 class LlavaDataset(Dataset):

@@ -1,10 +1,10 @@
-"""`WingsForConditionalGeneration` for vLLM: vision tower + projector + a Llama-family LLM (Qwen2, Qwen3, Llama,
-Mistral) with WINGS learners.
+"""`WingsForConditionalGeneration` for vLLM: vision tower + projector + an LLM with WINGS learners.
 
 The module tree and parameter names mirror `wings.modeling.model.WingsForConditionalGeneration`, so
 the saved safetensors load as they are (vLLM fuses q/k/v and gate/up on load). Layers without
-learners are vLLM's own Qwen2/Qwen3/Llama/Mistral decoder layers; layers with learners are
-`wings.serving.layers.WingsDecoderLayer`.
+learners are vLLM's own decoder layers of the LLM's family (named in `wings.families`); layers with
+learners are `wings.serving.layers.WingsDecoderLayer`. The families served are those of the table whose
+features the plugin computes (`wings.serving.families`).
 
 vLLM hands the model `inputs_embeds` (text embeddings with the projected image features scattered
 into the image-token slots) and, because `requires_raw_input_tokens` is set, the token ids, which
@@ -21,31 +21,30 @@ from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.activation import get_act_fn
-from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
-from vllm.model_executor.models.clip import CLIPVisionModel
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
-from vllm.model_executor.models.llama import LlamaDecoderLayer
-from vllm.model_executor.models.mistral import MistralDecoderLayer
-from vllm.model_executor.models.qwen2 import Qwen2DecoderLayer
-from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer
-from vllm.model_executor.models.siglip import SiglipVisionModel
-from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, get_layer_index, maybe_prefix
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.config import set_default_rope_theta
 
 from .attention import learner_channels
-from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope
+from .families import plain_decoder_layer, served_family
+from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope, norm_class
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
+from .vision import build_vision_tower, tower_features, vision_tower_class
 
 # Checkpoints saved before the decoder-layer wrapper kept the LLM's own names store the LLM weights
 # of a layer with learners as `layers.N.decoder_layer.<key>`; both layouts load. Some transformers
-# releases save the vision tower without its `vision_model.` level; vLLM's towers keep it.
+# releases save the vision tower without its `vision_model.` level; vLLM's towers keep it. The towers'
+# pooling heads (SigLIP, SigLIP 2) never make image features and are not built.
 CHECKPOINT_NAMES = WeightsMapper(
-    orig_to_new_regex={re.compile(r"^vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model."},
+    orig_to_new_regex={
+        re.compile(r"^vision_tower\.(vision_model\.)?head\..*"): None,
+        re.compile(r"^vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model.",
+    },
     orig_to_new_substr={".decoder_layer.": "."},
 )
 FUSED_PROJECTIONS = WeightsMapper(
@@ -59,31 +58,6 @@ FUSED_PROJECTIONS = WeightsMapper(
 )
 
 
-# The families the plugin serves, each with vLLM's own decoder layer for its layers without learners
-# (built from the vLLM config, the text config and the layer's prefix). The other families WINGS trains
-# (Gemma, Phi-3, OLMo 2, MoE, ...) need softcaps, sandwich norms, scalings or expert layers in the learner
-# layers first.
-PLAIN_DECODER_LAYERS = {
-    "qwen2": lambda vllm_config, text, prefix: Qwen2DecoderLayer(
-        text, vllm_config.cache_config, vllm_config.quant_config, prefix=prefix),
-    "qwen3": lambda vllm_config, text, prefix: Qwen3DecoderLayer(
-        text, vllm_config.cache_config, vllm_config.quant_config, prefix=prefix),
-    "llama": lambda vllm_config, text, prefix: LlamaDecoderLayer(vllm_config, prefix=prefix, config=text),
-    "mistral": lambda vllm_config, text, prefix: MistralDecoderLayer(vllm_config, prefix=prefix, config=text),
-}
-SERVED_TEXT_MODEL_TYPES = tuple(PLAIN_DECODER_LAYERS)
-
-
-def sliding_window_in_use(text_config) -> bool:
-    """True when some layer of the LLM attends over a sliding window (which the learner layers do not model)."""
-    if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
-        return True
-    if text_config.model_type in ("qwen2", "qwen3"):
-        return bool(getattr(text_config, "use_sliding_window", False))
-    window = getattr(text_config, "sliding_window", None)
-    return window is not None and window < text_config.max_position_embeddings
-
-
 def check_servable(config) -> None:
     """Raise a `ValueError` for WINGS settings the vLLM model cannot compute."""
     if config.router == "positional" and config.learner_mode == "routed":
@@ -92,19 +66,8 @@ def check_servable(config) -> None:
             "kernels never materialise; serve a model trained with router='segment' (the default), or use "
             "Hugging Face generate for this one."
         )
-    model_type = config.text_config.model_type
-    if model_type not in SERVED_TEXT_MODEL_TYPES:
-        raise ValueError(
-            f"WINGS in vLLM: the plugin serves LLMs of type {', '.join(SERVED_TEXT_MODEL_TYPES)}; this model's is "
-            f"'{model_type}' (its layers differ in ways the plugin does not reproduce yet). Such models answer "
-            "through Hugging Face generate (`wings chat`, `model.generate`)."
-        )
-    if sliding_window_in_use(config.text_config):
-        raise ValueError(
-            f"WINGS in vLLM: this {model_type} LLM attends over a sliding window of "
-            f"{config.text_config.sliding_window} tokens in some layers, which the plugin's layers with learners do "
-            "not reproduce; such models answer through Hugging Face generate (`wings chat`, `model.generate`)."
-        )
+    served_family(config.text_config)
+    vision_tower_class(config.vision_config)
 
 
 # vLLM compiles the decoder (its default outside enforce_eager: inductor on CPU, CUDA graphs on GPUs) as it
@@ -117,8 +80,10 @@ class WingsTextModel(nn.Module):
         super().__init__()
         config = vllm_config.model_config.hf_config
         text = config.text_config
-        if text.model_type in ("qwen2", "qwen3"):
-            set_default_rope_theta(text, default_theta=1000000)
+        family = served_family(text)
+        default_theta = family.vllm.default_rope_theta
+        if default_theta is not None:
+            set_default_rope_theta(text, default_theta=default_theta)
         cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
         self.embed_tokens = VocabParallelEmbedding(
             text.vocab_size, text.hidden_size, quant_config=quant_config, prefix=f"{prefix}.embed_tokens"
@@ -126,7 +91,8 @@ class WingsTextModel(nn.Module):
         with_learners = sorted(set(config.layers_with_learners))
         self.learner_count = 2 if config.learner_mode == "routed" else 1
         self.learner_keys_values = LearnerKeysValues(
-            len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count
+            len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count,
+            [learner_rope(text, f"{prefix}.layers.{i}") for i in with_learners],
         )
         layers = []
         for i in range(text.num_hidden_layers):
@@ -134,36 +100,44 @@ class WingsTextModel(nn.Module):
             if i in with_learners:
                 kv_weights = self.learner_keys_values.layer_weights(with_learners.index(i))
                 layers.append(WingsDecoderLayer(config, kv_weights, cache_config, quant_config, layer_prefix))
+            elif family.vllm.decoder_layer is None:  # vLLM has no layer of this family: WINGS' own, no learners
+                layers.append(WingsDecoderLayer(config, None, cache_config, quant_config, layer_prefix))
             else:
-                layers.append(PLAIN_DECODER_LAYERS[text.model_type](vllm_config, text, layer_prefix))
+                layers.append(plain_decoder_layer(vllm_config, text, layer_prefix))
         self.layers = nn.ModuleList(layers)
-        self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
-        # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.
-        self.learner_rotary_emb = learner_rope(text)
-        self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer) and layer.has_learners]
+        # Decoders that scale their input embeddings (Granite) scale the image features too, as the learners'
+        # key/value source in the Hugging Face model.
+        self.embedding_multiplier = getattr(text, family.embedding_multiplier) if family.embedding_multiplier else None
+        self.fused_residual = family.vllm.fused_residual
+        self.norm = norm_class(text)(text.hidden_size, eps=text.rms_norm_eps)
+        # Gemma scales its token embeddings by sqrt(d) (not the image features scattered into them, as in HF).
+        self.embedding_scale = text.hidden_size**0.5 if family.vllm.embedding_scale else None
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+        embeds = self.embed_tokens(input_ids)
+        return embeds if self.embedding_scale is None else embeds * torch.tensor(self.embedding_scale).to(embeds.dtype)
 
     def forward(
         self, positions: torch.Tensor, inputs_embeds: torch.Tensor, is_image: torch.Tensor
     ) -> torch.Tensor:
         """positions [T], inputs_embeds [T, d] (the learners' key/value source), is_image [T] -> hidden [T, d]."""
+        if self.embedding_multiplier is not None:
+            inputs_embeds = inputs_embeds * self.embedding_multiplier
         hidden, residual = inputs_embeds, None
         if self.learner_layers:
             channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)
-            keys, values = self.learner_keys_values(positions, inputs_embeds, channels, self.learner_rotary_emb)
+            keys, values = self.learner_keys_values(positions, inputs_embeds, channels)
         index = 0
         for layer in self.layers:
-            if isinstance(layer, WingsDecoderLayer):
-                hidden, residual = layer(
-                    positions, hidden, residual, is_image, keys[index], values[index], self.learner_rotary_emb
-                )
+            if isinstance(layer, WingsDecoderLayer) and layer.has_learners:
+                hidden, residual = layer(positions, hidden, residual, is_image, keys[index], values[index])
                 index += 1
-            else:
+            elif isinstance(layer, WingsDecoderLayer) or self.fused_residual:
                 hidden, residual = layer(positions, hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+            else:  # vLLM's layer takes and returns the stream itself
+                hidden, residual = layer(positions, hidden if residual is None else hidden + residual), None
+        return self.norm(hidden) if residual is None else self.norm(hidden, residual)[0]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return AutoWeightsLoader(self).load_weights(weights, mapper=FUSED_PROJECTIONS)
@@ -184,7 +158,10 @@ class WingsLanguageModel(nn.Module):
         )
         if self.tied:
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
-        self.logits_processor = LogitsProcessor(text.vocab_size)
+        parts = served_family(text).vllm
+        divisor = getattr(text, parts.logits_divisor) if parts.logits_divisor else 1.0  # Granite divides its logits
+        softcap = getattr(text, parts.logits_softcap) if parts.logits_softcap else None  # Gemma 2 caps them
+        self.logits_processor = LogitsProcessor(text.vocab_size, scale=1.0 / divisor, soft_cap=softcap)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
@@ -220,14 +197,6 @@ class WingsMultiModalProjector(nn.Module):
         return hidden
 
 
-def build_vision_tower(config, quant_config, prefix: str) -> nn.Module:
-    """vLLM's SigLIP/CLIP vision model, built up to the feature layer (no post-norm, as `hidden_states[k]`)."""
-    vision = config.vision_config
-    layers = get_layer_index(config.vision_feature_layer, vision.num_hidden_layers)
-    cls = SiglipVisionModel if vision.model_type == "siglip_vision_model" else CLIPVisionModel
-    return cls(vision, quant_config=quant_config, num_hidden_layers_override=layers, require_post_norm=False, prefix=prefix)
-
-
 @MULTIMODAL_REGISTRY.register_processor(
     WingsMultiModalProcessor, info=WingsProcessingInfo, dummy_inputs=WingsDummyInputsBuilder
 )
@@ -247,12 +216,14 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
         super().__init__()
         config = vllm_config.model_config.hf_config
         check_servable(config)
-        self.config = config
+        self.config, self.vllm_config = config, vllm_config
         self.image_token_id = config.image_token_id
         quant_config = vllm_config.quant_config
         self.configure_mm_token_handling(config.text_config.vocab_size, [config.image_token_id])
         with self._mark_tower_model(vllm_config, "image"):
-            self.vision_tower = build_vision_tower(config, quant_config, maybe_prefix(prefix, "vision_tower"))
+            self.vision_tower = build_vision_tower(
+                config.vision_config, config.vision_feature_layer, quant_config, maybe_prefix(prefix, "vision_tower")
+            )
             self.multi_modal_projector = WingsMultiModalProjector(
                 config.vision_config.hidden_size, config.text_config.hidden_size, config.projector_hidden_act,
                 quant_config, maybe_prefix(prefix, "multi_modal_projector"),
@@ -269,10 +240,7 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
             return []
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack(list(pixel_values))
-        tower = self.vision_tower
-        features = tower(pixel_values.to(tower.dtype))
-        if self.config.vision_config.model_type == "clip_vision_model":
-            features = features[:, 1:]  # CLIP's CLS token is not an image token
+        features = tower_features(self.vision_tower, self.config.vision_config, pixel_values, self.vllm_config)
         return self.multi_modal_projector(features)
 
     def forward(

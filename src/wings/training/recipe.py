@@ -8,7 +8,7 @@ A recipe file looks like::
     model: {learner_mode: visual_only, learner_rank: 64}   # WingsConfig settings
     train: {projector: 2.0e-5, visual_learners: 2.0e-5}    # group -> learning rate; absent = frozen
     optim: {epochs: 1, batch_size: 16, gradient_accumulation_steps: 16, ...}
-    data: {max_length: 2048, image_mode: pad}
+    data: {max_length: 2048, image_mode: pad, sources: [llava_mix.json, text_only.jsonl:0.1]}
 
 `key=value` overrides use dotted paths (`optim.batch_size=4`, `train.llm=1e-5`).
 """
@@ -86,13 +86,19 @@ class OptimSettings:
     save_total_limit: int | None = 2
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=lambda: ["none"])
-    dataloader_num_workers: int = 0
+    # Image decoding and processing run in the loader's worker processes, beside the training step.
+    dataloader_num_workers: int = 2
 
 
 @dataclass
 class DataSettings:
     max_length: int = 2048
     image_mode: str = "pad"  # pad to square with the processor's mean colour (released recipe) or resize
+    # Data files, `path` or `path:weight` (a mixture, see wings.data.mixture); `--data` replaces them.
+    sources: list[str] = field(default_factory=list)
+    group_by_modality_length: bool = False  # batches of one modality and similar lengths (LLaVA's option)
+    num_proc: int | None = None  # processes that prepare the data (default: the machine's cores)
+    cache_dir: str | None = None  # prepared data (default: $WINGS_DATA_CACHE or ~/.cache/wings/data)
 
 
 @dataclass

@@ -6,20 +6,20 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..data.collate import LlavaCollator, LlavaDataset
-from ..data.conversation import tokenize_conversation
-from ..data.llava import SampleTooLongError, load_llava_records
+from ..compat import checkpointing_arguments
+from ..data.collate import LlavaCollator
 from ..errors import UsageError
 from ..modeling.model import WingsForConditionalGeneration
 from ..processing import WingsProcessor
 from ..validation import CHECKPOINT_PREFIX, check_model, check_output_dir
+from .data import data_sources, load_training_data
 from .groups import set_trainable
 from .lora import add_lora, merge_lora
 from .recipe import Recipe, RecipeError
@@ -101,23 +101,6 @@ def remove_checkpoints(output: str) -> None:
             shutil.rmtree(path)
 
 
-def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
-    """Tokenise every sample once before training so that an over-long one is reported up front."""
-    kept = []
-    for record in tqdm(dataset.records, desc="checking sample lengths", leave=False):
-        try:
-            tokenize_conversation(record, dataset.processor, dataset.max_length)
-        except SampleTooLongError as err:
-            if not skip:
-                raise
-            logger.warning("skipping sample: %s", err)
-            continue
-        kept.append(record)
-    if len(kept) < len(dataset.records):
-        logger.warning("skipped %d over-long samples", len(dataset.records) - len(kept))
-    dataset.records = kept
-
-
 def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> TrainingArguments:
     o = recipe.optim
     return TrainingArguments(
@@ -132,7 +115,7 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         weight_decay=o.weight_decay,
         max_grad_norm=o.max_grad_norm,
         bf16=o.bf16,
-        **_checkpointing_arguments(o.gradient_checkpointing),
+        **checkpointing_arguments(TrainingArguments, o.gradient_checkpointing),
         seed=o.seed,
         data_seed=o.seed,
         save_strategy="steps",
@@ -142,20 +125,12 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         report_to=o.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=o.dataloader_num_workers,
+        dataloader_pin_memory=_has_accelerator(),
         # Text-only batches leave the visual learners without gradients.
         ddp_find_unused_parameters=True,
         use_cpu=not _has_accelerator(),
         disable_tqdm=False,
     )
-
-
-def _checkpointing_arguments(enabled: bool) -> dict:
-    """Activation checkpointing for `TrainingArguments`, under the name this transformers version uses
-    (`activation_checkpointing` replaced `gradient_checkpointing` after 5.19, the oldest release we support)."""
-    name = "activation_checkpointing"
-    if name not in TrainingArguments.__dataclass_fields__:
-        name = "gradient_checkpointing"
-    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def _has_accelerator() -> bool:
@@ -166,7 +141,7 @@ def _has_accelerator() -> bool:
 
 def train(
     recipe: Recipe,
-    data: str,
+    data: str | Sequence[str] | None,
     output: str,
     image_folder: str | None = None,
     llm: str | None = None,
@@ -180,6 +155,9 @@ def train(
 ) -> TrainResult:
     """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`.
 
+    `data` is one data file or several (`path` or `path:weight`, see `wings.data.mixture`); None
+    takes the recipe's `data.sources`.
+
     An `output` holding a previous run (its final model or checkpoints) is refused unless `resume`
     (continue from its last checkpoint) or `overwrite` (delete its checkpoints and train from scratch).
     """
@@ -187,12 +165,12 @@ def train(
 
     start = time.time()
     check_run_arguments(output, max_steps, resume, overwrite)
-    records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
+    sources = data_sources(recipe, data)
     check_model_arguments(llm, vision, init)
     set_seed(recipe.optim.seed)  # the fresh learners' init is part of the run's reproducibility
     model, processor = build_model_and_processor(recipe, llm, vision, init)
-    dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode)
-    check_lengths(dataset, skip_bad_samples)
+    args = training_arguments(recipe, output, max_steps)
+    dataset = load_training_data(recipe, sources, processor, args, image_folder, skip_bad_samples)
     if recipe.method == "lora":
         add_lora(model, recipe.lora)
     trainable = set_trainable(model, list(recipe.train))
@@ -207,10 +185,11 @@ def train(
         pad_id = processor.tokenizer.eos_token_id
     trainer = WingsTrainer(
         model=model,
-        args=training_arguments(recipe, output, max_steps),
+        args=args,
         train_dataset=dataset,
         data_collator=LlavaCollator(pad_token_id=pad_id, padding_side="right"),
         group_lrs=recipe.train,
+        group_by_modality_length=recipe.data.group_by_modality_length,
         callbacks=callbacks,
     )
     checkpoint = None

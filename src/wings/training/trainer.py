@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from ..data.sampler import ModalityLengthGroupedSampler
 from .groups import parameter_groups
 
 STAGING_DIR = ".staging"
@@ -28,13 +29,24 @@ class WingsTrainer(Trainer):
 
     Args:
         group_lrs: group name -> learning rate, for the groups that train (see `training.groups`).
+        group_by_modality_length: order the training samples with `ModalityLengthGroupedSampler`
+            (the data set needs `lengths` and `has_images`, as `PreparedDataset` has).
         Other arguments are those of `transformers.Trainer`.
     """
 
-    def __init__(self, *args, group_lrs: dict[str, float], **kwargs):
+    def __init__(self, *args, group_lrs: dict[str, float], group_by_modality_length: bool = False, **kwargs):
         self.group_lrs = dict(group_lrs)
+        self.group_by_modality_length = group_by_modality_length
         self._staging = False
         super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        megabatch = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ModalityLengthGroupedSampler(dataset.lengths, dataset.has_images, megabatch, seed)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:

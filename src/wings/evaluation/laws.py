@@ -56,7 +56,7 @@ from ..errors import UnsupportedModelError
 from ..families import TextFamily, text_family
 from ..modeling.attention import additive_mask, project_qkv, repeat_kv, uses_rope
 from ..modeling.decoder_layer import check_layer
-from ..modeling.lorra import apply_rope
+from ..modeling.rope import apply_rope
 from .inputs import pixel_values as prepare_pixels
 from .inputs import prompt_ids
 from .laws_plots import plot_laws_compare, write_laws

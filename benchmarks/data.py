@@ -163,8 +163,8 @@ def main() -> None:
     env = {**os.environ, "WINGS_DATA_CACHE": str(cache), "PYTHONPATH": str(REPO / "src")}
     train = [sys.executable, "-m", "wings.cli", "-v", "train", "wings_stage1", "--llm", str(hub / "llm"),
              "--vision", str(hub / "vision"), "--data", str(data), "--image-folder", str(images), "--max-steps", "1",
-             "optim.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.bf16=false", "optim.save_steps=1000", "optim.logging_steps=1",
-             "model.learner_rank=4"]
+             "optim.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.bf16=false", "optim.save_steps=1000",
+             "optim.logging_steps=1", "model.learner_rank=4"]
 
     first_s, first_rss, log = measured([*train, "--output", str(cache / "out_first")], env, cache / "first.log")
     match = re.search(r"prepared (\d+) samples in ([\d.]+) s", log)
@@ -188,7 +188,8 @@ def main() -> None:
         "targets": {"prepare_665k_s": 300, "second_launch_665k_s": 30, "peak_rss_gb": 3,
                     "first_launch_100k_s": 120, "second_launch_100k_s": 45},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg(), "python": platform.python_version()},
+                    "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                    "python": platform.python_version()},
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

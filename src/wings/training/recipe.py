@@ -57,6 +57,7 @@ MINIMA: dict[str, tuple[float, bool]] = {
     "optim.logging_steps": (1, True),
     "optim.dataloader_num_workers": (0, True),
     "data.max_length": (1, True),
+    "data.num_proc": (1, True),
     "lora.r": (1, True),
     "lora.alpha": (0, False),
     "lora.dropout": (0, True),

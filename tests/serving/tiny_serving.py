@@ -62,6 +62,8 @@ FAMILY_LLMS = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
         head_dim=64, sliding_window=SLIDING_WINDOW, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
         query_pre_attn_scalar=20)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1])),
     "granite": ("GraniteConfig", "GraniteForCausalLM", dict(
         embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
 }

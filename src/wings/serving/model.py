@@ -47,13 +47,14 @@ CHECKPOINT_NAMES = WeightsMapper(
     },
     orig_to_new_substr={".decoder_layer.": "."},
 )
+# Experts' projections (`mlp.experts.N.gate_proj`) are not fused here: vLLM's fused-MoE layer loads them itself.
 FUSED_PROJECTIONS = WeightsMapper(
     orig_to_new_stacked={
         ".q_proj": (".qkv_proj", "q"),
         ".k_proj": (".qkv_proj", "k"),
         ".v_proj": (".qkv_proj", "v"),
-        ".gate_proj": (".gate_up_proj", 0),
-        ".up_proj": (".gate_up_proj", 1),
+        ".mlp.gate_proj": (".mlp.gate_up_proj", 0),
+        ".mlp.up_proj": (".mlp.gate_up_proj", 1),
     }
 )
 

@@ -356,8 +356,10 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             image_features = self.get_image_features(pixel_values, **image_inputs)
         n_features = 0 if image_features is None else image_features.shape[:-1].numel()
         if n_slots != n_features:
+            sized = [v for v in (image_inputs.get("image_sizes"), image_inputs.get("spatial_shapes"), pixel_values) if v is not None]
+            n_images = len(sized[0]) if sized else (0 if image_features is None or image_features.dim() == 2 else len(image_features))
             raise ValueError(
-                f"input_ids hold {n_slots} image tokens (id {self.config.image_token_id}) but the image(s) give "
+                f"input_ids hold {n_slots} image tokens (id {self.config.image_token_id}) but {n_images} image(s) give "
                 f"{n_features} features (image_layout='{self.config.image_layout}'): every image needs exactly its "
                 "own number of consecutive image tokens (wings.image_token_count; the processor expands them)."
             )

@@ -78,13 +78,34 @@ def scaled_tables(tables: tuple[torch.Tensor, ...], scale: float) -> tuple[torch
     return None if matrix is None else (tables[0], tables[1], matrix * scale)
 
 
-def low_rank_residual(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """x + (x A^T) B^T for x [..., d], with the residual add fused into the up-projection (one addmm).
+def residual_low_rank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """x + (x A^T) B^T: the LoRRA projection of Q, K and V (Q = h + B_q A_q h).
 
-    `down` may be x's down-projection already computed (x A^T, [..., r]); `up` is B [d, r].
+    x [..., d]; down: A [r, d]; up: B [d, r] (both in `nn.Linear` weight layout). The residual add is fused
+    into the up-projection (one addmm). Returns [..., d].
     """
     flat = x.reshape(-1, x.shape[-1])
-    return torch.addmm(flat, down.reshape(-1, down.shape[-1]), up.t()).view(x.shape)
+    return torch.addmm(flat, torch.mm(flat, down.t()), up.t()).view(x.shape)
+
+
+def low_rank_out(attended: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """(attended A_o^T) B_o^T: the learner's output projection B_o A_o, with no identity path.
+
+    attended [..., d]; down: A_o [r, d]; up: B_o [d, r]. Returns [..., d].
+    """
+    flat = attended.reshape(-1, attended.shape[-1])
+    return torch.mm(torch.mm(flat, down.t()), up.t()).view(*attended.shape[:-1], up.shape[0])
+
+
+def mix_outputs(
+    hidden: torch.Tensor, visual_out: torch.Tensor, textual_out: torch.Tensor, route: torch.Tensor
+) -> torch.Tensor:
+    """h + w_v * visual_out + w_t * textual_out: the routed learners' outputs added once to the residual.
+
+    hidden, visual_out, textual_out [..., d]; route [..., 2] (w_v, w_t) from the router. Returns [..., d].
+    """
+    route = route if route.dtype == hidden.dtype else route.to(hidden.dtype)
+    return torch.addcmul(torch.addcmul(hidden, route[..., 0:1], visual_out), route[..., 1:2], textual_out)
 
 
 # Queries are attended in blocks of this many tokens; each block reads only the keys up to the last
@@ -278,14 +299,17 @@ def mix_learners(
         return _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights, joint)
     q = torch.cat([visual.queries(flat), textual.queries(flat)], dim=-1)  # [B * T, 2 d]
     q = rotate(q.view(batch, length, 2 * heads, head_dim).transpose(1, 2), rope)  # [B, 2 H, T, d_h]
-    out = hidden
-    for i, (learner, (keys, values), mask) in enumerate(zip((visual, textual), kv, masks)):
-        if keys.shape[2] == 0:  # no key anywhere (e.g. a text-only prompt for the visual learner): output 0
-            continue
-        learned = learner(hidden, None, None, keys, values, mask, queries=q[:, i * heads : (i + 1) * heads])
-        out = torch.addcmul(out, weights[..., i : i + 1], learned) if out is hidden else out.addcmul_(
-            weights[..., i : i + 1], learned)
-    return out
+    outputs = [
+        None if keys.shape[2] == 0  # no key anywhere (e.g. a text-only prompt for the visual learner): output 0
+        else learner(hidden, None, None, keys, values, mask, queries=q[:, i * heads : (i + 1) * heads])
+        for i, (learner, (keys, values), mask) in enumerate(zip((visual, textual), kv, masks))
+    ]
+    if all(out is not None for out in outputs):
+        return mix_outputs(hidden, *outputs, weights)
+    for i, out in enumerate(outputs):
+        if out is not None:
+            return torch.addcmul(hidden, weights[..., i : i + 1], out)
+    return hidden
 
 
 def _mix_short(visual, textual, hidden, flat, rope, kv, masks, weights, joint) -> torch.Tensor:
@@ -390,7 +414,7 @@ class LowRankResidual(nn.Module):
         self.up = nn.Linear(rank, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.down(x))
+        return residual_low_rank(x, self.down.weight, self.up.weight)
 
 
 class LoRRA(nn.Module):

@@ -9,11 +9,22 @@ from torch import nn
 from .lorra import packed_weights
 
 
+def segment_route(image_mass: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(w_visual, w_textual) = softmax(W [m, 1 - m] + b): the segment router's equation.
+
+    image_mass [..., H]: the attention mass each query puts on image tokens, per head; weight [2, 2H] and
+    bias [2]: the router's `nn.Linear` over [image mass, text mass]. Returns [..., 2].
+    """
+    image_mass = image_mass.to(weight.dtype)
+    return F.softmax(F.linear(torch.cat((image_mass, 1 - image_mass), dim=-1), weight, bias), dim=-1)
+
+
 class SegmentRouter(nn.Module):
     """Reads, per head, the attention mass each query puts on image tokens and on text tokens.
 
     Length-independent and computable without materialising T x T weights (the main attention returns
-    the image mass as one extra value channel). Input [B, T, H] image mass; output [B, T, 2].
+    the image mass as one extra value channel). Input [B, T, H] image mass; output [B, T, 2]. Computes
+    `segment_route` with the text mass folded into the weights (one matmul on the image mass).
     """
 
     needs_attention_weights = False

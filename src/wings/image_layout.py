@@ -134,3 +134,27 @@ def image_token_count(height: int, width: int, layout: ImageLayout) -> int:
         rows, cols = native_patch_grid(height, width, layout)
         return rows * cols
     raise ValueError(f"image_token_count: image layout must be one of {IMAGE_LAYOUTS}, got {layout.kind!r}")
+
+
+def fit_image_token_budget(
+    sizes: list[tuple[int, int]], layout: ImageLayout, max_image_tokens: int | None, step: float = 0.9
+) -> list[tuple[int, int]]:
+    """Image sizes (height, width) whose tokens together fit `max_image_tokens`: the given sizes when they fit,
+    else all images shrunk by the same factor (aspect ratios kept, in steps of `step`) until they do, which
+    selects smaller tile grids (anyres) or fewer patches (native). Raises `ValueError` when even one pixel
+    per image does not fit (e.g. fixed-layout images, whose count never shrinks, over the budget).
+    """
+    if max_image_tokens is None or not sizes:
+        return list(sizes)
+    scale = 1.0
+    while True:
+        scaled = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in sizes]
+        total = sum(image_token_count(h, w, layout) for h, w in scaled)
+        if total <= max_image_tokens:
+            return scaled
+        if all(h == 1 and w == 1 for h, w in scaled):
+            raise ValueError(
+                f"{len(sizes)} image(s) need at least {total} image tokens ({layout.kind} layout), over the budget "
+                f"max_image_tokens={max_image_tokens}"
+            )
+        scale *= step

@@ -224,22 +224,24 @@ class WingsProcessor(ProcessorMixin):
             max_num_patches=self.max_num_patches or 0,
         )
 
-    def image_token_count(self, image: Image.Image) -> int:
-        """Image tokens `image` becomes (its `<image>` marker's expansion)."""
-        return image_token_count(image.height, image.width, self.layout)
+    def image_token_count(self, image: Image.Image | tuple[int, int]) -> int:
+        """Image tokens `image` (a PIL image or its (height, width)) becomes: its `<image>` marker's expansion."""
+        height, width = (image.height, image.width) if isinstance(image, Image.Image) else image
+        return image_token_count(height, width, self.layout)
 
-    def expand_image_tokens(self, text: str, images: list[Image.Image] | None = None) -> str:
+    def expand_image_tokens(self, text: str, images: list[Image.Image | tuple[int, int]] | None = None) -> str:
         """Replace each `<image>` marker by its image's tokens: `image_seq_length` copies for the fixed layout;
-        for the others, `image_token_count` of the matching image of `images` (in marker order)."""
+        for the others, `image_token_count` of the matching image of `images` (PIL images or (height, width),
+        in marker order; extra ones, past the text's markers, are ignored)."""
         if self.image_layout == "fixed":
             return text.replace(self.image_token, self.image_token * self.image_seq_length)
         pieces = text.split(self.image_token)
-        if images is None or len(images) != len(pieces) - 1:
+        if images is None or len(images) < len(pieces) - 1:
             raise ValueError(
                 f"image_layout={self.image_layout!r}: expanding {len(pieces) - 1} '{self.image_token}' marker(s) needs "
                 f"their images (got {0 if images is None else len(images)}): each image's token count depends on its size"
             )
-        counts = [self.image_token_count(image) for image in images]
+        counts = [self.image_token_count(image) for image in images[: len(pieces) - 1]]
         return "".join(piece + self.image_token * n for piece, n in zip(pieces, counts + [0]))
 
     def prepare_images(self, images: list[Image.Image], return_tensors: str | None = "pt") -> dict[str, Any]:

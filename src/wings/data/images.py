@@ -23,6 +23,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"cannot read image '{os.fspath(path)}': {err}") from err
 
 
+def image_size(path: str | os.PathLike | Image.Image) -> tuple[int, int]:
+    """(height, width) of an image file, from its header (the pixels are not decoded)."""
+    if isinstance(path, Image.Image):
+        return path.height, path.width
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image '{os.fspath(path)}': {err}") from err
+
+
 class ImageTransform:
     """Turn one image into pixel_values [3, H, W] for the vision tower.
 

@@ -57,6 +57,8 @@ class OptimSettings:
 class DataSettings:
     max_length: int = 2048
     image_mode: str = "pad"  # pad to square with the processor's mean colour (released recipe) or resize
+    # The most image tokens per sample (None: no limit); anyres/native images are shrunk to fit it.
+    max_image_tokens: int | None = None
 
 
 @dataclass
@@ -99,6 +101,9 @@ class Recipe:
             raise RecipeError(f"{source}: the 'lora' group trains exactly when method is 'lora'")
         if self.data.image_mode not in ("pad", "resize"):
             raise RecipeError(f"{source}: data.image_mode must be 'pad' or 'resize', got '{self.data.image_mode}'")
+        budget = self.data.max_image_tokens
+        if budget is not None and (not isinstance(budget, int) or budget < 1):
+            raise RecipeError(f"{source}: data.max_image_tokens must be a positive number of tokens, got {budget!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

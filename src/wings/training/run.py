@@ -13,10 +13,10 @@ from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, Tra
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.collate import LlavaCollator, LlavaDataset
-from ..data.conversation import tokenize_conversation
 from ..data.llava import SampleTooLongError, load_llava_records
 from ..modeling.model import WingsForConditionalGeneration
-from ..processing import WingsProcessor
+from ..config import WingsConfig
+from ..processing import WingsProcessor, processor_image_settings
 from .groups import set_trainable
 from .lora import add_lora, merge_lora
 from .recipe import Recipe, RecipeError
@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 # Settings that fix the model's shape: they can be chosen when a model is built, not changed later.
 STRUCTURAL_SETTINGS = ("learner_rank", "learner_layers", "router", "router_max_positions")
+# How images become tokens: may change from one stage to the next (the model is then rebuilt with them).
+IMAGE_LAYOUT_SETTINGS = ("image_layout", "image_grid_pinpoints", "image_pooling", "image_newline", "max_num_patches")
 
 
 @dataclass
@@ -44,8 +46,19 @@ def build_model_and_processor(
     """Load a previous stage's output (`init`) or build a new model from an LLM and a vision encoder."""
     settings = dict(recipe.model)
     if init is not None:
-        model = WingsForConditionalGeneration.from_pretrained(init)
+        # Image-layout settings may change between stages (LLaVA-NeXT: stage 1 at the base resolution, stage 2
+        # tiled); they are given to the config before the model is built, so that the row separator of a
+        # newly tiled model exists (and is initialised, being absent from the stage-1 checkpoint).
+        layout = {key: settings.pop(key) for key in IMAGE_LAYOUT_SETTINGS if key in settings}
+        config = WingsConfig.from_pretrained(init)
+        if layout:
+            if "image_layout" in layout and "image_grid_pinpoints" not in layout:
+                layout["image_grid_pinpoints"] = None  # the new layout's defaults, not the old one's
+            config = WingsConfig(**{**config.to_dict(), **layout})
+        model = WingsForConditionalGeneration.from_pretrained(init, config=config)
         processor = WingsProcessor.from_pretrained(init)
+        if layout:
+            processor = with_image_settings(processor, model.config, processor.image_mode)
         for key in STRUCTURAL_SETTINGS:
             if key in settings and settings[key] != getattr(model.config, key):
                 raise RecipeError(
@@ -64,10 +77,18 @@ def build_model_and_processor(
     processor = WingsProcessor(
         image_processor=AutoImageProcessor.from_pretrained(vision),
         tokenizer=tokenizer,
-        image_seq_length=model.config.image_seq_length,
         image_mode=recipe.data.image_mode,
+        **processor_image_settings(model.config),
     )
     return model, processor
+
+
+def with_image_settings(processor: WingsProcessor, config: WingsConfig, image_mode: str) -> WingsProcessor:
+    """`processor` with the image settings of the model `config` (its tokenizer and image processor kept)."""
+    return WingsProcessor(
+        image_processor=processor.image_processor, tokenizer=processor.tokenizer, image_token=processor.image_token,
+        image_mode=image_mode, chat_template=processor.chat_template, **processor_image_settings(config),
+    )
 
 
 def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
@@ -75,7 +96,7 @@ def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
     kept = []
     for record in tqdm(dataset.records, desc="checking sample lengths", leave=False):
         try:
-            tokenize_conversation(record, dataset.processor, dataset.max_length)
+            dataset.tokenize(record)
         except SampleTooLongError as err:
             if not skip:
                 raise
@@ -153,7 +174,8 @@ def train(
     records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
     set_seed(recipe.optim.seed)  # the fresh learners' init is part of the run's reproducibility
     model, processor = build_model_and_processor(recipe, llm, vision, init)
-    dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode)
+    dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode,
+                           max_image_tokens=recipe.data.max_image_tokens)
     check_lengths(dataset, skip_bad_samples)
     if recipe.method == "lora":
         add_lora(model, recipe.lora)

@@ -191,8 +191,13 @@ SAVED_CORPUS = [
 ] * 10
 
 
-def save_tiny_wings(path, seed: int = 0):
-    """A saved WINGS directory (model with non-zero learners + processor), as `wings train` writes it."""
+def save_tiny_wings(path, seed: int = 0, **settings):
+    """A saved WINGS directory (model with non-zero learners + processor), as `wings train` writes it.
+
+    `settings`: further `WingsConfig` fields (e.g. image_layout="anyres"); the processor follows them.
+    """
+    from wings.processing import WingsProcessor, processor_image_settings
+
     processor = tiny_processor(SAVED_CORPUS)
     tok = processor.tokenizer
     torch.manual_seed(seed)
@@ -207,8 +212,11 @@ def save_tiny_wings(path, seed: int = 0):
         image_size=IMAGE_SIZE, patch_size=PATCH,
     )).eval()
     model = WingsForConditionalGeneration.from_llm_and_vision(
-        llm, vision, image_token_id=processor.image_token_id, learner_rank=4
+        llm, vision, image_token_id=processor.image_token_id, learner_rank=4, **settings
     ).eval()
+    if settings:
+        processor = WingsProcessor(processor.image_processor, processor.tokenizer,
+                                   **processor_image_settings(model.config))
     randomize_learners(model, seed=seed + 2)
     model.save_pretrained(path)
     processor.save_pretrained(path)

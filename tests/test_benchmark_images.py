@@ -30,6 +30,7 @@ def test_token_table_rows(bench):
     assert max(rows[("SigLIP 2 NaFlex/16, 256 patches", "native")].values()) <= 256
 
 
+@pytest.mark.slow
 def test_forward_rows_run(bench):
     rows = bench.forward_table("cpu", rounds=1)
     by_layout = {r["layout"]: r for r in rows}

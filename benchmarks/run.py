@@ -1,6 +1,6 @@
 """WINGS cost benchmarks: ratios WINGS / the unwrapped LLM, measured in one run on one machine.
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda] [--output benchmarks/results/latest.json]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--output benchmarks/results/latest.json] [--only ROW ...]
 
 A random Qwen2 model of a realistic shape (see `REALISTIC`) is built once; WINGS wraps a copy of it
 (learners in every layer, segment router) and the baseline is what a user would otherwise run: the plain
@@ -12,11 +12,16 @@ same multimodal prompt as `inputs_embeds` with the image features scattered into
 the projector on random tower features so that the projector trains). Every row is a ratio of two numbers
 measured in this run, so the machine's speed cancels (the machine is shared: see the README).
 
+This file is the driver; the rows live with what they measure: memory.py, forward.py (and the router),
+decode.py, training.py; common.py holds the shapes, settings, models and timing, analytic.py the FLOP and
+decode-read counts. `--only decode decode-mha` runs some groups of rows (see GROUPS).
+
 Rows:
   memory@T        peak memory of a forward, WINGS / LLM (fresh subprocess each); target 1.3
   forward@T       forward time WINGS / LLM, next to the analytic matmul-FLOP ratio; target 1.15 x FLOP ratio
   decode ops      aten ops of one cached decode step (torch.profiler), WINGS / LLM; target 1.6
   decode          per-token time inside generate(), WINGS / LLM, at two vocab sizes; target 1.2
+  decode no GQA   the same at 16 query and 16 KV heads, vocab 2000, beside its analytic read ratio; target 1.2
   decode static   the same with cache_implementation="static", eager and torch.compile'd; target 1.2
   decode batch B  left-padded batches with 0-2 images per row; target 1.3
   generate        full recompute (use_cache=False, the released code's method) / cached generate(); target 10
@@ -28,817 +33,25 @@ Rows:
 from __future__ import annotations
 
 import argparse
-import copy
-import gc
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
 import time
-from collections import Counter
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import PRESETS, QWEN15_7B, Settings, build_base, build_models, wrap  # first: sets the offline env
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import (  # noqa: E402
-    CompileConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-)
+from analytic import decode_read_ratio, flop_ratio  # noqa: E402
+from decode import bench_decode, bench_decode_batch, bench_decode_mha, bench_decode_static, bench_generate  # noqa: E402
+from forward import bench_forward, bench_router  # noqa: E402
+from memory import bench_memory, peak_forward_memory  # noqa: E402
+from training import bench_mfu, bench_train  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
-
-from wings import WingsForConditionalGeneration  # noqa: E402
-
-# ------------------------------------------------------------------------------------------------
-# shapes and settings
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A Qwen2-style LLM with WINGS learners. `image_tokens` = image_seq_length of one image."""
-
-    hidden: int
-    heads: int
-    kv_heads: int
-    mlp: int
-    layers: int
-    vocab: int
-    rank: int
-    image_tokens: int
-    vision_hidden: int = 1152  # SigLIP-so400m width; only the projector reads it (the tower is bypassed)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-
-# The benchmark model: Qwen2, hidden 1024, 16 heads and 16 KV heads (plain multi-head attention, as in
-# Qwen1.5), MLP 2816, 4 layers, vocab 32000 (the image token is the last id), LoRRA rank 64, 256 image tokens.
-REALISTIC = Shape(hidden=1024, heads=16, kv_heads=16, mlp=2816, layers=4, vocab=32000, rank=64, image_tokens=256)
-# Decode rows also run at a small vocab: at 32,000 the lm_head is ~40% of the weights read per token and
-# dilutes the layers' share; at 7B scale the layers dominate, as they do here at vocab 2,000.
-SMALL_VOCAB = 2000
-# The released WINGS-base LLM (Qwen1.5-7B-Chat, SigLIP-so400m-patch14-384): analytic FLOPs only.
-QWEN15_7B = Shape(hidden=4096, heads=32, kv_heads=32, mlp=11008, layers=32, vocab=151936, rank=64, image_tokens=729)
-MICRO = Shape(hidden=64, heads=4, kv_heads=2, mlp=96, layers=2, vocab=128, rank=8, image_tokens=16, vision_hidden=32)
-
-
-@dataclass(frozen=True)
-class Settings:
-    shape: Shape
-    forward_lengths: tuple[int, ...]  # sequence lengths of the forward rows (one image each)
-    memory_length: int  # sequence length of the memory and router rows
-    image_start: int  # index of the first image token (a short system prompt comes first)
-    prompt_length: int  # generate / decode rows: multimodal prompt length
-    new_tokens: int  # tokens generated by the generate row
-    recompute_samples: int  # 0: run generate(use_cache=False) for real; k: time k of its forwards, integrate
-    decode_steps: int  # tokens generated per decode round
-    decode_rounds: int  # decode rounds per model (each round's per-token time is a median; rows take the minimum)
-    decode_vocabs: tuple[int, ...]  # vocab sizes of the decode rows
-    batch_sizes: tuple[int, ...]  # batched decode rows
-    batch_image_tokens: int  # image_seq_length of the batched rows (their prompts are 0-2 images + text)
-    batch_steps: int
-    compile: bool  # static-cache decode through torch.compile (inductor on CPU)
-    train_length: int
-    repeats: int  # timed rounds of the forward rows (medians reported)
-    train_repeats: int
-    router_repeats: int
-    generate_repeats: int
-    memory_in_subprocess: bool = True
-
-
-FULL = Settings(
-    shape=REALISTIC,
-    forward_lengths=(1024, 2048),
-    memory_length=2048,
-    image_start=16,
-    prompt_length=512,
-    new_tokens=128,
-    recompute_samples=0,
-    decode_steps=32,
-    decode_rounds=5,
-    decode_vocabs=(REALISTIC.vocab, SMALL_VOCAB),
-    batch_sizes=(8, 32),
-    batch_image_tokens=64,
-    batch_steps=16,
-    compile=True,
-    train_length=1024,
-    repeats=5,
-    train_repeats=3,
-    router_repeats=3,
-    generate_repeats=2,
-)
-# --quick: fewer rounds; the full-recompute cost of generating 128 tokens is integrated from 5 of its
-# 128 forwards (their lengths spread over 512..639) instead of running all of them; training at 512 tokens.
-QUICK = replace(
-    FULL,
-    repeats=3,
-    train_repeats=3,
-    router_repeats=1,
-    generate_repeats=1,
-    recompute_samples=5,
-    decode_steps=16,
-    decode_rounds=3,
-    batch_steps=8,
-    train_length=512,
-)
-MICRO_SETTINGS = Settings(
-    shape=MICRO,
-    forward_lengths=(48, 96),
-    memory_length=96,
-    image_start=4,
-    prompt_length=40,
-    new_tokens=6,
-    recompute_samples=3,
-    decode_steps=4,
-    decode_rounds=1,
-    decode_vocabs=(MICRO.vocab, 96),
-    batch_sizes=(3,),
-    batch_image_tokens=16,
-    batch_steps=3,
-    compile=False,
-    train_length=48,
-    repeats=1,
-    train_repeats=1,
-    router_repeats=1,
-    generate_repeats=1,
-    memory_in_subprocess=False,
-)
-PRESETS = {"full": FULL, "quick": QUICK, "micro": MICRO_SETTINGS}
-
-# ------------------------------------------------------------------------------------------------
-# analytic FLOPs
-
-
-def forward_flops(shape: Shape, length: int, image_tokens: int, wings: bool) -> dict[str, float]:
-    """Matmul FLOPs (2 per multiply-add) of one forward over `length` tokens, batch 1, all logits.
-
-    Main self-attention scores and values count the causal half of the T x T square (T(T+1)/2 query-key
-    pairs: causal SDPA/flash kernels skip the upper triangle); the learners' cross-attention counts the
-    full T x N rectangles (an arbitrary boolean mask: no kernel skips blocks), N = image tokens for the
-    visual learner and text tokens for the textual one. Learner K/V are projected once per key token.
-    The segment router's extra value channel (image mass) is counted with its linear layer.
-    """
-    d, kv, h, r = shape.hidden, shape.kv_heads * shape.head_dim, shape.heads, shape.rank
-    T, n_img = length, image_tokens
-    n_txt = T - n_img
-    pairs = T * (T + 1) / 2
-    per_layer = {
-        "attn_proj": 2 * T * d * (d + 2 * kv + d),
-        "attn_scores_values": 2 * 2 * pairs * d,
-        "mlp": 2 * T * d * shape.mlp * 3,
-    }
-    if wings:
-        lowrank = 2 * d * r + 2 * r * d  # one token through a down (d -> r) and an up (r -> d) projection
-        per_layer.update(
-            learner_q_o=2 * 2 * T * lowrank,  # two learners, q and o over the T queries
-            learner_k_v=2 * (n_img + n_txt) * lowrank,  # k and v over each learner's own keys
-            learner_attention=2 * 2 * T * (n_img + n_txt) * d,  # T x N_img (visual) and T x N_text (textual)
-            router=2 * pairs * h + 2 * T * (2 * h) * 2,  # image-mass value channel + Linear(2H -> 2)
-        )
-    parts = {name: shape.layers * flops for name, flops in per_layer.items()}
-    parts["lm_head"] = 2 * T * d * shape.vocab
-    return parts
-
-
-def flop_ratio(shape: Shape, length: int, image_tokens: int | None = None) -> float:
-    """Analytic forward FLOPs WINGS / plain LLM (training is ~3x forward for both: the same ratio)."""
-    n_img = shape.image_tokens if image_tokens is None else image_tokens
-    wings = sum(forward_flops(shape, length, n_img, True).values())
-    return wings / sum(forward_flops(shape, length, n_img, False).values())
-
-
-def decode_reads(shape: Shape, context: int, image_tokens: int, wings: bool) -> dict[str, int]:
-    """Values read by one cached decode step (batch 1, `context` tokens cached, `image_tokens` of them an image).
-
-    At batch 1 a decode step multiplies one token by every weight matrix and reads every cached key and value
-    once, so on hardware bound by memory bandwidth its time follows these counts (times the bytes per value).
-    The unwrapped Qwen2: the decoder layers' weights (q/k/v with biases, o, MLP, two norms), the main cache
-    (keys and values of the KV heads), the final norm, one embedding row and the lm_head. WINGS adds, per
-    layer, the learner weights a step uses (both learners' q and o, the textual learner's k and v for the new
-    token, the router) and the learners' cache: a key and a value of full width d for every cached token (image
-    tokens for the visual learner, text tokens for the textual one). Packed block-diagonal matrices read some
-    zeros on top of this (see docs/decoding.md); the count is the ideal.
-    """
-    d, kv, r, h = shape.hidden, shape.kv_heads * shape.head_dim, shape.rank, shape.heads
-    per_layer = {
-        "layer_weights": d * (d + 2 * kv) + (d + 2 * kv) + d * d + 3 * d * shape.mlp + 2 * d,
-        "kv_cache": 2 * context * kv,
-    }
-    if wings:
-        per_layer["learner_weights"] = 2 * 2 * (2 * d * r) + 2 * (2 * d * r) + (2 * h * 2 + 2)
-        per_layer["learner_cache"] = 2 * context * d
-    parts = {name: shape.layers * count for name, count in per_layer.items()}
-    parts["head"] = shape.vocab * d + 2 * d  # lm_head, final norm, the new token's embedding row
-    return parts
-
-
-def decode_read_ratio(shape: Shape, context: int, image_tokens: int | None = None) -> float:
-    """Analytic values read per decode step, WINGS / plain LLM: the time ratio where decoding is memory-bound."""
-    n_img = shape.image_tokens if image_tokens is None else image_tokens
-    return sum(decode_reads(shape, context, n_img, True).values()) / sum(decode_reads(shape, context, n_img, False).values())
-
-
-# ------------------------------------------------------------------------------------------------
-# models and inputs
-
-
-def image_token_id(shape: Shape) -> int:
-    return shape.vocab - 1
-
-
-def build_base(shape: Shape, seed: int = 0) -> tuple[Qwen2ForCausalLM, SiglipVisionModel]:
-    """A random Qwen2 LLM and a one-layer SigLIP tower of width `vision_hidden` (bypassed by image_features)."""
-    torch.manual_seed(seed)
-    llm = Qwen2ForCausalLM(
-        Qwen2Config(
-            hidden_size=shape.hidden,
-            num_attention_heads=shape.heads,
-            num_key_value_heads=shape.kv_heads,
-            intermediate_size=shape.mlp,
-            num_hidden_layers=shape.layers,
-            vocab_size=shape.vocab,
-            max_position_embeddings=8192,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-        )
-    ).eval()
-    side = int(round(shape.image_tokens**0.5))
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(
-            hidden_size=shape.vision_hidden,
-            intermediate_size=shape.vision_hidden,
-            num_hidden_layers=1,
-            num_attention_heads=max(1, shape.vision_hidden // 64),
-            image_size=side * 4,
-            patch_size=4,
-        )
-    ).eval()
-    return llm, vision
-
-
-def wrap(llm, vision, shape: Shape, learners: bool, router: str = "segment", seed: int = 1):
-    """WINGS around a copy of `llm` (learner_layers=[]: the wrapper without learners); learners get random B."""
-    model = WingsForConditionalGeneration.from_llm_and_vision(
-        copy.deepcopy(llm),
-        copy.deepcopy(vision),
-        image_token_id=image_token_id(shape),
-        learner_rank=shape.rank,
-        learner_layers=None if learners else [],
-        router=router,
-        router_max_positions=8192,
-    ).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.wings_layers:
-            for module in (layer.visual_learner, layer.textual_learner):
-                for p in module.parameters():
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    return model
-
-
-def build_models(shape: Shape, device: str, wrapper: bool = True) -> dict:
-    """{"wings": WINGS, "llm": the unwrapped HF LLM with the same weights, "wrapper": WINGS without learners}."""
-    llm, vision = build_base(shape)
-    models = {"wings": wrap(llm, vision, shape, learners=True).to(device)}
-    models["llm"] = models["wings"].to_llm().eval().to(device)
-    if wrapper:
-        models["wrapper"] = wrap(llm, vision, shape, learners=False).to(device)
-    return models
-
-
-def make_inputs(shape: Shape, length: int, image_start: int, seed: int = 0, device="cpu"):
-    """input_ids [1, length] with one image block at image_start, and image_features [1, n_img, d]."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, shape.vocab - 1, (1, length), generator=gen)
-    ids[0, image_start : image_start + shape.image_tokens] = image_token_id(shape)
-    features = torch.randn(1, shape.image_tokens, shape.hidden, generator=gen) * 0.02
-    return ids.to(device), features.to(device)
-
-
-def make_batch(shape: Shape, batch: int, image_tokens: int, seed: int = 0, device="cpu"):
-    """A left-padded batch: row i holds i % 3 images of `image_tokens` tokens among 32-96 text tokens.
-
-    Returns input_ids [B, T], attention_mask [B, T], image_features [n_images, image_tokens, d].
-    """
-    gen = torch.Generator().manual_seed(seed)
-    image_id = image_token_id(shape)
-    rows = []
-    for i in range(batch):
-        text = int(torch.randint(32, 97, (1,), generator=gen))
-        tokens = torch.randint(3, shape.vocab - 1, (text,), generator=gen).tolist()
-        for j in range(i % 3):
-            at = 4 + j * (image_tokens + 8)
-            tokens[at:at] = [image_id] * image_tokens
-        rows.append(tokens)
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    n_images = sum(i % 3 for i in range(batch))
-    features = torch.randn(n_images, image_tokens, shape.hidden, generator=gen) * 0.02
-    return ids.to(device), mask.to(device), features.to(device)
-
-
-def merged_embeds(llm, ids: torch.Tensor, features: torch.Tensor, image_id: int) -> torch.Tensor:
-    """The LLaVA input of the unwrapped LLM: token embeddings with image features in the image slots."""
-    is_image = ids == image_id
-    embeds = llm.get_input_embeddings()(ids.masked_fill(is_image, 0))
-    return embeds.masked_scatter(is_image.unsqueeze(-1), features.to(embeds.dtype))
-
-
-def model_inputs(name: str, model, ids, features, mask=None) -> dict:
-    """Keyword inputs of a forward/generate call: WINGS takes ids + image features, the LLM takes embeddings."""
-    if mask is None:
-        mask = torch.ones_like(ids)
-    if name == "llm":
-        image_id = model.config.vocab_size - 1
-        return dict(inputs_embeds=merged_embeds(model, ids, features, image_id), attention_mask=mask)
-    return dict(input_ids=ids, image_features=features, attention_mask=mask)
-
-
-# ------------------------------------------------------------------------------------------------
-# timing
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def autocast(device: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def interleaved(fns: dict, repeats: int, device: str, warmup: int = 1) -> tuple[dict[str, float], float]:
-    """Time each fn `repeats` times, the fns alternating and the order rotating every round.
-
-    Returns the median seconds of each fn and the median over rounds of first / second (a ratio of
-    two runs measured back to back, which cancels slow drifts in the machine's load).
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        order = names[i % len(names) :] + names[: i % len(names)]
-        for name in order:
-            times[name].append(timed(fns[name], device))
-    ratios = [a / b for a, b in zip(times[names[0]], times[names[1]])]
-    return {name: statistics.median(ts) for name, ts in times.items()}, statistics.median(ratios)
-
-
-class StepClock(LogitsProcessor):
-    """Records the time at every generation step (after each forward); differences are per-token costs."""
-
-    def __init__(self, device: str):
-        self.device, self.times = device, []
-
-    def __call__(self, input_ids, scores):
-        sync(self.device)
-        self.times.append(time.perf_counter())
-        return scores
-
-
-def decode_rounds(runs: dict, rounds: int, device: str) -> dict[str, list[float]]:
-    """Per-token seconds of each generate-like fn, one value per round (median of that round's steps).
-
-    runs: name -> fn(clock) that calls generate with `clock` among its logits processors. The order of the
-    models rotates every round; each model runs once before timing (warm-up, compile).
-    """
-    names = list(runs)
-    for name in names:
-        runs[name](StepClock(device))
-    per_token: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            clock = StepClock(device)
-            runs[name](clock)
-            steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
-            per_token[name].append(statistics.median(steps))
-    return per_token
-
-
-def ratio_of(numerator: float, denominator: float) -> float:
-    """numerator / denominator, or NaN when the denominator was too small to measure (micro shapes)."""
-    return numerator / denominator if denominator > 0 else float("nan")
-
-
-def row(name: str, measured: float, target: float | None, higher_is_better: bool = False, **details) -> dict:
-    if target is None or measured != measured:  # no target, or NaN (not measurable at this size)
-        ok = None
-    else:
-        ok = measured >= target if higher_is_better else measured <= target
-    return {
-        "name": name, "measured": measured, "target": target, "higher_is_better": higher_is_better, "pass": ok,
-        **details,
-    }
-
-
-# ------------------------------------------------------------------------------------------------
-# rows
-
-
-def bench_forward(models: dict, s: Settings, device: str) -> list[dict]:
-    rows = []
-    for length in s.forward_lengths:
-        ids, feats = make_inputs(s.shape, length, s.image_start, device=device)
-
-        def run(name):
-            with torch.no_grad(), autocast(device):
-                models[name](**model_inputs(name, models[name], ids, feats), use_cache=False)
-
-        t, ratio = interleaved(
-            {name: (lambda name=name: run(name)) for name in ("wings", "llm", "wrapper")},
-            s.repeats,
-            device,
-            warmup=1 if length == s.forward_lengths[0] else 0,
-        )
-        fr = flop_ratio(s.shape, length)
-        rows.append(
-            row(
-                f"forward@{length}",
-                ratio,
-                1.15 * fr,
-                flop_ratio=fr,
-                wings_s=t["wings"],
-                llm_s=t["llm"],
-                wrapper_over_llm=t["wrapper"] / t["llm"],
-            )
-        )
-    return rows
-
-
-def _rss_kib(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field_name}")
-
-
-def peak_forward_memory(kind: str, s: Settings, device: str) -> float:
-    """Peak memory (bytes) of one no-grad forward at s.memory_length above the memory held before it.
-
-    kind: "llm" (the unwrapped LLM), "wings" (segment router) or "positional". CUDA: max_memory_allocated.
-    CPU: peak RSS (VmHWM, reset through /proc/self/clear_refs) minus RSS before the forward; run it in a
-    fresh process (`--memory-child`) so other rows' allocations do not blur it.
-    """
-    llm, vision = build_base(s.shape)
-    router = "positional" if kind == "positional" else "segment"
-    model = wrap(llm, vision, s.shape, learners=True, router=router)
-    if kind == "llm":
-        model = model.to_llm().eval()
-    del llm, vision
-    model.to(device)
-    small_length = s.shape.image_tokens + s.image_start + 8
-    small_ids, small_feats = make_inputs(s.shape, small_length, s.image_start, device=device)
-    ids, feats = make_inputs(s.shape, s.memory_length, s.image_start, device=device)
-    name = "llm" if kind == "llm" else "wings"
-    with torch.no_grad(), autocast(device):
-        model(**model_inputs(name, model, small_ids, small_feats), use_cache=False)  # load kernels, thread pools
-    inputs = model_inputs(name, model, ids, feats)
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        with torch.no_grad(), autocast(device):
-            out = model(**inputs, use_cache=False)
-        torch.cuda.synchronize()
-        del out
-        return float(torch.cuda.max_memory_allocated() - before)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        before = _rss_kib("VmRSS")
-        peak_of = lambda: _rss_kib("VmHWM")  # noqa: E731
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak_of = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
-    with torch.no_grad():
-        out = model(**inputs, use_cache=False)
-    peak = peak_of()
-    del out
-    return 1024.0 * (peak - before)
-
-
-def measure_memory(kind: str, s: Settings, preset: str, device: str) -> float:
-    if not s.memory_in_subprocess:
-        return peak_forward_memory(kind, s, device)
-    # Fixed mmap threshold: large tensors are mmapped and given back on free, so RSS follows live tensors.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    cmd = [sys.executable, __file__, "--memory-child", kind, "--preset", preset, "--device", device,
-           "--threads", str(torch.get_num_threads())]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def bench_memory(s: Settings, preset: str, device: str) -> tuple[list[dict], dict[str, float]]:
-    peaks = {kind: measure_memory(kind, s, preset, device) for kind in ("llm", "wings", "positional")}
-    rows = [
-        row(
-            f"memory@{s.memory_length}",
-            ratio_of(peaks["wings"], peaks["llm"]),
-            1.3,
-            wings_mib=peaks["wings"] / 2**20,
-            llm_mib=peaks["llm"] / 2**20,
-        )
-    ]
-    return rows, peaks
-
-
-def bench_generate(models: dict, s: Settings, device: str) -> list[dict]:
-    """Full recompute (use_cache=False) / cached generate() of s.new_tokens after an s.prompt_length prompt."""
-    model = models["wings"]
-    ids, feats = make_inputs(s.shape, s.prompt_length, s.image_start, seed=1, device=device)
-    kwargs = dict(
-        image_features=feats,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=s.new_tokens,
-        min_new_tokens=s.new_tokens,
-        do_sample=False,
-        pad_token_id=0,
-    )
-
-    def generate(use_cache: bool):
-        with torch.no_grad(), autocast(device):
-            return model.generate(ids, use_cache=use_cache, **kwargs)
-
-    # The forward and decode rows ran before this one: no separate warm-up.
-    outputs = []
-    cached_s = statistics.median(
-        timed(lambda: outputs.append(generate(True)), device) for _ in range(s.generate_repeats)
-    )
-    full = outputs[0]
-    details = {}
-    if s.recompute_samples == 0:
-        recompute_s = timed(lambda: generate(False), device)
-        details["recompute"] = "generate(use_cache=False), all steps"
-    else:
-        # generate(use_cache=False) runs one forward over prompt + i tokens for i = 0..new-1 (last logits only):
-        # time k of them, spread evenly, and integrate (trapezoid) over i.
-        steps = sorted({round(i * (s.new_tokens - 1) / (s.recompute_samples - 1)) for i in range(s.recompute_samples)})
-        seconds = []
-        for i in steps:
-            prefix = full[:, : s.prompt_length + i]
-
-            def step(prefix=prefix):
-                with torch.no_grad(), autocast(device):
-                    mask = torch.ones_like(prefix)
-                    model(prefix, image_features=feats, attention_mask=mask, use_cache=False, logits_to_keep=1)
-
-            seconds.append(timed(step, device))
-        recompute_s = sum(
-            (seconds[j] + seconds[j + 1]) / 2 * (steps[j + 1] - steps[j]) for j in range(len(steps) - 1)
-        ) + (seconds[0] + seconds[-1]) / 2
-        details["recompute"] = f"integrated from {len(steps)} timed forwards at steps {steps}"
-    return [
-        row(
-            f"generate {s.new_tokens} after {s.prompt_length}",
-            recompute_s / cached_s,
-            10.0,
-            higher_is_better=True,
-            recompute_s=recompute_s,
-            cached_s=cached_s,
-            **details,
-        )
-    ]
-
-
-def generate_fn(name: str, model, ids, feats, mask, steps: int, device: str, **generate_kwargs):
-    """fn(clock) running `steps` greedy tokens of generate() for one model, timing each step with `clock`."""
-    inputs = model_inputs(name, model, ids, feats, mask)
-
-    def run(clock):
-        with torch.no_grad(), autocast(device):
-            model.generate(
-                **inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
-                logits_processor=LogitsProcessorList([clock]), **generate_kwargs,
-            )
-
-    return run
-
-
-def decode_row(name: str, per_token: dict[str, list[float]], target: float, **details) -> dict:
-    """WINGS / LLM of the per-token minimum over rounds (the least-disturbed round of each model)."""
-    best = {model: min(times) for model, times in per_token.items()}
-    paired = statistics.median(w / p for w, p in zip(per_token["wings"], per_token["llm"]))
-    extra = {"wrapper_over_llm": best["wrapper"] / best["llm"]} if "wrapper" in best else {}
-    return row(name, best["wings"] / best["llm"], target, wings_ms=1000 * best["wings"], llm_ms=1000 * best["llm"],
-               paired_median=paired, **extra, **details)
-
-
-def bench_decode(s: Settings, device: str, vocab: int) -> list[dict]:
-    """Per-token decode time inside generate() (batch 1, one image, s.prompt_length prompt) at one vocab size."""
-    shape = replace(s.shape, vocab=vocab)
-    models = build_models(shape, device)
-    ids, feats = make_inputs(shape, s.prompt_length, s.image_start, seed=2, device=device)
-    mask = torch.ones_like(ids)
-    runs = {name: generate_fn(name, m, ids, feats, mask, s.decode_steps, device) for name, m in models.items()}
-    per_token = decode_rounds(runs, s.decode_rounds, device)
-    rows = [decode_row(f"decode per token, vocab {vocab}", per_token, 1.2)]
-    if vocab == min(s.decode_vocabs):
-        rows.append(bench_decode_ops(models, ids, feats))
-    return rows
-
-
-# Ops that only make a view or metadata (no kernel on an accelerator).
-VIEW_OPS = {
-    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::unsqueeze", "aten::squeeze", "aten::expand",
-    "aten::slice", "aten::select", "aten::transpose", "aten::t", "aten::permute", "aten::as_strided", "aten::alias",
-    "aten::narrow", "aten::_unsafe_view", "aten::numpy_T", "aten::resolve_conj", "aten::resolve_neg",
-    "aten::detach", "aten::lift_fresh", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::to",
-    "aten::_to_copy", "aten::contiguous", "aten::split", "aten::chunk", "aten::unbind", "aten::view_as",
-    "aten::expand_as", "aten::item", "aten::_local_scalar_dense", "aten::is_nonzero",
-}
-
-
-def count_ops(fn) -> tuple[int, int, Counter]:
-    """(all aten ops, ops that run a kernel, counts by name) recorded by torch.profiler while fn runs.
-
-    All ops include nested ones (linear -> t -> mm) and views; "kernel ops" are the leaves that are not
-    views/metadata (roughly the kernel launches of an accelerator, where decoding is launch-bound).
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
-    parents = {id(e.cpu_parent) for e in events if e.cpu_parent is not None}
-    kernels = [e for e in events if id(e) not in parents and e.name not in VIEW_OPS]
-    return len(events), len(kernels), Counter(e.name for e in events)
-
-
-def decode_step_ops(name: str, model, ids, feats) -> tuple[int, int, Counter]:
-    """Ops of one cached decode step (after the prompt and one warm-up step)."""
-    with torch.no_grad():
-        out = model(**model_inputs(name, model, ids, feats), use_cache=True, logits_to_keep=1)
-        cache, token = out.cache, out.logits[:, -1:].argmax(-1)
-        mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long, device=ids.device)
-        out = model(token, cache=cache, attention_mask=mask, use_cache=True)
-        token = out.logits[:, -1:].argmax(-1)
-        mask = torch.ones(1, ids.shape[1] + 2, dtype=torch.long, device=ids.device)
-        return count_ops(lambda: model(token, cache=cache, attention_mask=mask, use_cache=True))
-
-
-def bench_decode_ops(models: dict, ids, feats) -> dict:
-    counts = {name: decode_step_ops(name, m, ids, feats) for name, m in models.items()}
-    (w_all, w_kernels, _), (l_all, l_kernels, _) = counts["wings"], counts["llm"]
-    return row("decode ops per step", w_all / l_all, 1.6, wings_ops=w_all, llm_ops=l_all,
-               wings_kernel_ops=w_kernels, llm_kernel_ops=l_kernels, kernel_ops_ratio=w_kernels / l_kernels,
-               wrapper_ops=counts["wrapper"][0])
-
-
-def compile_config(device: str) -> CompileConfig:
-    """What generate() compiles a static-cache decode step with: inductor, one graph; CUDA graphs on GPUs."""
-    if device == "cuda":
-        return CompileConfig(fullgraph=True, mode="reduce-overhead")  # CUDA graphs
-    config = CompileConfig(fullgraph=True, backend="inductor")
-    config._compile_all_devices = True  # generate() compiles only on accelerators unless told
-    return config
-
-
-def bench_decode_static(s: Settings, device: str, vocab: int) -> list[dict]:
-    """Per-token decode time with cache_implementation="static", eager and compiled, WINGS / LLM."""
-    shape = replace(s.shape, vocab=vocab)
-    models = build_models(shape, device, wrapper=False)
-    ids, feats = make_inputs(shape, s.prompt_length, s.image_start, seed=2, device=device)
-    mask = torch.ones_like(ids)
-    rows = []
-    variants = {"eager": dict(cache_implementation="static", disable_compile=True)}
-    if s.compile:
-        variants["compiled"] = dict(cache_implementation="static", compile_config=compile_config(device))
-    for variant, kwargs in variants.items():
-        runs = {name: generate_fn(name, m, ids, feats, mask, s.decode_steps, device, **kwargs)
-                for name, m in models.items()}
-        start = time.perf_counter()
-        per_token = decode_rounds(runs, s.decode_rounds, device)
-        label = {"eager": "eager", "compiled": "CUDA graphs" if device == "cuda" else "inductor"}[variant]
-        rows.append(decode_row(f"decode static per token, vocab {vocab}, {label}", per_token, 1.2,
-                               wall_s=time.perf_counter() - start))
-    return rows
-
-
-def bench_decode_batch(s: Settings, device: str, batch: int) -> list[dict]:
-    """Per-token (per step) decode time of a left-padded batch with 0-2 images per row, WINGS / LLM."""
-    image_side = int(round(s.batch_image_tokens**0.5))
-    shape = replace(s.shape, vocab=SMALL_VOCAB, image_tokens=image_side * image_side)
-    models = build_models(shape, device, wrapper=False)
-    ids, mask, feats = make_batch(shape, batch, shape.image_tokens, seed=5, device=device)
-    runs = {name: generate_fn(name, m, ids, feats, mask, s.batch_steps, device) for name, m in models.items()}
-    per_token = decode_rounds(runs, s.decode_rounds, device)
-    return [decode_row(f"decode batch {batch} per step, vocab {SMALL_VOCAB}", per_token, 1.3,
-                       prompt_width=ids.shape[1], images=feats.shape[0])]
-
-
-# Dense bf16 peak FLOP/s of common accelerators (for the MFU row); others report achieved FLOP/s only.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
-
-
-def bench_mfu(models: dict, s: Settings, device: str) -> list[dict]:
-    """Model FLOPs utilisation of one WINGS stage-2 training step (3 x forward matmul FLOPs / time / peak)."""
-    step = train_steps(models, s, device)["wings"]
-    step()  # warm-up
-    seconds = min(timed(step, device) for _ in range(s.train_repeats))
-    flops = 3 * sum(forward_flops(s.shape, s.train_length, s.shape.image_tokens, wings=True).values())
-    name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    achieved = flops / seconds
-    return [row(f"train step@{s.train_length} MFU (bf16)", achieved / peak if peak else float("nan"), None,
-                achieved_tflops=achieved / 1e12, peak_tflops=(peak or float("nan")) / 1e12, step_s=seconds, gpu=name)]
-
-
-def bench_router(models: dict, s: Settings, peaks: dict[str, float], device: str) -> list[dict]:
-    ids, feats = make_inputs(s.shape, s.memory_length, s.image_start, device=device)
-
-    def run(model):
-        with torch.no_grad(), autocast(device):
-            model(ids, image_features=feats, use_cache=False)
-
-    if s.router_repeats > 1:
-        run(models["positional"])  # warm-up (the segment model ran in earlier rows); --quick skips it
-    t, ratio = interleaved(
-        {"positional": lambda: run(models["positional"]), "segment": lambda: run(models["wings"])},
-        s.router_repeats,
-        device,
-        warmup=0,
-    )
-    return [
-        row(f"router time@{s.memory_length} positional/segment", ratio, None,
-            positional_s=t["positional"], segment_s=t["segment"]),
-        row(f"router memory@{s.memory_length} positional/segment", ratio_of(peaks["positional"], peaks["wings"]), None,
-            positional_mib=peaks["positional"] / 2**20, segment_mib=peaks["wings"] / 2**20),
-    ]
-
-
-def train_steps(models: dict, s: Settings, device: str) -> dict:
-    """One optimizer step each: WINGS stage 2 (LLM, learners, routers, projector) and LLaVA-style full
-    finetuning of the unwrapped LLM with the same projector."""
-    ids, _ = make_inputs(s.shape, s.train_length, s.image_start, seed=3, device=device)
-    gen = torch.Generator().manual_seed(4)
-    tower_out = (torch.randn(1, s.shape.image_tokens, s.shape.vision_hidden, generator=gen)).to(device)
-    image_id = image_token_id(s.shape)
-    labels = ids.masked_fill(ids == image_id, -100)
-    steps = {}
-    for name in ("wings", "llm"):
-        # A copy per run: training changes the weights the other rows use.
-        model = copy.deepcopy(models[name]).train()
-        projector = model.multi_modal_projector if name == "wings" else copy.deepcopy(
-            models["wings"].multi_modal_projector).train()
-        if name == "wings":
-            model.vision_tower.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if name == "llm":
-            params += list(projector.parameters())
-        optimizer = torch.optim.AdamW(params, lr=1e-6, fused=True)
-
-        def step(name=name, model=model, projector=projector, optimizer=optimizer):
-            with autocast(device):
-                feats = projector(tower_out)
-                if name == "wings":
-                    loss = model(ids, image_features=feats, labels=labels, use_cache=False).loss
-                else:
-                    embeds = merged_embeds(model, ids, feats.reshape(-1, feats.shape[-1]), image_id)
-                    loss = model(inputs_embeds=embeds, labels=labels, use_cache=False).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        steps[name] = step
-    return steps
-
-
-def bench_train(models: dict, s: Settings, device: str) -> list[dict]:
-    steps = train_steps(models, s, device)
-    t, ratio = interleaved(steps, s.train_repeats, device)
-    fr = flop_ratio(s.shape, s.train_length)
-    del steps
-    gc.collect()
-    return [row(f"train step@{s.train_length}", ratio, 1.15 * fr, flop_ratio=fr,
-                wings_s=t["wings"], llm_s=t["llm"])]
-
 
 # ------------------------------------------------------------------------------------------------
 # driver
@@ -870,41 +83,72 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def run(settings: Settings, device: str = "cpu", preset: str = "custom", log=print) -> dict:
-    """Run every row; returns {"rows": [...], "flops_7b": ..., "settings": ...}."""
+# Groups of rows `--only` can pick, in the order they run (the router's memory row needs the memory group).
+GROUPS = ("memory", "forward", "decode", "decode-mha", "static", "batch", "generate", "router", "train")
+
+
+def run(
+    settings: Settings, device: str = "cpu", preset: str = "custom", log=print, only: Sequence[str] | None = None
+) -> dict:
+    """Run every row (or the groups in `only`, see GROUPS); returns {"rows": [...], "flops_7b": ..., "settings": ...}."""
     s = settings
-    rows = []
-    log("memory (fresh processes) ...")
-    memory_rows, peaks = bench_memory(s, preset, device)
-    rows += memory_rows
-    log("building models ...")
-    models = build_models(s.shape, device)
-    log("forward ...")
-    rows += bench_forward(models, s, device)
-    for vocab in s.decode_vocabs:
-        log(f"decode, vocab {vocab} ...")
-        rows += bench_decode(s, device, vocab)
-    log("decode, static cache (eager and compiled) ...")
-    rows += bench_decode_static(s, device, min(s.decode_vocabs))
-    for batch in s.batch_sizes:
-        log(f"decode, batch {batch} ...")
-        rows += bench_decode_batch(s, device, batch)
-    log("generate ...")
-    rows += bench_generate(models, s, device)
-    log("router ...")
-    llm, vision = build_base(s.shape)
-    models["positional"] = wrap(llm, vision, s.shape, learners=True, router="positional").to(device)
-    del llm, vision
-    rows += bench_router(models, s, peaks, device)
-    del models["positional"], models["wrapper"]
-    log("train ...")
-    rows += bench_train(models, s, device)
-    if device == "cuda":
-        log("train MFU ...")
-        rows += bench_mfu(models, s, device)
+    unknown = set(only or ()) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"--only: unknown row group(s) {sorted(unknown)}; groups: {', '.join(GROUPS)}")
+    want = set(GROUPS if only is None else only)
+    if "router" in want:
+        want.add("memory")
+    rows, peaks, models = [], {}, {}
+    if "memory" in want:
+        log("memory (fresh processes) ...")
+        memory_rows, peaks = bench_memory(s, preset, device)
+        rows += memory_rows
+    if want & {"forward", "generate", "router", "train"}:
+        log("building models ...")
+        models = build_models(s.shape, device)
+    if "forward" in want:
+        log("forward ...")
+        rows += bench_forward(models, s, device)
+    if "decode" in want:
+        for vocab in s.decode_vocabs:
+            log(f"decode, vocab {vocab} ...")
+            rows += bench_decode(s, device, vocab)
+    if "decode-mha" in want:
+        log(f"decode, {s.mha_shape.heads} heads and {s.mha_shape.kv_heads} KV heads, vocab {s.mha_shape.vocab} ...")
+        rows += bench_decode_mha(s, device)
+    if "static" in want:
+        log("decode, static cache (eager and compiled) ...")
+        rows += bench_decode_static(s, device, min(s.decode_vocabs))
+    if "batch" in want:
+        for batch in s.batch_sizes:
+            log(f"decode, batch {batch} ...")
+            rows += bench_decode_batch(s, device, batch)
+    if "generate" in want:
+        log("generate ...")
+        rows += bench_generate(models, s, device)
+    if "router" in want:
+        log("router ...")
+        llm, vision = build_base(s.shape)
+        models["positional"] = wrap(llm, vision, s.shape, learners=True, router="positional").to(device)
+        del llm, vision
+        rows += bench_router(models, s, peaks, device)
+        del models["positional"]
+    if "train" in want:
+        models.pop("wrapper", None)
+        log("train ...")
+        rows += bench_train(models, s, device)
+        if device == "cuda":
+            log("train MFU ...")
+            rows += bench_mfu(models, s, device)
     seven_b = {f"qwen1.5-7b@{t}": flop_ratio(QWEN15_7B, t) for t in (1024, 2048, 4096)}
     reads = {f"benchmark, vocab {v}, context {s.prompt_length}": decode_read_ratio(replace(s.shape, vocab=v), s.prompt_length)
              for v in s.decode_vocabs}
+    # The learners cache a full-width key and value per token (H heads); the LLM caches its KV heads only.
+    mha = s.mha_shape
+    for kv_heads in sorted({mha.kv_heads, max(1, mha.heads // 8)}, reverse=True):
+        shape = replace(mha, kv_heads=kv_heads)
+        reads[f"{mha.heads}/{kv_heads} heads, vocab {mha.vocab}, context {s.prompt_length}"] = decode_read_ratio(
+            shape, s.prompt_length)
     reads.update({f"qwen1.5-7b, context {t}": decode_read_ratio(QWEN15_7B, t) for t in (1024, 4096)})
     return {
         "rows": rows,
@@ -948,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU threads (default 1 on CPU: on a shared machine a busy core stalls every multi-threaded "
         "kernel and timings swing several-fold; 0 keeps torch's default)",
     )
+    parser.add_argument("--only", nargs="+", choices=GROUPS, metavar="ROW",
+                        help=f"run only these groups of rows: {', '.join(GROUPS)}")
     parser.add_argument("--memory-child", choices=("llm", "wings", "positional"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     preset = args.preset or ("quick" if args.quick else "full")
@@ -962,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     start = time.perf_counter()
-    result = run(settings, args.device, preset, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run(settings, args.device, preset, log=lambda msg: print(msg, file=sys.stderr, flush=True), only=args.only)
     result["machine"] = machine_info(args.device)
     result["preset"] = preset
+    if args.only:
+        result["only"] = args.only
     result["wall_s"] = time.perf_counter() - start
     print(format_table(result))
     print(f"({preset}, {args.device}, {result['wall_s']:.0f} s, {result['machine']['cpu']}, "

@@ -90,6 +90,7 @@ def _library_functions():
     from wings.evaluation.iit import build_iit, evaluate_iit
     from wings.evaluation.laws import run_laws
     from wings.lab.pipeline import LabConfig
+    from wings.training.data import prepare_stage_data
     from wings.training.run import train
 
     from wings.evaluation.converters import convert_pool
@@ -99,6 +100,8 @@ def _library_functions():
     lab_config = {f.name: f.default for f in dataclasses.fields(LabConfig) if f.name != "sizes"}
     return {  # command -> (library defaults by parameter, the command's name for a renamed parameter)
         "train": (_defaults(train, skip={"recipe", "callbacks"}), {}),
+        "data prepare": (_defaults(prepare_stage_data, skip={"recipe"}), {}),
+        "data stats": (_defaults(prepare_stage_data, skip={"recipe"}), {}),
         "laws": (_defaults(run_laws, skip={"exclude_special_tokens", "progress"}),
                  {"model_dir": "model", "data_file": "data", "output_dir": "output"}),
         "iit build": (_defaults(build_iit), {}),

@@ -149,14 +149,14 @@ FAMILY_SETTINGS = {
 FAMILIES = tuple(FAMILY_SETTINGS)
 
 
-def tiny_family_llm(family: str, seed: int = 0):
+def tiny_family_llm(family: str, seed: int = 0, vocab_size: int = VOCAB):
     """A tiny causal LM of `family` (a key of FAMILY_SETTINGS) with random weights, eval mode."""
     import transformers
 
     config_name, model_name, extra = FAMILY_SETTINGS[family]
     config = getattr(transformers, config_name)(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3, intermediate_size=96,
-        vocab_size=VOCAB, max_position_embeddings=256, pad_token_id=0, eos_token_id=2, bos_token_id=1,
+        vocab_size=vocab_size, max_position_embeddings=256, pad_token_id=0, eos_token_id=2, bos_token_id=1,
         tie_word_embeddings=False, **extra,
     )
     torch.manual_seed(seed)

@@ -56,6 +56,8 @@ class Passthrough(Command):
 
 COMMANDS: tuple[Command, ...] = (
     Command("train", "wings.cli_commands:train"),
+    Command("data prepare", "wings.cli_commands:data_prepare"),
+    Command("data stats", "wings.cli_commands:data_stats"),
     Command("laws", "wings.cli_commands:laws"),
     Command("iit build", "wings.cli_commands:iit_build"),
     Command("iit eval", "wings.cli_commands:iit_eval"),
@@ -71,6 +73,7 @@ COMMANDS: tuple[Command, ...] = (
     Passthrough("lmms-eval", "wings.integrations.lmms_eval:lmms_eval_main"),
 )
 GROUPS = {
+    "data": "training data: prepare the cache ahead of time, statistics",
     "iit": "the Interleaved Image-Text benchmark",
     "pool": "multiple-choice pools for text-only, multimodal and IIT scoring",
 }

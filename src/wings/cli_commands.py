@@ -27,8 +27,8 @@ def train(
     recipe: str,
     /,
     *overrides: str,
-    data: str,
     output: str,
+    data: list[str] | None = None,
     llm: str | None = None,
     vision: str | None = None,
     image_folder: str | None = None,
@@ -37,6 +37,7 @@ def train(
     max_steps: int | None = None,
     resume: bool = False,
     skip_bad_samples: bool = False,
+    overwrite: bool = False,
 ) -> int:
     """Run one training stage of a recipe.
 
@@ -47,31 +48,26 @@ def train(
         recipe: a recipe YAML file or a shipped recipe name (e.g. wings_stage1).
         overrides: recipe overrides section.key=value (e.g. optim.batch_size=4 train.llm=1e-5); they
             may also follow the options.
-        data: LLaVA-format JSON/JSONL file.
         output: output directory (checkpoints and the final model).
+        data: LLaVA or messages-format JSON/JSONL file; several make a mixture, each FILE or
+            FILE:WEIGHT (e.g. --data llava.json --data text.jsonl:0.1: one sample in ten text-only).
+            Default: the recipe's data.sources.
         llm: causal LM: local directory or hub id (with its tokenizer).
         vision: vision encoder: local directory or hub id (with its image processor).
         image_folder: folder the data's image paths are relative to.
         init: a previous stage's output directory to start from.
         preset: a model-size preset (e.g. wings-base): its LLM, encoder, rank and router.
         max_steps: stop after this many optimizer steps.
-        resume: resume from the last checkpoint in --output.
+        resume: resume from the last checkpoint in --output (an --output holding a previous run is
+            refused unless --resume or --overwrite is given).
         skip_bad_samples: log and skip bad samples instead of stopping.
+        overwrite: train from scratch into an --output that holds a previous run: its checkpoints are
+            deleted and its final model is replaced when this run saves.
     """
     from .training.recipe import load_recipe
     from .training.run import train as run_training
 
-    overrides = list(overrides)
-    if preset:
-        from .presets import get_preset
-
-        try:
-            chosen = get_preset(preset)
-        except KeyError as err:
-            raise ConfigError(err.args[0]) from err
-        llm, vision = llm or chosen.llm_id, vision or chosen.vision_id
-        if not init:  # shape settings are chosen when the model is built (stage 1); explicit overrides win
-            overrides = [f"model.learner_rank={chosen.learner_rank}", f"model.router={chosen.router}", *overrides]
+    llm, vision, overrides = _apply_preset(preset, llm, vision, init, list(overrides))
     loaded = load_recipe(recipe, overrides)
     try:
         result = run_training(
@@ -85,6 +81,7 @@ def train(
             max_steps=max_steps,
             resume=resume,
             skip_bad_samples=skip_bad_samples,
+            overwrite=overwrite,
         )
     finally:
         _end_process_group()
@@ -94,6 +91,121 @@ def train(
             f"{result.seconds:.0f}s, mean loss {result.train_loss:.4f}; trainable {result.trainable}; "
             f"saved to {result.output_dir}"
         )
+    return 0
+
+
+def _apply_preset(
+    preset: str | None, llm: str | None, vision: str | None, init: str | None, overrides: list[str]
+) -> tuple[str | None, str | None, list[str]]:
+    """(llm, vision, overrides) with a model-size preset's choices filling what was not given."""
+    if not preset:
+        return llm, vision, overrides
+    from .presets import get_preset
+
+    try:
+        chosen = get_preset(preset)
+    except KeyError as err:
+        raise ConfigError(err.args[0]) from err
+    if not init:  # shape settings are chosen when the model is built (stage 1); explicit overrides win
+        overrides = [f"model.learner_rank={chosen.learner_rank}", f"model.router={chosen.router}", *overrides]
+    return llm or chosen.llm_id, vision or chosen.vision_id, overrides
+
+
+def _prepared_stage_data(recipe, overrides, data, llm, vision, init, preset, image_folder):
+    """(recipe, prepared sources) of a stage, prepared as `wings train` would (or reused)."""
+    from .training.data import prepare_stage_data
+    from .training.recipe import load_recipe
+
+    llm, vision, overrides = _apply_preset(preset, llm, vision, init, list(overrides))
+    loaded = load_recipe(recipe, overrides)
+    return loaded, prepare_stage_data(loaded, data, llm=llm, vision=vision, init=init, image_folder=image_folder)
+
+
+def data_prepare(
+    recipe: str,
+    /,
+    *overrides: str,
+    data: list[str] | None = None,
+    llm: str | None = None,
+    vision: str | None = None,
+    image_folder: str | None = None,
+    init: str | None = None,
+    preset: str | None = None,
+) -> int:
+    """Prepare a stage's data ahead of `wings train`: parse, check and tokenise every sample into the cache.
+
+    Takes the same recipe, overrides and model options as `wings train` (the tokenizer, chat template,
+    max_length and image tokens decide the cache); `wings train` with them then starts from the cache.
+    Bad samples are listed; `wings train` stops on them unless given --skip-bad-samples.
+
+    Args:
+        recipe: a recipe YAML file or a shipped recipe name (e.g. wings_stage1).
+        overrides: recipe overrides section.key=value (e.g. data.max_length=4096 data.num_proc=8).
+        data: data files, FILE or FILE:WEIGHT, as for `wings train` (default: the recipe's data.sources).
+        llm: causal LM whose tokenizer and chat template tokenise the data.
+        vision: vision encoder (its patch count is the image token count).
+        image_folder: folder the data's image paths are relative to.
+        init: a previous stage's output directory (its processor) instead of --llm and --vision.
+        preset: a model-size preset (e.g. wings-base): its LLM and encoder.
+    """
+    _, prepared = _prepared_stage_data(recipe, overrides, data, llm, vision, init, preset, image_folder)
+    for source in prepared:
+        errors = source.errors
+        state = "prepared" if source.built else "already prepared"
+        print(f"[wings data prepare] {source.path.name}: {state}, {len(source.rows) - len(errors)} good and "
+              f"{len(errors)} bad samples in {source.directory}")
+        for message in errors[:20]:
+            print(f"  bad: {message}")
+        if len(errors) > 20:
+            print(f"  ... and {len(errors) - 20} more bad samples")
+    return 0
+
+
+def data_stats(
+    recipe: str,
+    /,
+    *overrides: str,
+    data: list[str] | None = None,
+    llm: str | None = None,
+    vision: str | None = None,
+    image_folder: str | None = None,
+    init: str | None = None,
+    preset: str | None = None,
+    output: str | None = None,
+) -> int:
+    """Samples, images, tokens, the modality split and token lengths of a stage's data (prepared if needed).
+
+    Args:
+        recipe: a recipe YAML file or a shipped recipe name (e.g. wings_stage1).
+        overrides: recipe overrides section.key=value.
+        data: data files, FILE or FILE:WEIGHT, as for `wings train` (default: the recipe's data.sources).
+        llm: causal LM whose tokenizer and chat template tokenise the data.
+        vision: vision encoder (its patch count is the image token count).
+        image_folder: folder the data's image paths are relative to.
+        init: a previous stage's output directory (its processor) instead of --llm and --vision.
+        preset: a model-size preset (e.g. wings-base): its LLM and encoder.
+        output: folder for stats.json and one length histogram per file (<file>_lengths.png).
+    """
+    from .data.stats import data_stats as compute, plot_lengths
+
+    loaded, prepared = _prepared_stage_data(recipe, overrides, data, llm, vision, init, preset, image_folder)
+    results = []
+    for source in prepared:
+        stats, lengths, has_images = compute(source)
+        results.append(stats.to_dict())
+        share = stats.image_samples / stats.samples if stats.samples else 0.0
+        length = stats.length
+        print(f"[wings data stats] {stats.source}: {stats.samples} samples ({stats.bad_samples} bad), "
+              f"{stats.image_samples} with images ({share:.0%}), {stats.text_samples} text-only, {stats.images} images; "
+              f"{stats.tokens} tokens ({stats.label_tokens} trained); length min {length['min']:.0f} / median "
+              f"{length['p50']:.0f} / p99 {length['p99']:.0f} / max {length['max']:.0f}")
+        if output:
+            os.makedirs(output, exist_ok=True)
+            plot_lengths(lengths, has_images, Path(output) / f"{source.path.stem}_lengths.png",
+                         title=stats.source, max_length=loaded.data.max_length)
+    if output:
+        (Path(output) / "stats.json").write_text(json.dumps(results, indent=1))
+        print(f"[wings data stats] wrote {output}/stats.json and the length histograms")
     return 0
 
 
@@ -139,11 +251,18 @@ def laws(
             image processor's resize; default: the model's processor's own mode (its training mode).
         device: e.g. cpu or cuda:0 (default: cuda when available).
     """
+    from .evaluation.checks import check_model_reads, require_image_samples
     from .evaluation.laws import run_laws, run_laws_compare
+    from .validation import check_device, check_positive
 
     options = dict(limit=limit, batch_size=batch_size, image_mode=image_mode, device=device)
     if model and compare:
         raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ..., not both")
+    check_positive(limit=limit, batch_size=batch_size)
+    check_device(device)
+    for option, path in [("--model", model)] if model else [("--compare", path) for path in compare or []]:
+        check_model_reads(path, option, images=True, why="LAWS measures attention on image tokens")
+    require_image_samples(data, image_folder, "--data", "LAWS")
     if compare:
         results = run_laws_compare(compare, data, image_folder, output, **options)
         for name, result in results.items():
@@ -181,7 +300,11 @@ def iit_build(
         top_k: each context turn is drawn among this many nearest unused neighbours.
     """
     from .evaluation.iit import DEFAULT_SETTINGS, build_iit, load_pool, write_iit
+    from .validation import check_positive
 
+    check_positive(per_setting=per_setting, top_k=top_k)
+    if seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed}")
     text = load_pool(text_pool, "text")
     visual = load_pool(visual_pool, "visual") if visual_pool else None
     dialogues = build_iit(text, visual, settings=settings or DEFAULT_SETTINGS, per_setting=per_setting, seed=seed,
@@ -226,12 +349,22 @@ def iit_eval(
         device: e.g. cpu or cuda:0.
         output: folder for iit.json and iit.png.
     """
+    from .evaluation.checks import check_model_reads, dialogues_have_images
     from .evaluation.iit import evaluate_iit, iit_table, load_iit, plot_iit
     from .evaluation.loading import load_model_and_processor
+    from .validation import check_device, check_positive
 
+    check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    if not 0 < confidence < 1:
+        raise UsageError(f"--confidence is a level between 0 and 1 (e.g. 0.95), got {confidence}")
+    check_device(device)
+    if output and Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(f"--output '{output}' is a file; give a folder")
+    dialogues = load_iit(data)
+    check_model_reads(model, "--model", images=dialogues_have_images(dialogues), why=f"dialogues in '{data}' show images")
     loaded, processor = load_model_and_processor(model, **_given(device=device))
     result = evaluate_iit(
-        loaded, processor, load_iit(data), image_folder=image_folder, batch_size=batch_size, method=method,
+        loaded, processor, dialogues, image_folder=image_folder, batch_size=batch_size, method=method,
         answer_format=answer_format, max_new_tokens=max_new_tokens, normalize=normalize, confidence=confidence,
         **_given(image_mode=image_mode),
     )

@@ -171,6 +171,23 @@ class WingsConfig(PreTrainedConfig):
         return sorted(set(range(n) if self.learner_layers is None else self.learner_layers))
 
 
+# The fields that say how images become tokens: they may change from one training stage to the next.
+IMAGE_LAYOUT_FIELDS = ("image_layout", "image_grid_pinpoints", "image_pooling", "image_newline", "max_num_patches")
+
+
+def with_image_layout(config: WingsConfig, **settings) -> WingsConfig:
+    """A new `WingsConfig`: `config` with the `IMAGE_LAYOUT_FIELDS` in `settings` (checked; `config` unchanged).
+
+    A new `image_layout` without `image_grid_pinpoints` gets that layout's default pinpoints.
+    """
+    unknown = sorted(set(settings) - set(IMAGE_LAYOUT_FIELDS))
+    if unknown:
+        raise ConfigError(f"with_image_layout: {unknown} are not image-layout fields {IMAGE_LAYOUT_FIELDS}")
+    if "image_layout" in settings and "image_grid_pinpoints" not in settings:
+        settings["image_grid_pinpoints"] = None
+    return WingsConfig(**{**config.to_dict(), **settings})
+
+
 def _sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:
     """A sub-config from a dict (its `model_type`, else the default), None (defaults) or a config."""
     if isinstance(value, PreTrainedConfig):

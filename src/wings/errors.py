@@ -29,3 +29,12 @@ class UsageError(WingsError, ValueError):
 
 class UnsupportedLayerError(UnsupportedModelError, TypeError):
     """A decoder layer lacks a part its family's block layout needs (a TypeError too: the wrong module)."""
+
+
+class ModelPathError(ConfigError):
+    """A model argument that cannot be used: a path that does not exist, a directory that is not a saved
+    model, unreadable weights, or a model of the wrong kind (an encoder given as the LLM, ...)."""
+
+
+class OutputExistsError(UsageError):
+    """The output directory holds a finished run or checkpoints, and neither resume nor overwrite was asked."""

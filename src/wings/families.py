@@ -91,6 +91,27 @@ class AttentionLayout:
 
 
 @dataclass(frozen=True)
+class VllmParts:
+    """What vLLM's plugin (`wings.serving`) reads of a family besides the layouts: vLLM builds its layers from
+    the config, not from loaded modules, so facts the Hugging Face side reads off the modules are named here.
+
+    Args:
+        decoder_layer: vLLM's own decoder layer of the family ("module:Class"), run where a layer has no learners.
+        layer_args: how that class is constructed: "vllm_config" (`Class(vllm_config, prefix=..., config=text)`,
+            Llama style) or "configs" (`Class(text, cache_config, quant_config, prefix=...)`, Qwen style).
+        qkv_bias: whether q/k/v projections have biases: a bool, or the config attribute that says so.
+        o_bias: the same for the output projection.
+        default_rope_theta: the RoPE base vLLM's model assumes when the config names none (Qwen: 1e6), or None.
+    """
+
+    decoder_layer: str
+    layer_args: str = "vllm_config"
+    qkv_bias: bool | str = "attention_bias"
+    o_bias: bool | str = "attention_bias"
+    default_rope_theta: float | None = None
+
+
+@dataclass(frozen=True)
 class TextFamily:
     """One supported decoder family.
 
@@ -101,20 +122,27 @@ class TextFamily:
             itself (Granite); the learners' features are multiplied alike, so they see what the decoder
             receives. Families that scale inside their embedding module (Gemma) need nothing here.
         notes: what differs from Llama (for docs and errors).
+        vllm: what the vLLM plugin needs to serve the family (None: not served yet; `wings.serving.families`
+            names what is missing).
     """
 
     layout: BlockLayout
     attention: AttentionLayout = AttentionLayout()
     embedding_multiplier: str | None = None
     notes: str = ""
+    vllm: VllmParts | None = None
 
 
+_VLLM = "vllm.model_executor.models."
 TEXT_FAMILIES: dict[str, TextFamily] = {
-    "llama": TextFamily(PRE_NORM, notes="the reference layout"),
-    "qwen2": TextFamily(PRE_NORM, notes="q/k/v biases"),
-    "mistral": TextFamily(PRE_NORM, notes="optional sliding window"),
+    "llama": TextFamily(PRE_NORM, notes="the reference layout", vllm=VllmParts(_VLLM + "llama:LlamaDecoderLayer")),
+    "qwen2": TextFamily(PRE_NORM, notes="q/k/v biases", vllm=VllmParts(
+        _VLLM + "qwen2:Qwen2DecoderLayer", "configs", qkv_bias=True, o_bias=False, default_rope_theta=1e6)),
+    "mistral": TextFamily(PRE_NORM, notes="optional sliding window",
+                          vllm=VllmParts(_VLLM + "mistral:MistralDecoderLayer")),
     "ministral": TextFamily(PRE_NORM, notes="sliding window on some layers"),
-    "qwen3": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms"),
+    "qwen3": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms", vllm=VllmParts(
+        _VLLM + "qwen3:Qwen3DecoderLayer", "configs", default_rope_theta=1e6)),
     "qwen3_moe": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms, MoE MLP"),
     "gemma2": TextFamily(
         SANDWICH,
@@ -146,6 +174,25 @@ VISION_ENCODERS: dict[str, int] = {
     "siglip2_vision_model": 0,
 }
 
+@dataclass(frozen=True)
+class VllmTower:
+    """vLLM's tower for an encoder, built by `wings.serving.vision`.
+
+    Args:
+        tower: "module:Class" of vLLM's vision model.
+        inputs: "pixels" (images [n, 3, H, W]) or "patches" (SigLIP 2 NaFlex: patches packed image after image,
+            with each image's grid, as `wings.modeling.vision.siglip2_inputs` lays them out).
+    """
+
+    tower: str
+    inputs: str = "pixels"
+
+
+VLLM_VISION_TOWERS: dict[str, VllmTower] = {
+    "siglip_vision_model": VllmTower(_VLLM + "siglip:SiglipVisionModel"),
+    "clip_vision_model": VllmTower(_VLLM + "clip:CLIPVisionModel"),
+    "siglip2_vision_model": VllmTower(_VLLM + "lfm2_siglip2:Siglip2Model", inputs="patches"),
+}
 
 def text_family(model_type: str) -> TextFamily:
     """The description of `model_type`, or an `UnsupportedModelError` naming what is missing."""

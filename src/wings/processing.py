@@ -19,6 +19,7 @@ from transformers.image_processing_utils import get_patch_output_size, select_be
 from transformers.image_transforms import divide_to_patches
 from transformers.image_utils import ChannelDimension
 
+from .chat_content import content_format, template_content
 from .image_layout import IMAGE_LAYOUTS, ImageLayout, image_layout_of, image_token_count
 from .modeling.model import ensure_image_token
 
@@ -224,6 +225,14 @@ class WingsProcessor(ProcessorMixin):
             max_num_patches=self.max_num_patches or 0,
         )
 
+    def with_image_settings(self, config, image_mode: str | None = None) -> WingsProcessor:
+        """A copy that prepares images as the model `config` expects (tokenizer and image processor shared)."""
+        return WingsProcessor(
+            image_processor=self.image_processor, tokenizer=self.tokenizer, image_token=self.image_token,
+            image_mode=image_mode or self.image_mode, chat_template=self.chat_template,
+            **processor_image_settings(config),
+        )
+
     def image_token_count(self, image: Image.Image | tuple[int, int]) -> int:
         """Image tokens `image` (a PIL image or its (height, width)) becomes: its `<image>` marker's expansion."""
         height, width = (image.height, image.width) if isinstance(image, Image.Image) else image
@@ -357,9 +366,11 @@ class WingsProcessor(ProcessorMixin):
         for key in PROCESSOR_CALL_KWARGS:
             if key in kwargs:
                 processor_kwargs[key] = kwargs.pop(key)
+        # The template gets the content parts or one string, as vLLM's server hands them (`wings.chat_content`).
+        fmt = content_format(template or self.tokenizer.chat_template)
         prompts = [
             self.tokenizer.apply_chat_template(
-                [{**m, "content": flatten_content(m["content"])} for m in messages],
+                [{**m, "content": template_content(m["content"], fmt)} for m in messages],
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,

@@ -342,7 +342,7 @@ def test_load_pool_reads_good_items(tmp_path: Path) -> None:
 def test_load_pool_rejects_empty_missing_and_bad_kind(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
-    with pytest.raises(PoolFormatError, match=r"empty.jsonl: 1 problem\(s\):\n  no items"):
+    with pytest.raises(PoolFormatError, match=r"empty.jsonl: 1 problem\(s\): no items"):
         load_pool(empty, "text")
     with pytest.raises(FileNotFoundError, match="text pool file not found"):
         load_pool(tmp_path / "nope.jsonl", "text")

@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import IMAGE_TOKEN_ID, image_prompt, randomize_learners, tiny_llm, tiny_vision, tiny_wings
+from tiny import (
+    FAMILIES,
+    IMAGE_TOKEN_ID,
+    image_prompt,
+    randomize_learners,
+    save_tiny_wings,
+    tiny_family_llm,
+    tiny_family_wings,
+    tiny_llm,
+    tiny_vision,
+    tiny_wings,
+)
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -18,13 +29,12 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
-    Qwen2Config,
-    Qwen2ForCausalLM,
     SiglipImageProcessorPil,
 )
 
 import wings.evaluation.laws as laws_module
 from wings import WingsForConditionalGeneration
+from wings.errors import UnsupportedModelError
 from wings.data.tokenizer import train_chat_tokenizer
 from wings.evaluation.laws import (
     LawsRecorder,
@@ -33,9 +43,13 @@ from wings.evaluation.laws import (
     decoder_layers,
     find_spans,
     laws_for_sample,
+    llava_laws_samples,
     run_laws,
     run_laws_compare,
 )
+from wings.cli import main
+from wings.evaluation.inputs import pixel_values as prompt_pixels
+from wings.evaluation.inputs import prompt_ids
 from wings.evaluation.laws_plots import plot_laws_compare, write_laws
 from wings.evaluation.laws_stats import SPANS, LawsResult, SpanMasses, attention_shift, pearson_per_sample
 from wings.processing import WingsProcessor
@@ -127,8 +141,19 @@ def test_uniform_attention_has_the_closed_form(llm_family):
     assert result.span_tokens.tolist() == [[5, 4, 4], [2, 4, 2]]
 
 
-def test_recomputed_weights_equal_hf_eager_weights(llm_family):
-    llm = tiny_llm(llm_family)
+# Every family of wings.families: Llama and Qwen2 from tiny_llm, the others with their differences switched on
+# (q/k norms, fused qkv, softcap, sliding windows shorter than the prompts, NoPE layers, multipliers).
+ALL_LLMS = ("llama", "qwen2", *FAMILIES)
+# Left padding in row 0 (its padding keys would be visible without the mask); 13 tokens, longer than the window.
+PADDED_IDS = torch.tensor([[0, 0, 1, 30, 31, 9, 9, 9, 9, 32, 33, 36, 37], [1, 30, 31, 34, 9, 9, 9, 9, 32, 33, 35, 36, 37]])
+
+
+def any_llm(name: str):
+    return tiny_llm(name) if name in ("llama", "qwen2") else tiny_family_llm(name)
+
+
+def eager_reference(llm, ids: torch.Tensor, mask: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """HF's own eager attention weights of every layer ([B, H, T, T] each) and each layer's inputs."""
     llm.set_attn_implementation("eager")
     inputs = {}
 
@@ -139,43 +164,56 @@ def test_recomputed_weights_equal_hf_eager_weights(llm_family):
         layer.register_forward_pre_hook(lambda m, a, k, i=i: capture(i, m, a, k), with_kwargs=True)
         for i, layer in enumerate(decoder_layers(llm))
     ]
-    ids = torch.tensor([[0, 0, 1, 30, 31, 32, 33, 34], [1, 40, 41, 42, 43, 44, 45, 46]])
-    mask = (ids != 0).long()  # left padding in row 0
     with torch.no_grad():
         reference = llm(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
     for handle in handles:
         handle.remove()
     assert len(reference) == len(inputs) == llm.config.num_hidden_layers
+    return reference, inputs
+
+
+@pytest.mark.parametrize("name", ALL_LLMS)
+def test_recomputed_weights_equal_hf_eager_weights(name):
+    llm = any_llm(name)
+    ids, mask = PADDED_IDS, (PADDED_IDS != 0).long()
+    reference, inputs = eager_reference(llm, ids, mask)
+    real = mask.bool()[:, None, :, None]  # rows of padding queries are irrelevant to LAWS
     for index, layer in enumerate(decoder_layers(llm)):
         hidden, kwargs = inputs[index]
+        position_embeddings = kwargs.get("position_embeddings")
         with torch.no_grad():
-            ours = attention_weights(layer, hidden, kwargs["position_embeddings"], kwargs["attention_mask"])
-        real = mask.bool()[:, None, :, None]  # rows of padding queries are irrelevant to LAWS
-        torch.testing.assert_close(ours * real, reference[index] * real, rtol=1e-5, atol=1e-6)
-        # the masks other kernels hand a layer: a 2D padding mask (flash attention), a 4D bool mask (SDPA)
-        from_2d = attention_weights(layer, hidden, kwargs["position_embeddings"], mask)
-        torch.testing.assert_close(from_2d * real, reference[index] * real, rtol=1e-5, atol=1e-6)
-        as_bool = kwargs["attention_mask"] == 0
-        from_bool = attention_weights(layer, hidden, kwargs["position_embeddings"], as_bool)
-        torch.testing.assert_close(from_bool * real, reference[index] * real, rtol=1e-5, atol=1e-6)
-    # no mask at all: plain causal, as SDPA passes it for unpadded batches
+            ours = attention_weights(layer, hidden, position_embeddings, kwargs["attention_mask"])
+            # the masks other kernels hand a layer: a 2D padding mask (flash attention: the layer's sliding
+            # window is then LAWS' to apply), a 4D bool mask (SDPA)
+            from_2d = attention_weights(layer, hidden, position_embeddings, mask)
+            from_bool = attention_weights(layer, hidden, position_embeddings, kwargs["attention_mask"] == 0)
+        for weights in (ours, from_2d, from_bool):
+            torch.testing.assert_close(weights * real, reference[index] * real, rtol=1e-5, atol=1e-6)
+
+
+def test_no_mask_is_plain_causal(llm_family):
+    """No mask at all: plain causal, as SDPA passes it for unpadded batches."""
+    llm = tiny_llm(llm_family)
+    llm.set_attn_implementation("eager")
+    ids = PADDED_IDS[1:]
     with torch.no_grad():
-        unpadded = llm(input_ids=ids[1:], output_attentions=True).attentions[0]
-        hidden = llm.model.embed_tokens(ids[1:])
+        unpadded = llm(input_ids=ids, output_attentions=True).attentions[0]
+        hidden = llm.model.embed_tokens(ids)
         cos_sin = llm.model.rotary_emb(hidden, torch.arange(ids.shape[1])[None])
         torch.testing.assert_close(attention_weights(decoder_layers(llm)[0], hidden, cos_sin, None), unpadded)
 
 
-@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_recorder_matches_naive_masses_of_eager_attention(implementation):
-    """The recorder on an SDPA or eager model equals a loop over HF eager weights, with padding."""
-    llm = tiny_llm("llama")
-    ids = torch.tensor([[0, 0, 1, 30, 31, 9, 9, 9, 9, 32, 33], [1, 30, 31, 34, 9, 9, 9, 9, 32, 33, 35]])
-    mask = (ids != 0).long()  # left padding in row 0: its padding keys would be visible without the mask
+# Gemma 2's HF model refuses SDPA (its softcap): eager only.
+@pytest.mark.parametrize(
+    "name, implementation",
+    [(n, i) for n in ALL_LLMS for i in ("eager", "sdpa") if (n, i) != ("gemma2", "sdpa")],
+)
+def test_every_family_matches_naive_masses_of_hf_eager_attention(name, implementation):
+    """The recorder on each family's plain LLM (SDPA or eager) equals a loop over HF's eager weights, with padding."""
+    llm = any_llm(name)
+    ids, mask = PADDED_IDS, (PADDED_IDS != 0).long()
     spans = find_spans(ids, 9, mask, tokens_per_image=4)
-    llm.set_attn_implementation("eager")
-    with torch.no_grad():
-        reference = llm(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    reference, _ = eager_reference(llm, ids, mask)
     expected = np.stack([naive_masses(a, spans, mask.bool()) for a in reference], axis=1)
     llm.set_attn_implementation(implementation)
     with LawsRecorder(llm) as recorder, torch.no_grad():
@@ -187,9 +225,17 @@ def test_recorder_matches_naive_masses_of_eager_attention(implementation):
     assert all(not layer._forward_pre_hooks for layer in decoder_layers(llm))
 
 
-def test_wings_layers_use_the_wrapped_attention(llm_family):
+def test_an_unknown_family_is_refused_by_name():
+    llm = tiny_llm("llama")
+    llm.config.model_type = "mystery"  # the attention modules share the LLM's config
+    with pytest.raises(UnsupportedModelError, match="decoder layer 0 .*'mystery' is not supported"):
+        LawsRecorder(llm)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama", "gemma3_text", "phi3", "gemma2", "olmo2"])
+def test_wings_layers_use_the_wrapped_attention(name):
     """On WINGS with non-zero learners, each layer's masses equal HF's own eager attention on that layer's input."""
-    model = tiny_wings(llm_family)
+    model = tiny_wings(name) if name in ("llama", "qwen2") else tiny_family_wings(name)
     randomize_learners(model)
     model.language_model.set_attn_implementation("eager")
     assert model.wings_layers, "the tiny WINGS model should have wrapped layers"
@@ -210,11 +256,11 @@ def test_wings_layers_use_the_wrapped_attention(llm_family):
     spans = find_spans(torch.tensor([ids]), IMAGE_TOKEN_ID, tokens_per_image=4)
     valid = torch.ones(1, len(ids), dtype=torch.bool)
     for index, layer in enumerate(layers):
-        inner = layer.decoder_layer if hasattr(layer, "decoder_layer") else layer
         hidden, kwargs = captured[index]
+        normed = hidden if name == "olmo2" else layer.input_layernorm(hidden)  # OLMo 2 norms after the attention
         with torch.no_grad():  # HF's own attention forward, eager, on the layer's real input
-            _, weights = inner.self_attn(
-                hidden_states=inner.input_layernorm(hidden),
+            _, weights = layer.self_attn(
+                hidden_states=normed,
                 position_embeddings=kwargs["position_embeddings"],
                 attention_mask=kwargs["attention_mask"],
             )
@@ -380,27 +426,26 @@ def test_json_keys_and_plots(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # end to end from a saved model and LLaVA-format data
-@pytest.fixture(scope="module")
-def saved_wings(tmp_path_factory):
-    root = tmp_path_factory.mktemp("laws")
-    corpus = ["what colour is the image? red. hello how are you? fine thanks."] * 10
-    tokenizer = train_chat_tokenizer(corpus, vocab_size=300)
-    torch.manual_seed(0)
-    llm = Qwen2ForCausalLM(
-        Qwen2Config(
-            hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
-            intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+CORPUS = ["what colour is the image? red. hello how are you? fine thanks."] * 10
+
+
+def save_wings(folder, llm, tokenizer, randomize: bool = True):
+    """A saved WINGS directory (non-zero learners unless randomize=False) and its processor, as `wings train`
+    writes it."""
     model = WingsForConditionalGeneration.from_llm_and_vision(llm, tiny_vision(), tokenizer=tokenizer, learner_rank=4)
-    randomize_learners(model)
+    if randomize:
+        randomize_learners(model)
     processor = WingsProcessor(
         SiglipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer,
         image_seq_length=model.config.image_seq_length,
     )
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def write_llava_data(root):
+    """Three image samples (image between two text turns), one text-only and one with a late image."""
     images = root / "images"
     images.mkdir()
     for i, color in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200)]):
@@ -418,7 +463,14 @@ def saved_wings(tmp_path_factory):
         {"from": "human", "value": "<image>\nwhat colour?"}, {"from": "gpt", "value": "red."}]})
     data = root / "data.json"
     data.write_text(json.dumps(samples))
-    return root, data, images
+    return data, images
+
+
+@pytest.fixture(scope="module")
+def saved_wings(tmp_path_factory):
+    root = tmp_path_factory.mktemp("laws")
+    save_tiny_wings(root / "model")
+    return root, *write_llava_data(root)
 
 
 def test_run_laws_writes_json_and_plot(saved_wings, tmp_path):
@@ -440,6 +492,10 @@ def test_run_laws_compare(saved_wings, tmp_path):
     summary = json.loads((tmp_path / "laws_compare.json").read_text())
     assert set(summary) == {"model", "model-2"} and summary["model"]["n_samples"] == 2
     assert (tmp_path / "laws_compare.png").stat().st_size > 1000
+    for name in results:  # each model's own files, as run_laws writes them
+        own = json.loads((tmp_path / name / "laws.json").read_text())
+        assert own == {k: v for k, v in summary[name].items() if k != "model_dir"}
+        assert (tmp_path / name / "laws.png").stat().st_size > 1000
 
 
 def test_laws_plot_ticks_are_whole_layers(tmp_path, monkeypatch):
@@ -455,3 +511,39 @@ def test_laws_plot_ticks_are_whole_layers(tmp_path, monkeypatch):
     monkeypatch.setattr(laws_plots, "save_figure", keep)
     laws_plots.plot_laws(synthetic_result(layers=4), tmp_path / "laws.png")
     assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"]), seen["ticks"]
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "phi3"])
+def test_wings_laws_command_on_gemma3_and_phi3(family, tmp_path, capsys):
+    """`wings laws` on a saved Gemma 3 / Phi-3 WINGS model. With zero learners the model computes what its LLM
+    computes, so the curves it writes must equal LAWS of HF's own eager attention weights (output_attentions) of
+    the plain Gemma3ForCausalLM / Phi3ForCausalLM fed the same prompts (image features in the image slots)."""
+    tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
+    folder = save_wings(tmp_path / "model", tiny_family_llm(family, vocab_size=len(tokenizer)), tokenizer,
+                        randomize=False)
+    data, images = write_llava_data(tmp_path)
+    main(["laws", "--model", str(folder), "--data", str(data), "--image-folder", str(images),
+          "--output", str(tmp_path / "laws"), "--device", "cpu"])
+    written = json.loads((tmp_path / "laws" / "laws.json").read_text())
+    assert written["n_samples"] == 3 and written["layers"] == [1, 2, 3]
+    assert "attention shift" in capsys.readouterr().out
+
+    model = WingsForConditionalGeneration.from_pretrained(folder).eval()
+    processor = WingsProcessor.from_pretrained(folder)
+    llm = model.to_llm().eval()
+    llm.set_attn_implementation("eager")
+    image_id, per_image = model.config.image_token_id, model.config.image_seq_length
+    curves = []
+    for sample in llava_laws_samples(data, images, processor):
+        ids = torch.tensor([prompt_ids(processor, sample["text"], sample["images"])])
+        with torch.no_grad():
+            features = model.get_image_features(prompt_pixels(processor, sample["images"]))
+            embeds = llm.get_input_embeddings()(ids.masked_fill(ids == image_id, 0))
+            embeds[ids == image_id] = features.reshape(-1, features.shape[-1])
+            attentions = llm(inputs_embeds=embeds, output_attentions=True).attentions
+        spans = find_spans(ids, image_id, tokens_per_image=per_image)
+        valid = torch.ones_like(ids, dtype=torch.bool)
+        curves.append(np.stack([naive_masses(a, spans, valid)[0] for a in attentions]))
+    expected = np.mean(curves, axis=0)
+    for k, span in enumerate(SPANS):
+        np.testing.assert_allclose(written["mean"][span], expected[:, k], rtol=1e-4, atol=1e-5)

@@ -37,12 +37,7 @@ def tokenizer():
     return build_lab_tokenizer(seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_generators_are_deterministic_per_seed():

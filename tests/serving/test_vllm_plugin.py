@@ -47,12 +47,26 @@ def test_positional_router_is_refused_with_a_clear_error(wings_dir):
 
 
 def test_families_the_plugin_does_not_build_are_refused(wings_dir):
+    from wings.serving.families import missing_parts
+    from wings.families import TEXT_FAMILIES
     from wings.serving.model import check_servable
 
     config = AutoConfig.from_pretrained(wings_dir)
     config.text_config.model_type = "gemma3_text"  # trains in WINGS; its sandwich norms are not in the plugin's layers
-    refusal = "serves LLMs of type qwen2, qwen3, llama, mistral; this model's is 'gemma3_text'"
-    with pytest.raises(ValueError, match=refusal):
+    assert "the 'sandwich' block layout" in missing_parts(TEXT_FAMILIES["gemma3_text"])
+    with pytest.raises(ValueError, match="type 'gemma3_text' are not served yet .*the 'sandwich' block layout"):
+        check_servable(config)
+    config.text_config.model_type = "gpt2"
+    with pytest.raises(ValueError, match="no entry in wings.families.TEXT_FAMILIES"):
+        check_servable(config)
+
+
+def test_unknown_vision_encoders_are_refused(wings_dir):
+    from wings.serving.model import check_servable
+
+    config = AutoConfig.from_pretrained(wings_dir)
+    config.vision_config.model_type = "dinov2"
+    with pytest.raises(ValueError, match="vision encoders of type 'dinov2' are not served"):
         check_servable(config)
 
 
@@ -65,7 +79,9 @@ def test_sliding_windows_are_refused(wings_dir, model_type):
     text.model_type, text.sliding_window = model_type, None
     check_servable(config)
     text.sliding_window = 64
-    if model_type != "mistral":
+    if model_type == "mistral":
+        text.use_sliding_window = True  # the config is Qwen2's relabelled; Mistral's has no switch, its window applies
+    else:
         check_servable(config)  # Qwen keeps a window size in its config but uses it only where layer_types say so
         text.layer_types = ["full_attention", "sliding_attention", "full_attention"]
     with pytest.raises(ValueError, match=f"this {model_type} LLM attends over a sliding window of 64 tokens"):

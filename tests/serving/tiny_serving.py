@@ -28,6 +28,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from tiny import randomize_learners  # tests/: on the path of pytest and of the engine subprocesses below
 from wings import WingsForConditionalGeneration
 from wings.data.tokenizer import train_chat_tokenizer
 from wings.processing import WingsProcessor
@@ -40,16 +41,6 @@ CORPUS = [
 ] * 5
 
 
-def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, seed: int = 3) -> None:
-    """Non-zero learner and router weights, so that the learner paths change the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.wings_layers:
-            for module in (layer.visual_learner, layer.textual_learner, layer.router):
-                for p in module.parameters():
-                    p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-
 # The LLM families the plugin serves. Qwen3 and Mistral get an explicit head_dim of 64, twice the learners' d/H
 # of 32, so the learners need RoPE tables of their own, as in Qwen3-4B or Mistral Nemo.
 FAMILY_LLMS = {
@@ -60,8 +51,25 @@ FAMILY_LLMS = {
 }
 
 
-def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), **settings) -> Path:
-    """Save model + processor (as `wings train` does) to `folder`; returns it. family: a key of FAMILY_LLMS."""
+def tiny_tower(encoder: str):
+    """A tiny vision tower of `encoder` ("siglip", "clip" or "siglip2", the NaFlex model) seeing IMAGE_SIZE-pixel
+    squares as (IMAGE_SIZE / PATCH)^2 patches."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Siglip2VisionConfig, Siglip2VisionModel
+
+    common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, patch_size=PATCH)
+    if encoder == "siglip":
+        return SiglipVisionModel(SiglipVisionConfig(image_size=IMAGE_SIZE, **common))
+    if encoder == "clip":
+        return CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, **common))
+    if encoder == "siglip2":
+        return Siglip2VisionModel(Siglip2VisionConfig(num_patches=(IMAGE_SIZE // PATCH) ** 2, **common))
+    raise ValueError(encoder)
+
+
+def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), encoder: str = "siglip",
+                    **settings) -> Path:
+    """Save model + processor (as `wings train` does) to `folder`; returns it. family: a key of FAMILY_LLMS;
+    encoder: see `tiny_tower`."""
     tokenizer = train_chat_tokenizer(CORPUS, vocab_size=300)
     torch.manual_seed(0)
     common = dict(
@@ -76,10 +84,7 @@ def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), 
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     torch.manual_seed(1)
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE_SIZE, patch_size=PATCH)
-    )
+    vision = tiny_tower(encoder)
     torch.manual_seed(2)
     model = WingsForConditionalGeneration.from_llm_and_vision(
         llm.eval(), vision.eval(), tokenizer=tokenizer, learner_rank=8, learner_layers=list(learner_layers), **settings
@@ -256,25 +261,31 @@ ENGINE_PROMPTS = [
 ]
 
 ENGINE_SCRIPT = """
-import json, sys
-sys.path.insert(0, {here!r})
+import gc, json, sys
+sys.path[:0] = [{here!r}, {tests!r}]  # tests/serving (tiny_serving) and tests/ (tiny, which it imports)
 from tiny_serving import sample_image
 from vllm import LLM, SamplingParams
 
 if __name__ == "__main__":
-    folder, prompts, n_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    folders, prompts, n_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
     enforce_eager, tp_size = sys.argv[4] == "1", int(sys.argv[5])
-    llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
-              max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
-              distributed_executor_backend="mp" if tp_size > 1 else None)
-    requests = [{{"prompt": p}} for p, _ in prompts]
-    for request, (_, n) in zip(requests, prompts):
-        if n:
-            request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
-    params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
-    outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
-    result = [[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]] for o in outputs]
-    print("engine-result: " + json.dumps(result), flush=True)
+    results = []
+    for folder in folders:  # one engine after the other: the process starts (imports vLLM) once
+        llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
+                  max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
+                  distributed_executor_backend="mp" if tp_size > 1 else None)
+        requests = [{{"prompt": p}} for p, _ in prompts]
+        for request, (_, n) in zip(requests, prompts):
+            if n:
+                request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
+        params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
+        outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
+        results.append([[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]]
+                        for o in outputs])
+        llm.llm_engine.engine_core.shutdown()
+        del llm, outputs
+        gc.collect()
+    print("engine-result: " + json.dumps(results), flush=True)
 """
 
 
@@ -316,23 +327,31 @@ def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, w
     enforce_eager=False runs vLLM's default compiled path (the decoder traced once and compiled by inductor).
     tensor_parallel_size > 1 starts one worker process per rank, each bound to one of this process's CPUs.
     """
+    (results,) = engines_greedy([folder], prompts, n_tokens, workdir, enforce_eager, tensor_parallel_size)
+    return [tuple(r) for r in results] if with_logprobs else [ids for ids, _ in results]
+
+
+def engines_greedy(folders: list[Path], prompts: list[tuple[str, int]], n_tokens: int, workdir: Path,
+                   enforce_eager: bool = True, tensor_parallel_size: int = 1) -> list[list[tuple[list[int], list[float]]]]:
+    """`engine_greedy` for several saved models, one engine after the other in one subprocess (vLLM is imported
+    once): per folder, per prompt, (greedy ids, their log-probabilities)."""
     import json
     import os
     import subprocess
     import sys
 
     script = Path(workdir) / "engine.py"
-    script.write_text(ENGINE_SCRIPT.format(here=str(Path(__file__).parent)))
+    here = Path(__file__).parent
+    script.write_text(ENGINE_SCRIPT.format(here=str(here), tests=str(here.parent)))
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     if tensor_parallel_size > 1:
         # vLLM binds each CPU worker's threads to a NUMA node; a one-node machine needs explicit per-rank CPUs.
         cpus = sorted(os.sched_getaffinity(0))[:tensor_parallel_size]
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cpus)
-    args = [sys.executable, str(script), str(folder), json.dumps(prompts), str(n_tokens),
+    args = [sys.executable, str(script), json.dumps([str(f) for f in folders]), json.dumps(prompts), str(n_tokens),
             "1" if enforce_eager else "0", str(tensor_parallel_size)]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900 * len(folders))
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("engine-result: ")]
-    results = json.loads(line[len("engine-result: "):])
-    return [tuple(r) for r in results] if with_logprobs else [ids for ids, _ in results]
+    return [[tuple(r) for r in per_folder] for per_folder in json.loads(line[len("engine-result: "):])]

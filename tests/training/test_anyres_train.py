@@ -100,3 +100,27 @@ def test_dataset_feeds_anyres_samples_within_the_budget(tmp_path):
     assert batch["image_sizes"].shape == (4, 2) and batch["pixel_values"].shape[0] > 4
     with pytest.raises(SampleTooLongError, match="max_image_tokens=3"):
         LlavaDataset(records, processor, max_length=512, max_image_tokens=3)[0]
+
+
+def test_prepared_data_counts_each_image_at_its_fed_size(tmp_path):
+    from wings.data.collate import PreparedDataset
+    from wings.data.prepared import prepare_data
+
+    data, images = write_shapes_dataset(tmp_path)
+    base = tiny_processor(SAVED_CORPUS)
+    processor = WingsProcessor(base.image_processor, base.tokenizer, image_seq_length=4, image_layout="anyres",
+                               patch_size=16, tile_size=32,
+                               image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
+    prepared = prepare_data(data, processor, 512, images, cache_dir=tmp_path / "cache", max_image_tokens=12)
+    unbounded = prepare_data(data, processor, 512, images, cache_dir=tmp_path / "cache")
+    assert prepared.directory != unbounded.directory  # the budget is part of the cache key
+    dataset = PreparedDataset(prepared.good(), processor)
+    for i, row in enumerate(prepared.good()):
+        n_image = sum(t == processor.image_token_id for t in row["input_ids"])
+        sizes = list(zip(row["image_sizes"][::2], row["image_sizes"][1::2]))
+        assert n_image == sum(processor.image_token_count(s) for s in sizes) <= 12
+        item = dataset[i]
+        if sizes:
+            assert item["image_sizes"].tolist() == [list(s) for s in sizes]
+    assert any(sum(processor.image_token_count(s) for s in zip(r["image_sizes"][::2], r["image_sizes"][1::2])) > 12
+               for r in unbounded.good())

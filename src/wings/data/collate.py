@@ -1,4 +1,5 @@
-"""`LlavaDataset` (records -> token ids, labels, pixel values) and `LlavaCollator` (padding + image batching).
+"""`PreparedDataset` (prepared rows -> token ids, labels, pixel values), `LlavaDataset` (the same from
+records, tokenising on access) and `LlavaCollator` (padding + image batching).
 
 Batches follow the HF LLaVA contract of `WingsForConditionalGeneration.forward`: `pixel_values` hold
 every image of the batch, in sample order and, within a sample, in `<image>` marker order, which is
@@ -11,17 +12,65 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from ..image_layout import fit_image_token_budget
 from ..processing import WingsProcessor
 from .conversation import IGNORE_INDEX, tokenize_conversation
-from .images import ImageMode, ImageTransform, image_size, load_image
+from .images import ImageMode, ImageTransform, fed_image_sizes, load_at_sizes
 from .llava import LlavaRecord, SampleTooLongError
+from .prepared import labels_from_spans
 
 logger = logging.getLogger(__name__)
+
+
+class PreparedDataset(Dataset):
+    """Prepared rows (`wings.data.prepared`) as training samples: the tokens come from the cache, so an
+    item only decodes and transforms its images (in the data-loader workers when there are any).
+
+    Args:
+        rows: good prepared rows (`PreparedSource.good()`, or a mixture of several).
+        processor: its image processor transforms the images.
+        image_mode: "pad" (LLaVA-1.5) or "resize"; see `ImageTransform`.
+
+    Each item: input_ids [T] (long), labels [T] (long), pixel_values [n_images, 3, H, W] or None (other image
+    layouts: what `WingsProcessor.prepare_images` gives).
+    """
+
+    def __init__(self, rows, processor: WingsProcessor, image_mode: ImageMode = "pad"):
+        self.rows = rows.select_columns(["input_ids", "label_spans", "images", "image_sizes", "length", "n_images"])
+        self.processor = processor
+        self.transform = ImageTransform(processor, image_mode)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        input_ids = np.asarray(row["input_ids"], dtype=np.int64)
+        images = row["images"]
+        item = {
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(labels_from_spans(input_ids, row["label_spans"])),
+            "pixel_values": None,
+        }
+        if images and self.processor.image_layout == "fixed":
+            item["pixel_values"] = torch.stack([self.transform(p) for p in images])
+        elif images:  # at the sizes the tokens were counted for (their own, or shrunk to the sample's budget)
+            sizes = np.asarray(row["image_sizes"]).reshape(-1, 2).tolist()
+            item.update(self.processor.prepare_images(load_at_sizes(images, sizes)))
+        return item
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token counts [N] (image tokens included), for length-grouped sampling."""
+        return self.rows.with_format("numpy")["length"][:]
+
+    @property
+    def has_images(self) -> np.ndarray:
+        """[N] bool: whether each sample has an image (for modality grouping)."""
+        return self.rows.with_format("numpy")["n_images"][:] > 0
 
 
 class LlavaDataset(Dataset):
@@ -64,15 +113,8 @@ class LlavaDataset(Dataset):
         return len(self.records)
 
     def image_sizes(self, record: LlavaRecord) -> list[tuple[int, int]] | None:
-        """(height, width) each image of `record` is fed at (within `max_image_tokens`); None for the fixed
-        layout without a budget (every image is `image_seq_length` tokens)."""
-        if self.processor.image_layout == "fixed" and self.max_image_tokens is None:
-            return None
-        sizes = [image_size(path) for path in record.images]
-        try:
-            return fit_image_token_budget(sizes, self.processor.layout, self.max_image_tokens)
-        except ValueError as err:
-            raise SampleTooLongError(f"{record.name}: {err}") from None
+        """(height, width) each image of `record` is fed at (`fed_image_sizes`)."""
+        return fed_image_sizes(record.images, self.processor, self.max_image_tokens, record.name)
 
     def tokenize(self, record: LlavaRecord):
         """`tokenize_conversation` of `record` with its images at the sizes they are fed at."""
@@ -90,10 +132,7 @@ class LlavaDataset(Dataset):
         if record.images and self.processor.image_layout == "fixed":
             item["pixel_values"] = torch.stack([self.transform(p) for p in record.images])
         elif record.images:
-            images = [load_image(path) for path in record.images]
-            images = [i if (i.height, i.width) == tuple(s) else i.resize((s[1], s[0]), Image.BICUBIC)
-                      for i, s in zip(images, sizes)]
-            item.update(self.processor.prepare_images(images))
+            item.update(self.processor.prepare_images(load_at_sizes(record.images, sizes)))
         return item
 
     @property

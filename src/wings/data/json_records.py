@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonRecord", "read_json_records"]
+__all__ = ["JsonRecord", "iter_json_texts", "read_json_records"]
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,54 @@ def read_json_records(path: str | os.PathLike, noun: str = "records") -> list[Js
         problem = f"expected a JSON list of {noun}, got {type(data).__name__} (use .jsonl for one per line)"
         return [JsonRecord(None, None, problem=problem)]
     return [JsonRecord(index, None, value) for index, value in enumerate(data)]
+
+
+def iter_json_texts(path: str | os.PathLike, noun: str = "records") -> Iterator[JsonRecord]:
+    """Every record of a JSON list or JSONL file as its JSON text (``value`` is a str), in file order.
+
+    The same records as `read_json_records`, without holding the parsed file: a JSON list is scanned
+    one item at a time, so a file of hundreds of thousands of samples costs its text and not a tree
+    of Python objects. Parse each ``value`` with `json.loads`; a JSONL line is not checked here (the
+    caller parses lines, possibly in parallel, and reports a malformed one with its ``line``), while
+    a malformed JSON list ends the records with a whole-file problem (``index`` None).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        with path.open(encoding="utf-8-sig") as lines:
+            index = 0
+            for line_number, line in enumerate(lines, start=1):
+                if line.strip():
+                    yield JsonRecord(index, line_number, line)
+                    index += 1
+        return
+    text = path.read_text(encoding="utf-8-sig")
+    start = _WHITESPACE.match(text).end()
+    if not text.startswith("[", start):  # one object, or JSONL under another name: the general reader decides
+        for record in read_json_records(path, noun):
+            value = record.value if record.problem is not None or record.index is None else json.dumps(record.value)
+            yield JsonRecord(record.index, record.line, value, record.problem)
+        return
+    decoder = json.JSONDecoder()
+    pos = _WHITESPACE.match(text, start + 1).end()
+    index = 0
+    try:
+        if text.startswith("]", pos):
+            pos += 1
+        else:
+            while True:
+                _, end = decoder.raw_decode(text, pos)
+                yield JsonRecord(index, None, text[pos:end])
+                index += 1
+                pos = _WHITESPACE.match(text, end).end()
+                if text.startswith("]", pos):
+                    pos += 1
+                    break
+                if not text.startswith(",", pos):
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+                pos = _WHITESPACE.match(text, pos + 1).end()
+        pos = _WHITESPACE.match(text, pos).end()
+        if pos != len(text):
+            raise json.JSONDecodeError("Extra data", text, pos)
+    except json.JSONDecodeError as err:
+        problem = f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        yield JsonRecord(None, err.lineno, problem=problem)

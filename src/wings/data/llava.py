@@ -8,7 +8,14 @@ A LLaVA data file is a JSON list (or JSONL, one sample per line) of samples such
                        {"from": "gpt", "value": "An advertisement."}]}
 
 Each `<image>` marker in a human turn takes the next image of `image`, in order. Samples without
-`image` are text-only and may be mixed with image samples. `load_llava_records` checks every sample
+`image` are text-only and may be mixed with image samples. The messages format that LLaMA-Factory,
+ms-swift and Hugging Face chat data sets write is read too:
+
+    {"messages": [{"role": "user", "content": "<image>What is on the bus?"},
+                  {"role": "assistant", "content": "An advertisement."}],
+     "images": ["coco/train2017/000000033471.jpg"]}
+
+(`content` may also be a list of HF content parts, `{"type": "image"}` standing for a marker). `load_llava_records` checks every sample
 up front and raises a `DataError` that names the file, the sample and the problem, or, with
 `skip_bad_samples=True`, logs each bad sample and keeps the good ones.
 """
@@ -26,12 +33,14 @@ from PIL import Image
 
 from .json_records import read_json_records
 from ..errors import WingsError
+from ..processing import flatten_content
 
 logger = logging.getLogger(__name__)
 
 IMAGE_MARKER = "<image>"
 # LLaVA/ShareGPT speaker names -> Hugging Face chat roles.
 ROLE_MAP = {"human": "user", "gpt": "assistant", "system": "system"}
+HF_ROLES = ("system", "user", "assistant")
 
 
 class DataError(WingsError, ValueError):
@@ -171,15 +180,20 @@ def parse_sample(
     def fail(problem: str) -> DataError:
         return DataError(f"{where}: {problem}")
 
-    if "conversations" not in sample:
-        raise fail(f"missing key 'conversations' (keys: {sorted(sample)})")
-    turns = _parse_turns(sample["conversations"], fail)
-    images = _parse_image_field(sample.get("image"), fail)
+    if "messages" in sample:
+        turns = _parse_messages(sample["messages"], fail)
+        images = _parse_image_field(sample.get("images"), fail, key="images")
+    elif "conversations" in sample:
+        turns = _parse_turns(sample["conversations"], fail)
+        images = _parse_image_field(sample.get("image"), fail)
+    else:
+        raise fail(f"missing key 'conversations' (or 'messages') (keys: {sorted(sample)})")
     n_markers = sum(t.content.count(IMAGE_MARKER) for t in turns)
     if n_markers != len(images):
+        key = "images" if "messages" in sample else "image"
         raise fail(
             f"{n_markers} '{IMAGE_MARKER}' marker(s) in the conversation but {len(images)} image(s) "
-            "in 'image'; each image needs exactly one marker"
+            f"in '{key}'; each image needs exactly one marker"
         )
     resolved = tuple(_resolve_image(rel, image_folder, check_images, fail, verified) for rel in images)
     return LlavaRecord(
@@ -213,18 +227,59 @@ def _parse_turns(conversations: Any, fail: Failure) -> tuple[Turn, ...]:
         if speaker != "human" and IMAGE_MARKER in value:
             raise fail(f"'{IMAGE_MARKER}' marker in a {speaker} turn (turn {k}); images belong in human turns")
         turns.append(Turn(ROLE_MAP[speaker], value))
+    return _check_roles(turns, fail, user="human", assistant="gpt")
+
+
+def _parse_messages(messages: Any, fail: Failure) -> tuple[Turn, ...]:
+    """The messages format: [{"role": "user" | "assistant" | "system", "content": str or parts}, ...]."""
+    if not isinstance(messages, list):
+        raise fail(f"'messages' must be a list of messages, got {type(messages).__name__}")
+    if not messages:
+        raise fail("empty messages")
+    turns = []
+    for k, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise fail(f"message {k} must be an object with 'role' and 'content', got {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise fail(f"message {k} is missing key '{key}'")
+        role, content = message["role"], message["content"]
+        if role not in HF_ROLES:
+            raise fail(f"message {k} has unknown role {role!r} (expected one of {list(HF_ROLES)})")
+        if isinstance(content, list):
+            try:
+                content = flatten_content(content)
+            except (ValueError, KeyError, AttributeError, TypeError) as err:
+                raise fail(f"message {k} ({role}) has malformed content parts: {err}") from None
+        if not isinstance(content, str):
+            raise fail(f"message {k} ({role}) has a non-string content ({type(content).__name__})")
+        if not content.strip():
+            raise fail(f"message {k} ({role}) has an empty content")
+        if role != "user" and IMAGE_MARKER in content:
+            raise fail(f"'{IMAGE_MARKER}' marker in a {role} message (message {k}); images belong in user messages")
+        turns.append(Turn(role, content))
+    return _check_roles(turns, fail, user="user", assistant="assistant")
+
+
+def _check_roles(turns: list[Turn], fail: Failure, user: str, assistant: str) -> tuple[Turn, ...]:
+    """Role order that training can use: after any system turns a user turn opens the conversation,
+    and there is at least one assistant turn (`user` and `assistant` are the file's own names, for messages)."""
     if not any(t.role == "assistant" for t in turns):
         # Training labels only assistant turns: such a sample would contribute no loss at all.
-        raise fail("no gpt turn (nothing to learn from)")
+        raise fail(f"no {assistant} turn (nothing to learn from)")
+    first = next(k for k, t in enumerate(turns) if t.role != "system")
+    if turns[first].role == "assistant":
+        # Chat templates either refuse this or render a prompt the model never sees at inference.
+        raise fail(f"the conversation opens with a {assistant} turn (turn {first}); it must start with a {user} turn")
     return tuple(turns)
 
 
-def _parse_image_field(image: Any, fail: Failure) -> list[str]:
+def _parse_image_field(image: Any, fail: Failure, key: str = "image") -> list[str]:
     if image is None:
         return []
     images = [image] if isinstance(image, str) else image
     if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
-        raise fail(f"'image' must be a path or a list of paths, got {image!r}")
+        raise fail(f"'{key}' must be a path or a list of paths, got {image!r}")
     return images
 
 
@@ -242,14 +297,30 @@ def _resolve_image(
     except DataError as err:
         raise fail(str(err)) from None
     if check_images and (verified is None or path not in verified):
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except Exception as err:  # PIL raises many types for corrupt files
-            raise fail(f"image {rel!r} under image folder '{image_folder}' is unreadable: {err}") from err
+        problem = image_problem(path)
+        if problem is not None:
+            raise fail(f"image {rel!r} under image folder '{image_folder}' is unreadable: {problem}")
         if verified is not None:
             verified.add(path)
     return path
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why the image file cannot be used (None: it decodes).
+
+    The pixels are decoded, not only `verify()`-ed: `verify()` reads the headers and chunk checksums,
+    so a truncated JPEG (the commonest corruption in scraped data) or a PNG whose compressed pixel
+    data is damaged passes it and fails later, inside a training step. JPEGs are decoded at reduced
+    scale (`draft`), which still reads every byte of the entropy-coded data.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+    except Exception as err:  # PIL raises many types for corrupt files
+        return str(err) or type(err).__name__
+    return None
 
 
 def find_image(rel: str | os.PathLike, image_folder: str | os.PathLike | None) -> Path:

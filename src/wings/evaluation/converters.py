@@ -96,8 +96,21 @@ def _load_files(datasets: Any, files: list[Path], split: str, kwargs: dict[str, 
         raise ConversionError(f"files for split {split!r} mix formats: {[str(f) for f in files]}")
     if suffixes == {".tsv"}:
         kwargs = {**kwargs, "delimiter": "\t"}
+    for file in files:
+        if file.stat().st_size < 4096 and not file.read_bytes().strip():
+            raise ConversionError(f"{file}: empty file")
     data_files = {split: [str(f) for f in files]}
-    return datasets.load_dataset(builders.pop(), data_files=data_files, split=split, **kwargs)
+    builder = builders.pop()
+    import pyarrow
+
+    try:
+        return datasets.load_dataset(builder, data_files=data_files, split=split, **kwargs)
+    except (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError) as err:
+        # A file that is not what its suffix says: name it and the reader's own reason, in one line.
+        cause = err.__cause__ or err
+        reason = " ".join(str(cause).split())[:300]
+        where = files[0] if len(files) == 1 else f"{len(files)} {builder} files of split {split!r}"
+        raise ConversionError(f"{where}: cannot be read as {builder} ({type(cause).__name__}: {reason})") from err
 
 
 def load_table(

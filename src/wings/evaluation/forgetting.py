@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 from ..data.images import ImageMode
+from ..errors import UsageError
+from ..validation import check_device, check_model, check_positive
+from .checks import check_model_reads, dialogues_have_images, require_image_samples
 from .iit import evaluate_iit, load_iit, plot_iit
 from .laws import compute_laws, llava_laws_samples
 from .laws_plots import write_laws
@@ -26,7 +29,7 @@ from .pools import load_pool
 from .report import ModelEvaluation, forgetting_report, plot_retention_vs_vqa, unique_names, write_metrics_json
 from .vqa import evaluate_vqa
 
-__all__ = ["EvalData", "base_text_accuracy", "evaluate_model", "evaluate_models"]
+__all__ = ["EvalData", "base_text_accuracy", "check_eval_inputs", "evaluate_model", "evaluate_models"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +116,47 @@ def evaluate_model(
     return entry
 
 
+def check_eval_inputs(
+    model_dirs: Sequence[str | os.PathLike],
+    data: EvalData,
+    output: str | os.PathLike,
+    base_llm: str | os.PathLike | None = None,
+    device: str | None = None,
+) -> None:
+    """What `evaluate_models` checks before the first model loads: every data file reads and holds what
+    its measurement needs, every model directory exists and can read the data (a plain LLM cannot read
+    images), the device exists, the numbers are positive.
+
+    Raises:
+        UsageError, DataError, ModelPathError: naming the option and the file or directory.
+    """
+    check_device(device)
+    check_positive(limit=data.limit, batch_size=data.batch_size, max_new_tokens=data.max_new_tokens,
+                   vqa_max_new_tokens=data.vqa_max_new_tokens)
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(f"--output '{output}' is a file; give a folder")
+    if not model_dirs:
+        raise UsageError("--model: give at least one model directory")
+    images = False
+    if data.text_pool:
+        load_pool(data.text_pool, "text")
+    if data.visual_pool:
+        load_pool(data.visual_pool, "visual")
+        images = True
+    if data.vqa:
+        require_image_samples(data.vqa, data.image_folder, "--vqa", "open-ended VQA")
+        images = True
+    if data.iit:
+        images |= dialogues_have_images(load_iit(data.iit))
+    if data.laws:
+        require_image_samples(data.laws, data.image_folder, "--laws-data", "LAWS")
+        images = True
+    for model_dir in model_dirs:
+        check_model_reads(model_dir, "--model", images, why="the evaluation data holds images")
+    if base_llm is not None:
+        check_model(base_llm, "--base-llm", "llm")
+
+
 def evaluate_models(
     model_dirs: Sequence[str | os.PathLike],
     data: EvalData,
@@ -121,6 +165,9 @@ def evaluate_models(
     device: str | None = None,
 ) -> tuple[list[ModelEvaluation], float | None, str]:
     """Evaluate every model (WINGS or HF LLaVA directories) and write the report.
+
+    Everything is checked first (`check_eval_inputs`); report.md and metrics.json are rewritten after
+    each model with the models finished so far (metrics.json lists the others as "pending_models").
 
     Args:
         model_dirs: saved models; each is named by its folder (made unique with -2, -3, ...).
@@ -132,14 +179,19 @@ def evaluate_models(
     Returns:
         the entries, the base LLM's text accuracy and the markdown report.
     """
+    check_eval_inputs(model_dirs, data, output, base_llm, device)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     base = base_text_accuracy(base_llm, data, device) if base_llm else None
     names = unique_names(model_dirs)
-    entries = [evaluate_model(d, n, data, out, device) for d, n in zip(model_dirs, names, strict=True)]
-    report = forgetting_report(entries, base)
-    (out / "report.md").write_text(report, encoding="utf-8")
-    write_metrics_json(entries, out / "metrics.json", base_text_acc=base)
+    entries: list[ModelEvaluation] = []
+    for model_dir, name in zip(model_dirs, names, strict=True):
+        entries.append(evaluate_model(model_dir, name, data, out, device))
+        # Written after every model, so that a later failure or interruption keeps what was measured.
+        report = forgetting_report(entries, base)
+        (out / "report.md").write_text(report, encoding="utf-8")
+        write_metrics_json(entries, out / "metrics.json", base_text_acc=base,
+                           extra={"pending_models": names[len(entries):]})
     if any(e.vqa_acc is not None for e in entries):
         plot_retention_vs_vqa(entries, out / "retention_vs_vqa.png", base_text_acc=base)
     return entries, base, report

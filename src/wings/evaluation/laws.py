@@ -19,13 +19,16 @@ The curves become the attention shift in :mod:`wings.evaluation.laws_stats`; plo
 
 How the weights are obtained: a forward pre-hook on every decoder layer of the language model takes
 the layer's input hidden states, RoPE tables and attention mask, recomputes that layer's main
-self-attention weights from the original HF ``self_attn`` (q/k projections, rotate-half RoPE, GQA,
-causal + padding mask, float32 softmax) and reduces them at once to the three span masses. At most
-one layer's weights [batch, heads, T, T] exist at a time, whatever attention kernel the model runs
-(``output_attentions`` is never used). For a `WingsDecoderLayer` the wrapped layer's own
-``input_layernorm`` / ``self_attn`` are used: LAWS measures the main attention, not the learners.
-Works for `WingsForConditionalGeneration`, HF `LlavaForConditionalGeneration` and plain
-Llama-family causal LMs (Llama, Qwen2, Mistral).
+self-attention weights from the original HF ``self_attn`` and reduces them at once to the three span
+masses. Queries and keys are built as the WINGS main attention builds them for the family
+(`wings.modeling.attention.project_qkv` reads the family's `AttentionLayout` in `wings.families`:
+separate or fused projections, q/k norms), then RoPE (none on NoPE layers), the layer's scaling, any
+logit softcap, the causal + padding (+ sliding-window) mask and a float32 softmax. At most one layer's
+weights [batch, heads, T, T] exist at a time, whatever attention kernel the model runs
+(``output_attentions`` is never used). For a `WingsDecoderLayer` the wrapped layer's own attention norm
+and ``self_attn`` are used: LAWS measures the main attention, not the learners. Works for
+`WingsForConditionalGeneration`, HF `LlavaForConditionalGeneration` and plain causal LMs of every family
+in `wings.families.TEXT_FAMILIES` (Llama, Qwen2/3, Mistral, Gemma 2/3, Phi-3, OLMo 2, SmolLM3, Granite).
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.images import ImageMode
-from ..data.llava import IMAGE_MARKER, load_llava_records
-from ..modeling.attention import additive_mask, repeat_kv
-from ..modeling.decoder_layer import check_llama_family_layer
+from ..data.llava import IMAGE_MARKER, DataError, load_llava_records
+from ..errors import UnsupportedModelError
+from ..families import TextFamily, text_family
+from ..modeling.attention import additive_mask, project_qkv, repeat_kv, uses_rope
+from ..modeling.decoder_layer import check_layer
 from ..modeling.lorra import apply_rope
 from .inputs import concat_image_inputs, image_inputs
 from .inputs import prompt_ids
@@ -69,6 +74,7 @@ __all__ = [
     "compute_laws",
     "decoder_layers",
     "find_spans",
+    "layer_family",
     "laws_for_sample",
     "llava_laws_samples",
     "run_laws",
@@ -96,13 +102,22 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             return module
     raise TypeError(
         f"{type(model).__name__}: no decoder layers found (looked for language_model.model.layers, "
-        "model.language_model.layers, language_model.layers, model.layers); LAWS needs a Llama-family decoder."
+        "model.language_model.layers, language_model.layers, model.layers); LAWS needs a decoder LLM."
     )
 
 
-def _attention_parts(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(input_layernorm, self_attn) of a decoder layer (a WingsDecoderLayer keeps the LLM layer's own)."""
-    return layer.input_layernorm, layer.self_attn
+def layer_family(layer: nn.Module, index: int) -> TextFamily:
+    """The family description of decoder layer `index` (a `WingsDecoderLayer` carries its own; a plain HF
+    layer is looked up by its attention config's model type), checked against the layer's modules."""
+    family = getattr(layer, "family", None)
+    if not isinstance(family, TextFamily):
+        model_type = getattr(getattr(getattr(layer, "self_attn", None), "config", None), "model_type", None)
+        try:
+            family = text_family(model_type)
+        except UnsupportedModelError as error:
+            raise UnsupportedModelError(f"decoder layer {index} ({type(layer).__name__}): {error}") from None
+    check_layer(layer, index, family)
+    return family
 
 
 def image_token_id_of(model: nn.Module) -> int:
@@ -167,16 +182,33 @@ def find_spans(
 
 # --------------------------------------------------------------------------------------------------
 # attention weights of one layer, and their reduction
-def _layer_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+def _layer_mask(
+    mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device, sliding_window: int | None = None
+) -> torch.Tensor:
     """The layer's attention mask as a float32 additive bias [B or 1, 1, T, S].
 
     Accepts what HF passes to a decoder layer: None (plain causal, e.g. SDPA without padding), a 2D
-    padding mask (flash attention), a 4D bool mask (SDPA) or a 4D additive float mask (eager).
+    padding mask (flash attention), a 4D bool mask (SDPA) or a 4D additive float mask (eager). A 4D mask
+    already holds the layer's sliding window; for None or a 2D mask the window (a query sees the keys
+    less than `sliding_window` positions back, as HF's masks do) is applied here.
     """
-    if mask is None or mask.dim() == 4:
+    if mask is not None and mask.dim() == 4:
         return additive_mask(mask, q_len, kv_len, torch.float32, device)
-    causal = additive_mask(None, q_len, kv_len, torch.float32, device)
-    return causal.masked_fill(~mask[:, None, None, -kv_len:].bool(), torch.finfo(torch.float32).min)
+    bias = additive_mask(None, q_len, kv_len, torch.float32, device)
+    if sliding_window is not None:
+        query = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+        too_far = query - torch.arange(kv_len, device=device)[None, :] >= sliding_window
+        bias = bias.masked_fill(too_far, torch.finfo(torch.float32).min)
+    if mask is None:
+        return bias
+    return bias.masked_fill(~mask[:, None, None, -kv_len:].bool(), torch.finfo(torch.float32).min)
+
+
+def _sliding_window(self_attn: nn.Module) -> int | None:
+    """The layer's sliding window (per layer where the family mixes local and global layers), or None."""
+    if hasattr(self_attn, "sliding_window"):
+        return self_attn.sliding_window
+    return getattr(getattr(self_attn, "config", None), "sliding_window", None)
 
 
 def attention_weights(
@@ -184,29 +216,35 @@ def attention_weights(
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     attention_mask: torch.Tensor | None,
+    family: TextFamily | None = None,
 ) -> torch.Tensor:
     """Recompute a decoder layer's self-attention weights from its inputs, as HF eager attention does.
 
     Args:
-        layer: an HF Llama-family decoder layer or a `WingsDecoderLayer`.
-        hidden_states: the layer's input [B, T, d] (before input_layernorm).
-        position_embeddings: RoPE (cos, sin), each [B or 1, T, d_h].
+        layer: an HF decoder layer of a family in `wings.families.TEXT_FAMILIES`, or a `WingsDecoderLayer`.
+        hidden_states: the layer's input [B, T, d] (before its attention norm, where it has one).
+        position_embeddings: RoPE (cos, sin), each [B or 1, T, d_h] (unused on a layer without RoPE).
         attention_mask: what the layer received (None, [B, T], or [B, 1, T, S]).
+        family: the layer's family description; None: `layer_family(layer)`.
 
     Returns:
         float32 weights [B, H, T, T] (rows sum to 1).
     """
-    norm, attn = _attention_parts(layer)
-    x = norm(hidden_states)
-    batch, length = x.shape[:2]
-    shape = (batch, length, -1, attn.head_dim)
-    q = attn.q_proj(x).view(shape).transpose(1, 2)
-    k = attn.k_proj(x).view(shape).transpose(1, 2)
-    cos, sin = position_embeddings
-    q, k = apply_rope(q, cos, sin).float(), apply_rope(k, cos, sin).float()
-    k = repeat_kv(k, q.shape[1] // k.shape[1])
+    family = layer_family(layer, getattr(layer.self_attn, "layer_idx", -1)) if family is None else family
+    attn, layout = layer.self_attn, family.attention
+    norm = family.layout.attention_norm
+    x = hidden_states if norm is None else getattr(layer, norm)(hidden_states)
+    q, k, _ = project_qkv(attn, x, layout)
+    if uses_rope(attn, layout):
+        cos, sin = position_embeddings
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = q.float(), repeat_kv(k.float(), q.shape[1] // k.shape[1])
     scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
-    scores = scores + _layer_mask(attention_mask, length, k.shape[2], x.device)
+    softcap = getattr(attn, layout.softcap, None) if layout.softcap else None
+    if softcap is not None:  # Gemma 2 caps the logits before the mask
+        scores = torch.tanh(scores / softcap) * softcap
+    length = x.shape[1]
+    scores = scores + _layer_mask(attention_mask, length, k.shape[2], x.device, _sliding_window(attn))
     return F.softmax(scores, dim=-1, dtype=torch.float32)
 
 
@@ -233,8 +271,7 @@ class LawsRecorder:
 
     def __init__(self, model: nn.Module):
         self.layers = decoder_layers(model)
-        for index, layer in enumerate(self.layers):
-            check_llama_family_layer(layer, index)
+        self.families = [layer_family(layer, index) for index, layer in enumerate(self.layers)]
         self.records: list[torch.Tensor | None] = [None] * len(self.layers)
         self._spans: torch.Tensor | None = None
         self._query_mask: torch.Tensor | None = None
@@ -273,7 +310,7 @@ class LawsRecorder:
             raise RuntimeError("LawsRecorder: call prepare(spans, query_mask) before the forward")
         hidden = args[0] if args else kwargs["hidden_states"]
         position_embeddings = kwargs.get("position_embeddings")
-        if position_embeddings is None:
+        if position_embeddings is None and uses_rope(layer.self_attn, self.families[index].attention):
             raise TypeError(
                 f"decoder layer {index} ({type(layer).__name__}) was called without position_embeddings; "
                 "LAWS recomputes attention from the RoPE tables the decoder passes to its layers."
@@ -284,7 +321,9 @@ class LawsRecorder:
                 "LAWS runs one full forward per batch (no cache)"
             )
         with torch.no_grad():
-            weights = attention_weights(layer, hidden, position_embeddings, kwargs.get("attention_mask"))
+            weights = attention_weights(
+                layer, hidden, position_embeddings, kwargs.get("attention_mask"), self.families[index]
+            )
             masses = reduce_to_spans(weights, self._spans.to(hidden.device), self._query_mask.to(hidden.device))
             del weights  # only [B, 3] leaves the hook
         self.records[index] = masses.cpu()
@@ -513,7 +552,7 @@ def llava_laws_samples(
     if late:
         logger.warning("LAWS: %d samples have no image before the first assistant reply; skipped", late)
     if not samples:
-        raise ValueError(f"{data_file}: no sample with an image in its first user turn(s); LAWS needs image samples")
+        raise DataError(f"{data_file}: no sample with an image in its first user turn(s); LAWS needs image samples")
     return samples
 
 
@@ -555,35 +594,22 @@ def run_laws_compare(
     data_file: str | os.PathLike,
     image_folder: str | os.PathLike | None,
     output_dir: str | os.PathLike,
-    limit: int | None = None,
-    batch_size: int = 1,
-    image_mode: ImageMode | None = None,
-    exclude_special_tokens: Iterable[int] | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
+    **options: Any,
 ) -> dict[str, LawsResult]:
-    """LAWS of several saved models on the same data; writes laws_compare.json ({name: summary}) and
-    laws_compare.png. Models are loaded one at a time; each renders the prompts with its own processor.
-    Arguments as `run_laws`; each model is named by its folder (made unique with -2, -3, ...).
+    """LAWS of several saved models on the same data: `run_laws` for each (its laws.json and laws.png go to
+    ``output_dir/<name>/``), then laws_compare.json ({name: summary}) and laws_compare.png overlaid in
+    ``output_dir``. Models are loaded one at a time; each renders the prompts with its own processor; each is
+    named by its folder (made unique with -2, -3, ...). options: the keyword arguments of `run_laws`.
     """
     names = unique_names(model_dirs)
+    output_dir = Path(output_dir)
     results: dict[str, LawsResult] = {}
     for name, model_dir in zip(names, model_dirs):
-        model, processor = load_model_and_processor(model_dir, device)
-        samples = llava_laws_samples(data_file, image_folder, processor, limit)
-        results[name] = compute_laws(
-            model, processor, samples, batch_size=batch_size, progress=progress,
-            exclude_special_tokens=exclude_special_tokens, image_mode=image_mode,
-        )
-        del model, processor
-        gc.collect()
+        results[name] = run_laws(model_dir, data_file, image_folder, output_dir / name, **options)
+        gc.collect()  # the model run_laws loaded is garbage now: free it before the next one loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     summary = {name: {"model_dir": str(d), **r.to_json()} for (name, r), d in zip(results.items(), model_dirs)}
     (output_dir / "laws_compare.json").write_text(json.dumps(summary, indent=2))
     plot_laws_compare(results, output_dir / "laws_compare.png")
     return results
-
-

@@ -26,10 +26,9 @@ class PoolFormatError(DataError):
         self.problems = list(problems)
         shown = self.problems[:_MAX_REPORTED_PROBLEMS]
         more = len(self.problems) - len(shown)
-        lines = [f"{source}: {len(self.problems)} problem(s):"] + [f"  {p}" for p in shown]
-        if more:
-            lines.append(f"  ... and {more} more")
-        super().__init__("\n".join(lines))
+        # One line (the command line prints user errors as one line), the problems separated by "; ".
+        listed = "; ".join(shown) + (f"; ... and {more} more" if more else "")
+        super().__init__(f"{source}: {len(self.problems)} problem(s): {listed}")
 
 
 def describe_location(where: str, obj: Any) -> str:

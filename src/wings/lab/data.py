@@ -1,7 +1,9 @@
 """The lab's data files: LLaVA-format stage data from easy-vqa, and the IIT pools of both test worlds.
 
 Everything is written as ordinary files (the formats `wings train`, `wings iit build` and
-`wings eval` read), so every lab step is also a command a user could run by hand.
+`wings eval` read), so every lab step is also a command a user could run by hand. The default lab
+(`write_lab_data`) and the frontier study (`wings.lab.mm_task.write_study_data`) differ only in their
+stage-2 mix; the rest (rows, captions, the text share, held-out questions, pools) is a `LabDataWriter`.
 """
 
 from __future__ import annotations
@@ -45,14 +47,19 @@ def image_root(samples: Sequence[VQASample]) -> str:
     return os.path.commonpath([os.path.dirname(s.image_path) for s in samples])
 
 
-def _llava(sample_id: str, image: str, question: str, answer: str) -> dict:
-    return {"id": sample_id, "image": image, "conversations": [
-        {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
+def llava_row(sample_id: str, turns: Sequence[tuple[str, str]], images: Sequence[str], root: str) -> dict:
+    """A LLaVA-format sample from (user, assistant) turns; image paths made relative to `root`."""
+    row: dict = {"id": sample_id, "conversations": [
+        message for user, reply in turns for message in ({"from": "human", "value": user}, {"from": "gpt", "value": reply})]}
+    if images:
+        row["image"] = [_relative(p, root) for p in images]
+    return row
 
 
-def _text(sample_id: str, sample: TextSample) -> dict:
-    return {"id": sample_id, "conversations": [
-        {"from": "human", "value": sample.prompt}, {"from": "gpt", "value": sample.answer}]}
+def vqa_rows(prefix: str, samples: Sequence[VQASample], root: str) -> list[dict]:
+    """easy-vqa questions as one-image LLaVA rows `{prefix}-{i}`."""
+    return [llava_row(f"{prefix}-{i}", [(f"<image>\n{s.question}", s.answer)], [s.image_path], root)
+            for i, s in enumerate(samples)]
 
 
 def describe_samples(train: Sequence[VQASample], root: str) -> list[dict]:
@@ -64,7 +71,7 @@ def describe_samples(train: Sequence[VQASample], root: str) -> list[dict]:
         shape, colour = labels.shape.get(image_id, -1), labels.colour.get(image_id, -1)
         if shape >= 0 and colour >= 0:
             caption = f"a {COLOURS[colour]} {SHAPES[shape]}"
-            rows.append(_llava(f"describe-{image_id}", _relative(paths[image_id], root), DESCRIBE_PROMPT, caption))
+            rows.append(llava_row(f"describe-{image_id}", [(f"<image>\n{DESCRIBE_PROMPT}", caption)], [paths[image_id]], root))
     return rows
 
 
@@ -109,6 +116,49 @@ def visual_pool(samples: Sequence[VQASample], root: str, seed: int) -> list[MCIt
     return pool
 
 
+class LabDataWriter:
+    """Writes one lab's data files into `folder`: what the default lab and the frontier study share.
+
+    Loads both easy-vqa splits once (`train`, `test`; `root` is their images' common folder).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.train, self.test = load_easy_vqa("train"), load_easy_vqa("test")
+        self.root = image_root(self.train + self.test)
+
+    def dump(self, name: str, rows: list) -> str:
+        """rows as the JSON file `name` in the folder; returns its path."""
+        path = self.folder / name
+        path.write_text(json.dumps(rows))
+        return str(path)
+
+    def stage1(self) -> str:
+        """The stage-1 captions ("<image>\nDescribe the image." -> "a red circle")."""
+        return self.dump("stage1_describe.json", describe_samples(self.train, self.root))
+
+    def with_text_share(self, rows: list[dict], text_share: float, seed: int, rng: random.Random) -> list[dict]:
+        """rows plus text-skill samples (seed + 1, train split) making up `text_share` of the result, shuffled."""
+        n_text = int(len(rows) * text_share / (1 - text_share)) if text_share > 0 else 0
+        text_rows = [llava_row(f"text-{i}", [(s.prompt, s.answer)], [], self.root)
+                     for i, s in enumerate(text_skill_samples(n_text, seed + 1, "train"))]
+        mixed = rows + text_rows
+        rng.shuffle(mixed)
+        return mixed
+
+    def held_out_vqa(self, n: int, rng: random.Random) -> tuple[list[VQASample], str]:
+        """`n` easy-vqa test questions drawn with `rng`, and the path of vqa_test.json holding them."""
+        held_out = rng.sample(self.test, min(n, len(self.test)))
+        return held_out, self.dump("vqa_test.json", vqa_rows("vqa-test", held_out, self.root))
+
+    def pools(self, text_items: Sequence[TextSample], held_out: Sequence[VQASample], seed: int) -> tuple[str, str]:
+        """The IIT pools: text items ("T") and the held-out easy-vqa questions ("V") as multiple choice."""
+        text = write_pool(text_pool(text_items, seed), self.folder / "text_pool.jsonl")
+        visual = write_pool(visual_pool(held_out, self.root, seed), self.folder / "visual_pool.jsonl")
+        return str(text), str(visual)
+
+
 def write_lab_data(
     folder: Path,
     text_items: Sequence[TextSample],
@@ -122,35 +172,20 @@ def write_lab_data(
     `n_stage2` keeps that many stage-2 VQA questions (the lab trains on a fraction of an epoch;
     a smaller file is quicker to validate).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    train, test = load_easy_vqa("train"), load_easy_vqa("test")
-    root = image_root(train + test)
+    writer = LabDataWriter(folder)
     rng = random.Random(seed)
-
-    def dump(name: str, rows: list) -> str:
-        path = folder / name
-        path.write_text(json.dumps(rows))
-        return str(path)
-
-    stage2_rows = [_llava(f"vqa-train-{i}", _relative(s.image_path, root), s.question, s.answer)
-                   for i, s in enumerate(train)]
+    stage2_rows = vqa_rows("vqa-train", writer.train, writer.root)
     rng.shuffle(stage2_rows)
     stage2_rows = stage2_rows[:n_stage2]
-    n_text = int(len(stage2_rows) * text_share / (1 - text_share)) if text_share > 0 else 0
-    text_rows = [_text(f"text-{i}", s) for i, s in enumerate(text_skill_samples(n_text, seed + 1, "train"))]
-    mixed = stage2_rows + text_rows
-    rng.shuffle(mixed)
-    held_out = rng.sample(test, min(n_vqa_test, len(test)))
-    vqa_rows = [_llava(f"vqa-test-{i}", _relative(s.image_path, root), s.question, s.answer)
-                for i, s in enumerate(held_out)]
-    text_pool_path = write_pool(text_pool(text_items, seed), folder / "text_pool.jsonl")
-    visual_pool_path = write_pool(visual_pool(held_out, root, seed), folder / "visual_pool.jsonl")
+    mixed = writer.with_text_share(stage2_rows, text_share, seed, rng)
+    held_out, vqa_test = writer.held_out_vqa(n_vqa_test, rng)
+    text_pool_path, visual_pool_path = writer.pools(text_items, held_out, seed)
     return LabData(
-        image_folder=root,
-        stage1=dump("stage1_describe.json", describe_samples(train, root)),
-        stage2=dump("stage2_vqa.json", stage2_rows),
-        stage2_text_share=dump("stage2_vqa_text_share.json", mixed),
-        vqa_test=dump("vqa_test.json", vqa_rows),
-        text_pool=str(text_pool_path),
-        visual_pool=str(visual_pool_path),
+        image_folder=writer.root,
+        stage1=writer.stage1(),
+        stage2=writer.dump("stage2_vqa.json", stage2_rows),
+        stage2_text_share=writer.dump("stage2_vqa_text_share.json", mixed),
+        vqa_test=vqa_test,
+        text_pool=text_pool_path,
+        visual_pool=visual_pool_path,
     )

@@ -33,15 +33,13 @@ replaying the skills retention measures; the `*_text_share` models add that repl
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..evaluation.pools import write_pool
-from .data import _relative, describe_samples, image_root, text_pool, visual_pool
-from .text_world import TextSample, chatterbot_samples, fact_table, heldout_text_items, text_skill_samples
+from .data import LabDataWriter, llava_row, vqa_rows
+from .text_world import TextSample, chatterbot_samples, fact_table, heldout_text_items
 from .vision_world import COLOURS, SHAPES, Split, VQASample, derive_image_labels, load_easy_vqa
 
 MM_KINDS: tuple[str, ...] = ("add_corners", "colour_fact", "second_image")
@@ -144,15 +142,6 @@ def mm_task_items(n: int, seed: int, split: Split, images: Sequence[LabelledImag
 
 # ------------------------------------------------------------------------------------------------
 # LLaVA-format rows
-def llava_row(sample_id: str, turns: Sequence[tuple[str, str]], images: Sequence[str], root: str) -> dict:
-    """A LLaVA-format sample from (user, assistant) turns; image paths made relative to `root`."""
-    row: dict = {"id": sample_id, "conversations": [
-        message for user, reply in turns for message in ({"from": "human", "value": user}, {"from": "gpt", "value": reply})]}
-    if images:
-        row["image"] = [_relative(p, root) for p in images]
-    return row
-
-
 def interleaved_dialogue(sample_id: str, shape: str, chats: Sequence[TextSample], visual: MMItem, root: str) -> dict:
     """An IIT-shaped training dialogue: one chat exchange per "T" of `shape`, then the image turn."""
     kinds = shape.split(",")
@@ -197,11 +186,10 @@ def write_study_data(folder: Path, n_stage2: int, n_mm_test_per_kind: int, n_vqa
     """
     if not 0 <= mm_share + interleaved_share <= 1:
         raise ValueError(f"mm_share + interleaved_share must be in [0, 1], got {mm_share} + {interleaved_share}")
-    folder.mkdir(parents=True, exist_ok=True)
-    train, test = load_easy_vqa("train"), load_easy_vqa("test")
-    root = image_root(train + test)
+    writer = LabDataWriter(folder)
+    train, root = writer.train, writer.root
     rng = random.Random(f"study-data|{seed}")
-    train_images, test_images = labelled_images(train), labelled_images(test)
+    train_images, test_images = labelled_images(train), labelled_images(writer.test)
 
     n_mm = round(n_stage2 * mm_share)
     n_dialogues = round(n_stage2 * interleaved_share)
@@ -212,8 +200,7 @@ def write_study_data(folder: Path, n_stage2: int, n_mm_test_per_kind: int, n_vqa
     vqa_train = rng.sample(train, n_vqa + n_dialogues)
     chats = [c for c in chatterbot_samples() if len(c.prompt) + len(c.answer) <= CHAT_MAX_CHARS]
     rows = [llava_row(f"mm-train-{i}", [(m.question, m.answer)], m.images, root) for i, m in enumerate(mm_train[:n_mm])]
-    rows += [llava_row(f"vqa-train-{i}", [(f"<image>\n{s.question}", s.answer)], [s.image_path], root)
-             for i, s in enumerate(vqa_train[:n_vqa])]
+    rows += vqa_rows("vqa-train", vqa_train[:n_vqa], root)
     for k in range(n_dialogues):
         shape = IIT_TRAIN_SHAPES[k % len(IIT_TRAIN_SHAPES)]
         visual = mm_dialogue[k] if k % 4 < 2 else _vqa_item(vqa_train[n_vqa + k])
@@ -223,34 +210,23 @@ def write_study_data(folder: Path, n_stage2: int, n_mm_test_per_kind: int, n_vqa
         else:
             rows.append(interleaved_dialogue(f"iit-train-{k}", shape, context, visual, root))
     rng.shuffle(rows)
-    n_text = int(len(rows) * text_share / (1 - text_share)) if text_share > 0 else 0
-    text_rows = [llava_row(f"text-{i}", [(s.prompt, s.answer)], [], root)
-                 for i, s in enumerate(text_skill_samples(n_text, seed + 1, "train"))]
-    mixed = rows + text_rows
-    rng.shuffle(mixed)
+    mixed = writer.with_text_share(rows, text_share, seed, rng)
 
     mm_test = mm_task_items(n_mm_test_per_kind * len(MM_KINDS), seed, "test", test_images)
     mm_rows = [llava_row(f"mm-test-{m.kind}-{i}", [(m.question, m.answer)], m.images, root) for i, m in enumerate(mm_test)]
-    held_out = rng.sample(test, min(n_vqa_test, len(test)))
-    vqa_rows = [llava_row(f"vqa-test-{i}", [(f"<image>\n{s.question}", s.answer)], [s.image_path], root)
-                for i, s in enumerate(held_out)]
-
-    def dump(name: str, payload: list) -> str:
-        path = folder / name
-        path.write_text(json.dumps(payload))
-        return str(path)
-
+    held_out, vqa_test = writer.held_out_vqa(n_vqa_test, rng)
+    text_pool, visual_pool = writer.pools(heldout_text_items(text_items, seed=0), held_out, seed)
     return StudyData(
         image_folder=root,
-        stage1=dump("stage1_describe.json", describe_samples(train, root)),
-        stage2=dump("stage2_mix.json", rows),
-        stage2_text_share=dump("stage2_mix_text_share.json", mixed),
-        mm_test=dump("mm_test.json", mm_rows),
-        vqa_test=dump("vqa_test.json", vqa_rows),
-        text_pool=str(write_pool(text_pool(heldout_text_items(text_items, seed=0), seed), folder / "text_pool.jsonl")),
-        visual_pool=str(write_pool(visual_pool(held_out, root, seed), folder / "visual_pool.jsonl")),
+        stage1=writer.stage1(),
+        stage2=writer.dump("stage2_mix.json", rows),
+        stage2_text_share=writer.dump("stage2_mix_text_share.json", mixed),
+        mm_test=writer.dump("mm_test.json", mm_rows),
+        vqa_test=vqa_test,
+        text_pool=text_pool,
+        visual_pool=visual_pool,
         mix={"task": n_mm, "easy_vqa": n_vqa, "interleaved": n_dialogues if chats else 0,
              "interleaved_text_turns": sum(r["id"].startswith("iit-train") and len(r["conversations"]) // 2 - 1
                                            for r in rows),
-             "text_share_samples": n_text},
+             "text_share_samples": len(mixed) - len(rows)},
     )

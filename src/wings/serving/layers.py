@@ -33,18 +33,16 @@ from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLine
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.models.llama import LlamaMLP
 
+from ..modeling.lorra import mix_outputs
+from ..modeling.router import segment_route
 from .attention import supported_head_size
+from .families import config_flag, served_family
 
 
 def attention_biases(text_config) -> tuple[bool, bool]:
-    """(q/k/v bias, o bias) of the LLM family: Qwen2 has q/k/v biases; Qwen3, Llama and Mistral follow
-    `attention_bias`."""
-    if text_config.model_type == "qwen2":
-        return True, False
-    bias = bool(getattr(text_config, "attention_bias", False))
-    if text_config.model_type == "qwen3":
-        return bias, bias
-    return bool(getattr(text_config, "qkv_bias", bias)), bias
+    """(q/k/v bias, o bias) of the LLM, as its family's entry in `wings.families` says."""
+    parts = served_family(text_config).vllm
+    return config_flag(text_config, parts.qkv_bias), config_flag(text_config, parts.o_bias)
 
 
 def llm_head_dim(text_config) -> int:
@@ -73,8 +71,8 @@ def learner_rope(text_config):
 class WingsSelfAttention(nn.Module):
     """The LLM's self-attention; with `with_image_mass` it also returns each head's attention mass on image keys.
 
-    Qwen3's per-head RMSNorm of queries and keys (`q_norm`, `k_norm`, before RoPE) is applied where the family
-    has it. The mass rides in one extra value channel (1 on image keys), so the paged kernel computes it with
+    Per-head RMSNorm of queries and keys (`q_norm`, `k_norm`, before RoPE) is applied where the family's
+    `AttentionLayout` has it (`qk_norm="head"`). The mass rides in one extra value channel (1 on image keys), so the paged kernel computes it with
     the output; queries and keys are zero-padded to the same width, which leaves the scores unchanged.
     """
 
@@ -107,7 +105,7 @@ class WingsSelfAttention(nn.Module):
             prefix=f"{prefix}.o_proj",
         )
         self.rotary_emb = rope_at(text_config, self.head_dim)
-        self.qk_norm = text_config.model_type == "qwen3"
+        self.qk_norm = served_family(text_config).attention.qk_norm == "head"
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
@@ -325,33 +323,22 @@ class WingsLearners(nn.Module):
             down = tensor_model_parallel_all_reduce(down)
         return down.transpose(0, 1), sees_any
 
-    def project_out(self, hidden: torch.Tensor, down: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """hidden [T, d] + sum_j weights[:, j] * B_o,j down[:, j]: down [T, n, r], weights [T, n] -> [T, d]."""
-        scaled = (down * weights[..., None]).reshape(hidden.shape[0], -1)
-        return torch.addmm(hidden, scaled, self.o_up.view(self.hidden_size, -1).t())
+    def outputs(self, down: torch.Tensor) -> list[torch.Tensor]:
+        """Each learner's output B_o (A_o attn) (`wings.modeling.lorra.low_rank_out`, whose first factor `forward`
+        computed and summed over tensor-parallel ranks): down [T, n, r] -> n tensors [T, d]."""
+        return [torch.mm(down[:, j], self.o_up[:, j].t()) for j in range(self.count)]
 
 
 class SegmentRouter(nn.Module):
-    """`wings.modeling.router.SegmentRouter`: softmax(Linear([mass, 1 - mass])) over the H heads' image mass."""
+    """`wings.modeling.router.SegmentRouter`'s parameters; its equation is `segment_route`, shared with it."""
 
     def __init__(self, num_heads: int):
         super().__init__()
         self.linear = nn.Linear(2 * num_heads, 2, bias=True)
 
     def forward(self, image_mass: torch.Tensor) -> torch.Tensor:
-        """image_mass [T, H] -> weights (w_visual, w_textual) [T, 2].
-
-        A two-way softmax is a sigmoid of the logit difference, and that difference is linear in the mass:
-        z = mass . (u - v) + sum(v) + b_0 - b_1, with u, v the halves of W_0 - W_1. Small element-wise ops,
-        where a 2H x 2 matmul and a softmax would each start a parallel kernel per layer and step.
-        """
-        weight, bias = self.linear.weight, self.linear.bias
-        heads = weight.shape[1] // 2
-        diff = weight[0] - weight[1]
-        mass = image_mass.to(weight.dtype)
-        z = (mass * (diff[:heads] - diff[heads:])).sum(-1) + (diff[heads:].sum() + bias[0] - bias[1])
-        w_visual = torch.sigmoid(z)
-        return torch.stack([w_visual, 1.0 - w_visual], dim=-1)
+        """image_mass [T, H] -> weights (w_visual, w_textual) [T, 2]."""
+        return segment_route(image_mass, self.linear.weight, self.linear.bias)
 
 
 class WingsDecoderLayer(nn.Module):
@@ -402,8 +389,11 @@ class WingsDecoderLayer(nn.Module):
         attn_out, mass = self.self_attn(positions, self.input_layernorm(x), is_image if self.routed else None)
         h = x + attn_out
         down, sees_any = self.learners(positions, h, key, value, rotary_emb)
+        # A learner whose query sees no key of its modality adds nothing (as in the Hugging Face model).
         weights = sees_any.to(h.dtype)
+        outputs = self.learners.outputs(down)
         if self.routed:
-            weights = weights * self.router(mass).to(h.dtype)
-        h = self.learners.project_out(h, down, weights)
+            h = mix_outputs(h, *outputs, weights * self.router(mass).to(h.dtype))
+        else:
+            h = torch.addcmul(h, weights, outputs[0])
         return self.mlp(self.post_attention_layernorm(h)), h

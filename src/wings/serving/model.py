@@ -1,10 +1,10 @@
-"""`WingsForConditionalGeneration` for vLLM: vision tower + projector + a Llama-family LLM (Qwen2, Qwen3, Llama,
-Mistral) with WINGS learners.
+"""`WingsForConditionalGeneration` for vLLM: vision tower + projector + an LLM with WINGS learners.
 
 The module tree and parameter names mirror `wings.modeling.model.WingsForConditionalGeneration`, so
 the saved safetensors load as they are (vLLM fuses q/k/v and gate/up on load). Layers without
-learners are vLLM's own Qwen2/Qwen3/Llama/Mistral decoder layers; layers with learners are
-`wings.serving.layers.WingsDecoderLayer`.
+learners are vLLM's own decoder layers of the LLM's family (named in `wings.families`); layers with
+learners are `wings.serving.layers.WingsDecoderLayer`. The families served are those of the table whose
+features the plugin computes (`wings.serving.families`).
 
 vLLM hands the model `inputs_embeds` (text embeddings with the projected image features scattered
 into the image-token slots) and, because `requires_raw_input_tokens` is set, the token ids, which
@@ -25,27 +25,27 @@ from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
-from vllm.model_executor.models.clip import CLIPVisionModel
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
-from vllm.model_executor.models.llama import LlamaDecoderLayer
-from vllm.model_executor.models.mistral import MistralDecoderLayer
-from vllm.model_executor.models.qwen2 import Qwen2DecoderLayer
-from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer
-from vllm.model_executor.models.siglip import SiglipVisionModel
-from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, get_layer_index, maybe_prefix
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.config import set_default_rope_theta
 
 from .attention import learner_channels
+from .families import plain_decoder_layer, served_family
 from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
+from .vision import build_vision_tower, tower_features, vision_tower_class
 
 # Checkpoints saved before the decoder-layer wrapper kept the LLM's own names store the LLM weights
 # of a layer with learners as `layers.N.decoder_layer.<key>`; both layouts load. Some transformers
-# releases save the vision tower without its `vision_model.` level; vLLM's towers keep it.
+# releases save the vision tower without its `vision_model.` level; vLLM's towers keep it. The towers'
+# pooling heads (SigLIP, SigLIP 2) never make image features and are not built.
 CHECKPOINT_NAMES = WeightsMapper(
-    orig_to_new_regex={re.compile(r"^vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model."},
+    orig_to_new_regex={
+        re.compile(r"^vision_tower\.(vision_model\.)?head\..*"): None,
+        re.compile(r"^vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model.",
+    },
     orig_to_new_substr={".decoder_layer.": "."},
 )
 FUSED_PROJECTIONS = WeightsMapper(
@@ -59,27 +59,12 @@ FUSED_PROJECTIONS = WeightsMapper(
 )
 
 
-# The families the plugin serves, each with vLLM's own decoder layer for its layers without learners
-# (built from the vLLM config, the text config and the layer's prefix). The other families WINGS trains
-# (Gemma, Phi-3, OLMo 2, MoE, ...) need softcaps, sandwich norms, scalings or expert layers in the learner
-# layers first.
-PLAIN_DECODER_LAYERS = {
-    "qwen2": lambda vllm_config, text, prefix: Qwen2DecoderLayer(
-        text, vllm_config.cache_config, vllm_config.quant_config, prefix=prefix),
-    "qwen3": lambda vllm_config, text, prefix: Qwen3DecoderLayer(
-        text, vllm_config.cache_config, vllm_config.quant_config, prefix=prefix),
-    "llama": lambda vllm_config, text, prefix: LlamaDecoderLayer(vllm_config, prefix=prefix, config=text),
-    "mistral": lambda vllm_config, text, prefix: MistralDecoderLayer(vllm_config, prefix=prefix, config=text),
-}
-SERVED_TEXT_MODEL_TYPES = tuple(PLAIN_DECODER_LAYERS)
-
-
 def sliding_window_in_use(text_config) -> bool:
     """True when some layer of the LLM attends over a sliding window (which the learner layers do not model)."""
     if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
         return True
-    if text_config.model_type in ("qwen2", "qwen3"):
-        return bool(getattr(text_config, "use_sliding_window", False))
+    if not getattr(text_config, "use_sliding_window", True):  # configs that switch their window off (Qwen)
+        return False
     window = getattr(text_config, "sliding_window", None)
     return window is not None and window < text_config.max_position_embeddings
 
@@ -92,16 +77,11 @@ def check_servable(config) -> None:
             "kernels never materialise; serve a model trained with router='segment' (the default), or use "
             "Hugging Face generate for this one."
         )
-    model_type = config.text_config.model_type
-    if model_type not in SERVED_TEXT_MODEL_TYPES:
-        raise ValueError(
-            f"WINGS in vLLM: the plugin serves LLMs of type {', '.join(SERVED_TEXT_MODEL_TYPES)}; this model's is "
-            f"'{model_type}' (its layers differ in ways the plugin does not reproduce yet). Such models answer "
-            "through Hugging Face generate (`wings chat`, `model.generate`)."
-        )
+    served_family(config.text_config)
+    vision_tower_class(config.vision_config)
     if sliding_window_in_use(config.text_config):
         raise ValueError(
-            f"WINGS in vLLM: this {model_type} LLM attends over a sliding window of "
+            f"WINGS in vLLM: this {config.text_config.model_type} LLM attends over a sliding window of "
             f"{config.text_config.sliding_window} tokens in some layers, which the plugin's layers with learners do "
             "not reproduce; such models answer through Hugging Face generate (`wings chat`, `model.generate`)."
         )
@@ -117,8 +97,9 @@ class WingsTextModel(nn.Module):
         super().__init__()
         config = vllm_config.model_config.hf_config
         text = config.text_config
-        if text.model_type in ("qwen2", "qwen3"):
-            set_default_rope_theta(text, default_theta=1000000)
+        default_theta = served_family(text).vllm.default_rope_theta
+        if default_theta is not None:
+            set_default_rope_theta(text, default_theta=default_theta)
         cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
         self.embed_tokens = VocabParallelEmbedding(
             text.vocab_size, text.hidden_size, quant_config=quant_config, prefix=f"{prefix}.embed_tokens"
@@ -135,7 +116,7 @@ class WingsTextModel(nn.Module):
                 kv_weights = self.learner_keys_values.layer_weights(with_learners.index(i))
                 layers.append(WingsDecoderLayer(config, kv_weights, cache_config, quant_config, layer_prefix))
             else:
-                layers.append(PLAIN_DECODER_LAYERS[text.model_type](vllm_config, text, layer_prefix))
+                layers.append(plain_decoder_layer(vllm_config, text, layer_prefix))
         self.layers = nn.ModuleList(layers)
         self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
         # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.
@@ -220,14 +201,6 @@ class WingsMultiModalProjector(nn.Module):
         return hidden
 
 
-def build_vision_tower(config, quant_config, prefix: str) -> nn.Module:
-    """vLLM's SigLIP/CLIP vision model, built up to the feature layer (no post-norm, as `hidden_states[k]`)."""
-    vision = config.vision_config
-    layers = get_layer_index(config.vision_feature_layer, vision.num_hidden_layers)
-    cls = SiglipVisionModel if vision.model_type == "siglip_vision_model" else CLIPVisionModel
-    return cls(vision, quant_config=quant_config, num_hidden_layers_override=layers, require_post_norm=False, prefix=prefix)
-
-
 @MULTIMODAL_REGISTRY.register_processor(
     WingsMultiModalProcessor, info=WingsProcessingInfo, dummy_inputs=WingsDummyInputsBuilder
 )
@@ -247,12 +220,14 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
         super().__init__()
         config = vllm_config.model_config.hf_config
         check_servable(config)
-        self.config = config
+        self.config, self.vllm_config = config, vllm_config
         self.image_token_id = config.image_token_id
         quant_config = vllm_config.quant_config
         self.configure_mm_token_handling(config.text_config.vocab_size, [config.image_token_id])
         with self._mark_tower_model(vllm_config, "image"):
-            self.vision_tower = build_vision_tower(config, quant_config, maybe_prefix(prefix, "vision_tower"))
+            self.vision_tower = build_vision_tower(
+                config.vision_config, config.vision_feature_layer, quant_config, maybe_prefix(prefix, "vision_tower")
+            )
             self.multi_modal_projector = WingsMultiModalProjector(
                 config.vision_config.hidden_size, config.text_config.hidden_size, config.projector_hidden_act,
                 quant_config, maybe_prefix(prefix, "multi_modal_projector"),
@@ -269,10 +244,7 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
             return []
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack(list(pixel_values))
-        tower = self.vision_tower
-        features = tower(pixel_values.to(tower.dtype))
-        if self.config.vision_config.model_type == "clip_vision_model":
-            features = features[:, 1:]  # CLIP's CLS token is not an image token
+        features = tower_features(self.vision_tower, self.config.vision_config, pixel_values, self.vllm_config)
         return self.multi_modal_projector(features)
 
     def forward(

@@ -42,7 +42,9 @@ class WingsProcessingInfo(BaseProcessingInfo):
         return {"image": self.get_hf_config().image_seq_length}
 
     def image_size(self) -> int:
-        return self.get_hf_config().vision_config.image_size
+        """The side of the tower's square input (SigLIP 2 NaFlex configs name a patch count instead)."""
+        vision = self.get_hf_config().vision_config
+        return getattr(vision, "image_size", None) or int(vision.num_patches**0.5) * vision.patch_size
 
 
 class WingsDummyInputsBuilder(BaseDummyInputsBuilder[WingsProcessingInfo]):

@@ -8,7 +8,7 @@ A recipe file looks like::
     model: {learner_mode: visual_only, learner_rank: 64}   # WingsConfig settings
     train: {projector: 2.0e-5, visual_learners: 2.0e-5}    # group -> learning rate; absent = frozen
     optim: {epochs: 1, batch_size: 16, gradient_accumulation_steps: 16, ...}
-    data: {max_length: 2048, image_mode: pad}
+    data: {max_length: 2048, image_mode: pad, sources: [llava_mix.json, text_only.jsonl:0.1]}
 
 `key=value` overrides use dotted paths (`optim.batch_size=4`, `train.llm=1e-5`).
 """
@@ -16,18 +16,63 @@ A recipe file looks like::
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import yaml
+from transformers.trainer_utils import SchedulerType
 
+from ..config import LEARNER_MODES, ROUTERS
+from ..image_layout import IMAGE_LAYOUTS
 from ..errors import ConfigError
 from ..modeling.model import PARAMETER_GROUPS as MODEL_PARAMETER_GROUPS
 
 # The model's components, plus LoRA adapters (the LoRA baseline's trainable part, carved out of the LLM).
 PARAMETER_GROUPS = (*MODEL_PARAMETER_GROUPS, "lora")
 METHODS = ("wings", "llava", "lora")
+LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
+# The `WingsConfig` settings a recipe's `model` section may set, with their types.
+MODEL_SETTINGS: dict[str, Any] = {
+    "learner_rank": int,
+    "learner_layers": list[int] | None,
+    "router": Literal[ROUTERS],
+    "router_max_positions": int,
+    "learner_mode": Literal[LEARNER_MODES],
+    "learner_init_std": float,
+    "vision_feature_layer": int,
+    "projector_hidden_act": str,
+    "image_layout": Literal[IMAGE_LAYOUTS],
+    "image_grid_pinpoints": list[list[int]] | None,
+    "image_pooling": int,
+    "image_newline": bool,
+    "max_num_patches": int | None,
+}
+# Lower bounds of numeric settings, (minimum, inclusive): checked when a recipe is built.
+MINIMA: dict[str, tuple[float, bool]] = {
+    "optim.epochs": (0, False),
+    "optim.batch_size": (1, True),
+    "optim.gradient_accumulation_steps": (1, True),
+    "optim.warmup_ratio": (0, True),
+    "optim.weight_decay": (0, True),
+    "optim.max_grad_norm": (0, True),
+    "optim.save_steps": (1, True),
+    "optim.save_total_limit": (1, True),
+    "optim.logging_steps": (1, True),
+    "optim.dataloader_num_workers": (0, True),
+    "data.max_length": (1, True),
+    "lora.r": (1, True),
+    "lora.alpha": (0, False),
+    "lora.dropout": (0, True),
+    "model.learner_rank": (1, True),
+    "model.router_max_positions": (1, True),
+    "model.learner_init_std": (0, False),
+    "model.image_pooling": (1, True),
+    "model.max_num_patches": (1, True),
+    "data.max_image_tokens": (1, True),
+}
 
 
 class RecipeError(ConfigError):
@@ -50,7 +95,8 @@ class OptimSettings:
     save_total_limit: int | None = 2
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=lambda: ["none"])
-    dataloader_num_workers: int = 0
+    # Image decoding and processing run in the loader's worker processes, beside the training step.
+    dataloader_num_workers: int = 2
 
 
 @dataclass
@@ -59,6 +105,11 @@ class DataSettings:
     image_mode: str = "pad"  # pad to square with the processor's mean colour (released recipe) or resize
     # The most image tokens per sample (None: no limit); anyres/native images are shrunk to fit it.
     max_image_tokens: int | None = None
+    # Data files, `path` or `path:weight` (a mixture, see wings.data.mixture); `--data` replaces them.
+    sources: list[str] = field(default_factory=list)
+    group_by_modality_length: bool = False  # batches of one modality and similar lengths (LLaVA's option)
+    num_proc: int | None = None  # processes that prepare the data (default: the machine's cores)
+    cache_dir: str | None = None  # prepared data (default: $WINGS_DATA_CACHE or ~/.cache/wings/data)
 
 
 @dataclass
@@ -101,9 +152,21 @@ class Recipe:
             raise RecipeError(f"{source}: the 'lora' group trains exactly when method is 'lora'")
         if self.data.image_mode not in ("pad", "resize"):
             raise RecipeError(f"{source}: data.image_mode must be 'pad' or 'resize', got '{self.data.image_mode}'")
-        budget = self.data.max_image_tokens
-        if budget is not None and (not isinstance(budget, int) or budget < 1):
-            raise RecipeError(f"{source}: data.max_image_tokens must be a positive number of tokens, got {budget!r}")
+        if self.optim.lr_scheduler not in LR_SCHEDULERS:
+            raise RecipeError(f"{source}: optim.lr_scheduler '{self.optim.lr_scheduler}' is not one of {LR_SCHEDULERS}")
+        if self.optim.warmup_ratio >= 1:
+            raise RecipeError(f"{source}: optim.warmup_ratio is a fraction of the steps, below 1, got "
+                              f"{self.optim.warmup_ratio}")
+        if self.lora is not None and self.lora.dropout >= 1:
+            raise RecipeError(f"{source}: lora.dropout must be below 1, got {self.lora.dropout}")
+        sections = {"optim": self.optim, "data": self.data, "lora": self.lora, "model": self.model}
+        for key, (minimum, inclusive) in MINIMA.items():
+            section, name = key.split(".")
+            values = sections[section]
+            value = values.get(name) if isinstance(values, dict) else getattr(values, name, None)
+            if value is not None and (value < minimum if inclusive else value <= minimum):
+                bound = f">= {minimum}" if inclusive else f"> {minimum}"
+                raise RecipeError(f"{source}: {key} must be {bound}, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,17 +189,69 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
             if key != "lora":
                 values[key] = cls()
             continue
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(values[key]) - allowed)
-        if bad:
-            raise RecipeError(f"{source}: unknown key(s) {bad} in '{key}' (known: {sorted(allowed)})")
-        values[key] = cls(**values[key])
+        if not isinstance(values[key], dict):
+            raise RecipeError(f"{source}: '{key}' must be a mapping of settings, got {values[key]!r}")
+        hints = typing.get_type_hints(cls)
+        values[key] = cls(**_typed_section(values[key], {f.name: hints[f.name] for f in dataclasses.fields(cls)},
+                                           key, source))
+    values["model"] = _typed_section(values.get("model") or {}, MODEL_SETTINGS, "model", source)
     if values.get("method") == "lora" and values.get("lora") is None:
         values["lora"] = LoraSettings()
-    values["train"] = {k: float(v) for k, v in (values.get("train") or {}).items()}
+    train = values.get("train") or {}
+    if not isinstance(train, dict):
+        raise RecipeError(f"{source}: 'train' must map parameter groups to learning rates, got {train!r}")
+    values["train"] = {k: _typed(v, float, f"train.{k}", source) for k, v in train.items()}
     recipe = Recipe(**values)
     recipe.check(source)
     return recipe
+
+
+def _typed_section(values: dict[str, Any], types_: dict[str, Any], section: str, source: str) -> dict[str, Any]:
+    """`values` with each setting checked against its type (ints widened to floats); unknown keys refused."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{source}: '{section}' must be a mapping of settings, got {values!r}")
+    bad = sorted(set(values) - set(types_))
+    if bad:
+        raise RecipeError(f"{source}: unknown key(s) {bad} in '{section}' (known: {sorted(types_)})")
+    return {name: _typed(value, types_[name], f"{section}.{name}", source) for name, value in values.items()}
+
+
+def _typed(value: Any, hint: Any, key: str, source: str) -> Any:
+    """`value` if it is of type `hint` (int, float, bool, str, Literal, list[X], X | None), else a RecipeError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, key, source)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise RecipeError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
+    if origin is list:
+        (inner,) = args
+        if isinstance(value, str) and inner is str:  # `report_to: wandb` means [wandb]
+            value = [value]
+        if not isinstance(value, list):
+            raise RecipeError(f"{source}: {key} must be a list, got {value!r}")
+        return [_typed(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if hint not in ok:
+        raise TypeError(f"recipe setting {key}: no check for type {hint!r}")
+    if not ok[hint]:
+        names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+        raise RecipeError(f"{source}: {key} must be {names[hint]}, got {value!r}")
+    return float(value) if hint is float else value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "recipe") -> dict[str, Any]:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..data.collate import LlavaCollator, LlavaDataset
-from ..data.llava import SampleTooLongError, load_llava_records
+from ..data.collate import LlavaCollator
+from ..errors import UsageError
 from ..modeling.model import WingsForConditionalGeneration
-from ..config import WingsConfig
+from ..config import IMAGE_LAYOUT_FIELDS, WingsConfig, with_image_layout
 from ..processing import WingsProcessor, processor_image_settings
+from ..validation import CHECKPOINT_PREFIX, check_model, check_output_dir
+from .data import data_sources, load_training_data
 from .groups import set_trainable
 from .lora import add_lora, merge_lora
 from .recipe import Recipe, RecipeError
@@ -25,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 # Settings that fix the model's shape: they can be chosen when a model is built, not changed later.
 STRUCTURAL_SETTINGS = ("learner_rank", "learner_layers", "router", "router_max_positions")
-# How images become tokens: may change from one stage to the next (the model is then rebuilt with them).
-IMAGE_LAYOUT_SETTINGS = ("image_layout", "image_grid_pinpoints", "image_pooling", "image_newline", "max_num_patches")
 
 
 @dataclass
@@ -49,16 +50,12 @@ def build_model_and_processor(
         # Image-layout settings may change between stages (LLaVA-NeXT: stage 1 at the base resolution, stage 2
         # tiled); they are given to the config before the model is built, so that the row separator of a
         # newly tiled model exists (and is initialised, being absent from the stage-1 checkpoint).
-        layout = {key: settings.pop(key) for key in IMAGE_LAYOUT_SETTINGS if key in settings}
-        config = WingsConfig.from_pretrained(init)
-        if layout:
-            if "image_layout" in layout and "image_grid_pinpoints" not in layout:
-                layout["image_grid_pinpoints"] = None  # the new layout's defaults, not the old one's
-            config = WingsConfig(**{**config.to_dict(), **layout})
+        layout = {key: settings.pop(key) for key in IMAGE_LAYOUT_FIELDS if key in settings}
+        config = with_image_layout(WingsConfig.from_pretrained(init), **layout) if layout else None
         model = WingsForConditionalGeneration.from_pretrained(init, config=config)
         processor = WingsProcessor.from_pretrained(init)
         if layout:
-            processor = with_image_settings(processor, model.config, processor.image_mode)
+            processor = processor.with_image_settings(model.config)
         for key in STRUCTURAL_SETTINGS:
             if key in settings and settings[key] != getattr(model.config, key):
                 raise RecipeError(
@@ -83,29 +80,32 @@ def build_model_and_processor(
     return model, processor
 
 
-def with_image_settings(processor: WingsProcessor, config: WingsConfig, image_mode: str) -> WingsProcessor:
-    """`processor` with the image settings of the model `config` (its tokenizer and image processor kept)."""
-    return WingsProcessor(
-        image_processor=processor.image_processor, tokenizer=processor.tokenizer, image_token=processor.image_token,
-        image_mode=image_mode, chat_template=processor.chat_template, **processor_image_settings(config),
-    )
+def check_run_arguments(output: str, max_steps: int | None, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is read, a used --output without --resume/--overwrite and a --max-steps < 1."""
+    check_output_dir(output, resume=resume, overwrite=overwrite)
+    if max_steps is not None and max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {max_steps}")
 
 
-def check_lengths(dataset: LlavaDataset, skip: bool) -> None:
-    """Tokenise every sample once before training so that an over-long one is reported up front."""
-    kept = []
-    for record in tqdm(dataset.records, desc="checking sample lengths", leave=False):
-        try:
-            dataset.tokenize(record)
-        except SampleTooLongError as err:
-            if not skip:
-                raise
-            logger.warning("skipping sample: %s", err)
-            continue
-        kept.append(record)
-    if len(kept) < len(dataset.records):
-        logger.warning("skipped %d over-long samples", len(dataset.records) - len(kept))
-    dataset.records = kept
+def check_model_arguments(llm: str | None, vision: str | None, init: str | None) -> None:
+    """Missing, damaged or wrong-kind model directories, named before any model is built (a plain LLM
+    given as --init would otherwise build a default-sized WINGS model)."""
+    if init is not None:
+        check_model(init, "--init", "wings")
+        return
+    if llm is not None:
+        check_model(llm, "--llm", "llm")
+    if vision is not None:
+        check_model(vision, "--vision", "vision")
+
+
+def remove_checkpoints(output: str) -> None:
+    """Delete the previous run's checkpoints (--overwrite), so that rotation and a later --resume only
+    see this run's."""
+    for path in sorted(Path(output).glob(f"{CHECKPOINT_PREFIX}*")):
+        if path.is_dir():
+            logger.warning("--overwrite: deleting the previous run's %s", path)
+            shutil.rmtree(path)
 
 
 def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> TrainingArguments:
@@ -132,6 +132,7 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         report_to=o.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=o.dataloader_num_workers,
+        dataloader_pin_memory=_has_accelerator(),
         # Text-only batches leave the visual learners without gradients.
         ddp_find_unused_parameters=True,
         use_cpu=not _has_accelerator(),
@@ -156,7 +157,7 @@ def _has_accelerator() -> bool:
 
 def train(
     recipe: Recipe,
-    data: str,
+    data: str | Sequence[str] | None,
     output: str,
     image_folder: str | None = None,
     llm: str | None = None,
@@ -166,33 +167,45 @@ def train(
     resume: bool = False,
     skip_bad_samples: bool = False,
     callbacks: list[TrainerCallback] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`."""
+    """Run one stage of `recipe`; the final `output` loads with `WingsForConditionalGeneration.from_pretrained`.
+
+    `data` is one data file or several (`path` or `path:weight`, see `wings.data.mixture`); None
+    takes the recipe's `data.sources`.
+
+    An `output` holding a previous run (its final model or checkpoints) is refused unless `resume`
+    (continue from its last checkpoint) or `overwrite` (delete its checkpoints and train from scratch).
+    """
     from .trainer import WingsTrainer
 
     start = time.time()
-    records = load_llava_records(data, image_folder, skip_bad_samples=skip_bad_samples)
+    check_run_arguments(output, max_steps, resume, overwrite)
+    sources = data_sources(recipe, data)
+    check_model_arguments(llm, vision, init)
     set_seed(recipe.optim.seed)  # the fresh learners' init is part of the run's reproducibility
     model, processor = build_model_and_processor(recipe, llm, vision, init)
-    dataset = LlavaDataset(records, processor, recipe.data.max_length, recipe.data.image_mode,
-                           max_image_tokens=recipe.data.max_image_tokens)
-    check_lengths(dataset, skip_bad_samples)
+    args = training_arguments(recipe, output, max_steps)
+    dataset = load_training_data(recipe, sources, processor, args, image_folder, skip_bad_samples)
     if recipe.method == "lora":
         add_lora(model, recipe.lora)
     trainable = set_trainable(model, list(recipe.train))
     logger.info("trainable parameters per group: %s", trainable)
 
     os.makedirs(output, exist_ok=True)
+    if overwrite and int(os.environ.get("RANK", "0")) == 0:
+        remove_checkpoints(output)
     recipe.save(Path(output) / "recipe.yaml")
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = processor.tokenizer.eos_token_id
     trainer = WingsTrainer(
         model=model,
-        args=training_arguments(recipe, output, max_steps),
+        args=args,
         train_dataset=dataset,
         data_collator=LlavaCollator(pad_token_id=pad_id, padding_side="right"),
         group_lrs=recipe.train,
+        group_by_modality_length=recipe.data.group_by_modality_length,
         callbacks=callbacks,
     )
     checkpoint = None
@@ -205,9 +218,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if recipe.method == "lora":
         merge_lora(model)
-    trainer.save_model(output)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(output)
+    trainer.save_final(output, processor)
     return TrainResult(
         output_dir=output,
         global_step=result.global_step,

@@ -13,9 +13,11 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from ..data.sampler import ModalityLengthGroupedSampler
 from .groups import parameter_groups
 
 STAGING_DIR = ".staging"
+FINAL_STAGING_DIR = ".staging-final"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -27,13 +29,24 @@ class WingsTrainer(Trainer):
 
     Args:
         group_lrs: group name -> learning rate, for the groups that train (see `training.groups`).
+        group_by_modality_length: order the training samples with `ModalityLengthGroupedSampler`
+            (the data set needs `lengths` and `has_images`, as `PreparedDataset` has).
         Other arguments are those of `transformers.Trainer`.
     """
 
-    def __init__(self, *args, group_lrs: dict[str, float], **kwargs):
+    def __init__(self, *args, group_lrs: dict[str, float], group_by_modality_length: bool = False, **kwargs):
         self.group_lrs = dict(group_lrs)
+        self.group_by_modality_length = group_by_modality_length
         self._staging = False
         super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        megabatch = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ModalityLengthGroupedSampler(dataset.lengths, dataset.has_images, megabatch, seed)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -90,4 +103,33 @@ class WingsTrainer(Trainer):
             os.replace(os.path.join(staging, name), final)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(root, self.args.save_total_limit, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self, output_dir: str, processor=None) -> None:
+        """Save the final model (and `processor`) into `output_dir` as a whole or not at all.
+
+        Everything is written under `.staging-final/` first, then moved into place with `config.json`
+        last, after the previous `config.json` is removed: a kill at any moment leaves either the
+        previous complete model or a directory without `config.json`, which loaders report as "no saved
+        model" in one line (never weights without their processor files).
+        """
+        staging = os.path.join(output_dir, FINAL_STAGING_DIR)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.save_model(staging)
+        if self.is_world_process_zero() and processor is not None:
+            processor.save_pretrained(staging)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            config = os.path.join(output_dir, "config.json")
+            if os.path.exists(config):
+                os.remove(config)
+            names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
+            for name in names:
+                target = os.path.join(output_dir, name)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                os.replace(os.path.join(staging, name), target)
+            shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()

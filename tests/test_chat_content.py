@@ -2,7 +2,7 @@
 
 import pytest
 
-from wings.chat_content import content_format, template_content
+from wings.chat_content import content_format, split_markers, template_content
 from wings.data.tokenizer import CHATML_TEMPLATE
 
 STRING_TEMPLATE = "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
@@ -26,5 +26,13 @@ def test_content_as_each_kind_of_template_receives_it():
         {"type": "text", "text": "first"}, {"type": "image"}, {"type": "image"}, {"type": "text", "text": "second"}]
     assert template_content(content, "string") == "<image>\n<image>\nfirst\nsecond"
     assert template_content("as is", "parts") == "as is"
+    assert template_content("<image>\nWhat?", "string") == "<image>\nWhat?"
     with pytest.raises(ValueError, match="content part 0: unsupported type 'audio'"):
         template_content([{"type": "audio"}], "string")
+
+
+def test_training_strings_reach_a_looping_template_as_parts():
+    assert template_content("<image>\nWhat?", "parts") == [{"type": "image"}, {"type": "text", "text": "What?"}]
+    assert split_markers("Compare <image>\nand\n<image>\n") == [
+        {"type": "text", "text": "Compare "}, {"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]
+    assert split_markers("<image>") == [{"type": "image"}]

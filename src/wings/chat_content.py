@@ -49,7 +49,9 @@ def template_content(content: str | list[dict], fmt: ContentFormat) -> str | lis
     OpenAI clients send them, count as images).
     """
     if isinstance(content, str):
-        return content
+        # Training data (LLaVA's "<image>\nWhat is ...") is a string with markers: a template that loops over
+        # parts gets them as parts, so that a reply is trained on the prompt HF chat and vLLM render.
+        return split_markers(content) if fmt == "parts" and IMAGE_MARKER in content else content
     parts = []
     for i, part in enumerate(content):
         kind = part.get("type")
@@ -63,3 +65,16 @@ def template_content(content: str | list[dict], fmt: ContentFormat) -> str | lis
         return parts
     images = [IMAGE_MARKER for part in parts if part["type"] == "image"]
     return "\n".join(images + [part["text"] for part in parts if part["type"] == "text"])
+
+
+def split_markers(text: str) -> list[dict]:
+    """A string with `<image>` markers as content parts in order: each marker an image part, the text between
+    them a text part without the line breaks that separate it from a marker ("<image>\nWhat?" -> image, "What?")."""
+    parts: list[dict] = []
+    for i, piece in enumerate(text.split(IMAGE_MARKER)):
+        if i:
+            parts.append({"type": "image"})
+        piece = piece.strip("\n")
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return parts

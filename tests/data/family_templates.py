@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from wings.data.tokenizer import train_chat_tokenizer
 
-# Content may be a string or HF content parts; image parts become <image>.
+# Content may be a string or HF content parts; image parts become <image> (no line break: training data reaches
+# a template that loops over parts as parts, so its "<image>\n" prompts render as this template writes them).
 _CONTENT = (
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for part in message['content'] -%}"

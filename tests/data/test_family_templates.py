@@ -104,7 +104,7 @@ def test_qwen3_multi_turn_labels_the_answers_as_rendered():
     out = tokenize_conversation(QWEN3_THINKING, processor, max_length=None)
     expected = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n<image>\nWhat is in the image?<|im_end|>\n"
+        "<|im_start|>user\n<image>What is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red square.<|im_end|>\n"
         "<|im_start|>user\nAnd the shape?<|im_end|>\n"
         "<|im_start|>assistant\nA square.<|im_end|>\n"
@@ -123,7 +123,7 @@ def test_qwen3_multi_turn_latest_answer_gets_the_empty_thinking_block():
     processor = _processor("qwen3")
     out = tokenize_conversation(TWO_TURNS, processor, max_length=None)
     expected = (
-        "<|im_start|>user\n<image>\nWhat is in the image?<|im_end|>\n"
+        "<|im_start|>user\n<image>What is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red square.<|im_end|>\n"
         "<|im_start|>user\nAnd the shape?<|im_end|>\n"
         "<|im_start|>assistant\n<think>\n\n</think>\n\nA square.<|im_end|>\n"
@@ -136,7 +136,7 @@ def test_phi3_multi_turn_labels_each_answer_and_its_end_token():
     out = tokenize_conversation([WITH_SYSTEM[0], *TWO_TURNS], processor, max_length=None)
     expected = (
         "<|system|>\nYou are a helpful assistant.<|end|>\n"
-        "<|user|>\n<image>\nWhat is in the image?<|end|>\n"
+        "<|user|>\n<image>What is in the image?<|end|>\n"
         "<|assistant|>\nA red square.<|end|>\n"
         "<|user|>\nAnd the shape?<|end|>\n"
         "<|assistant|>\nA square.<|end|>\n<|endoftext|>"

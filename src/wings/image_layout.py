@@ -158,3 +158,19 @@ def fit_image_token_budget(
                 f"max_image_tokens={max_image_tokens}"
             )
         scale *= step
+
+
+def largest_image(layout: ImageLayout) -> tuple[tuple[int, int], int]:
+    """((height, width), tokens) of an image with the most tokens `layout` gives any image (what a server
+    reserves per image): the largest pinpoint for anyres (its aspect ratio leaves nothing to cut), a square of
+    `max_num_patches` patches for native, the base square for fixed."""
+    if layout.kind == "anyres":
+        sizes = [tuple(p) for p in layout.grid_pinpoints]
+    elif layout.kind == "native":
+        side = math.isqrt(layout.max_num_patches) * layout.patch_size
+        sizes = [(side, side)]
+    else:
+        sizes = [(layout.tile_size, layout.tile_size)]
+    counts = [image_token_count(h, w, layout) for h, w in sizes]
+    best = max(range(len(sizes)), key=counts.__getitem__)
+    return sizes[best], counts[best]

@@ -11,13 +11,12 @@ import os
 import urllib.parse
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
-from transformers.image_transforms import divide_to_patches
-from transformers.image_utils import ChannelDimension
+from transformers.image_transforms import divide_to_patches, to_pil_image
+from transformers.image_utils import ChannelDimension, to_numpy_array
 
 from .chat_content import content_format, template_content
 from .image_layout import IMAGE_LAYOUTS, ImageLayout, image_layout_of, image_token_count
@@ -145,12 +144,12 @@ def tile_image(image: Image.Image, layout: ImageLayout, background_rgb: tuple[in
     pinpoint's size filled with `background_rgb`, cut into tiles of `layout.tile_size`, row by row."""
     width, height = image.size
     best = select_best_resolution((height, width), [list(p) for p in layout.grid_pinpoints])
-    new_height, new_width = get_patch_output_size(np.asarray(image), best, ChannelDimension.LAST)
+    new_height, new_width = get_patch_output_size(to_numpy_array(image), best, ChannelDimension.LAST)
     canvas = Image.new("RGB", (best[1], best[0]), background_rgb)
     canvas.paste(image.resize((new_width, new_height), Image.BICUBIC),
                  ((best[1] - new_width) // 2, (best[0] - new_height) // 2))
-    tiles = divide_to_patches(np.asarray(canvas).transpose(2, 0, 1), layout.tile_size)  # channels first
-    return [Image.fromarray(np.ascontiguousarray(tile.transpose(1, 2, 0))) for tile in tiles]
+    tiles = divide_to_patches(to_numpy_array(canvas).transpose(2, 0, 1), layout.tile_size)  # channels first
+    return [to_pil_image(tile, input_data_format=ChannelDimension.FIRST) for tile in tiles]
 
 
 class WingsProcessor(ProcessorMixin):
@@ -260,7 +259,7 @@ class WingsProcessor(ProcessorMixin):
         its tiles) and image_sizes [n, 2] (height, width). native: pixel_values [n, max_num_patches, p * p * 3],
         pixel_attention_mask [n, max_num_patches] and spatial_shapes [n, 2] (SigLIP 2's image processor).
         """
-        images = [Image.fromarray(np.asarray(i)) if not isinstance(i, Image.Image) else i for i in images]
+        images = [to_pil_image(i) if not isinstance(i, Image.Image) else i for i in images]
         images = [image.convert("RGB") for image in images]
         if self.image_layout == "native":
             from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
@@ -307,7 +306,7 @@ class WingsProcessor(ProcessorMixin):
                 "each image needs exactly one marker."
             )
         if self.image_layout != "fixed":
-            image_list = [Image.fromarray(np.asarray(i)) if not isinstance(i, Image.Image) else i for i in image_list]
+            image_list = [to_pil_image(i) if not isinstance(i, Image.Image) else i for i in image_list]
         per_text, start = [], 0
         for t in texts:
             n = t.count(self.image_token)

@@ -12,6 +12,11 @@ saved once, together with its plain LLM (the same weights without learners, a Qw
                                 vLLM over WINGS through Hugging Face `generate` (one left-padded batch
                                 of 16, cached decoding); target >= 5
 
+KV memory: the KV-cache tokens vLLM reports for each engine in the same `VLLM_CPU_KVCACHE_SPACE` (GPU: the
+same memory fraction), WINGS over the plain LLM, and the analytic ratio of cached channels per token
+(`wings.serving.kv_memory`) for every preset's shape, with GPU and CPU head padding and without padding (the
+method's own cost). `--kv-only` starts the two engines for their KV capacity and times nothing.
+
 Both engines run vLLM's default execution mode (the decoder compiled: inductor on CPU, plus CUDA graphs
 on GPUs), as `vllm serve` does; `--enforce-eager` measures the eager mode instead. Every request decodes
 exactly `--tokens` tokens (EOS ignored on both sides, no detokenization). Each vLLM engine runs in a
@@ -113,7 +118,8 @@ def vllm_worker(model_dir: str, with_images: list[bool], tokens: int, dtype: str
     llm = LLM(model=model_dir, dtype=dtype, max_model_len=1024, max_num_seqs=REQUESTS, enforce_eager=enforce_eager,
               limit_mm_per_prompt={"image": 1} if any(with_images) else None)
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True, detokenize=False)
-    result = {}
+    cache = llm.llm_engine.vllm_config.cache_config
+    result = {"kv_cache_tokens": cache.num_gpu_blocks * cache.block_size}  # what vLLM logs as "KV cache size"
     for images in with_images:
         requests = [{"prompt": p, **({"multi_modal_data": {"image": im}} if im else {})} for p, im in workload(images)]
         llm.generate(requests[:1], SamplingParams(temperature=0, max_tokens=4, detokenize=False), use_tqdm=False)
@@ -159,6 +165,31 @@ def hf_tokens_per_second(wings_dir: Path, tokens: int, device: str, dtype: torch
     return produced / seconds
 
 
+def analytic_kv_rows() -> dict[str, dict[str, float]]:
+    """Per preset: cached KV channels per token of WINGS over the plain LLM (GPU padding, CPU padding, none)."""
+    from wings.presets import PRESETS, preset_config
+    from wings.serving.attention import supported_head_size
+    from wings.serving.kv_memory import kv_channels
+
+    rows = {}
+    for name in PRESETS:
+        config = preset_config(name)
+        text = config.text_config
+        rows[name] = {"gpu": kv_channels(config).ratio, "cpu": kv_channels(config, supported_head_size).ratio,
+                      "method": kv_channels(config).method_ratio,
+                      "heads": f"{text.num_attention_heads}/{text.num_key_value_heads}"}
+    return rows
+
+
+def print_kv(measured: dict[str, int], analytic: dict[str, dict[str, float]]) -> None:
+    if measured:
+        print(f"KV cache tokens in the same memory: WINGS {measured['wings']}, plain LLM {measured['plain']} "
+              f"(plain / WINGS = {measured['plain'] / measured['wings']:.2f})")
+    print("KV channels per token, WINGS / plain LLM   (query/KV heads; GPU padding, CPU padding, no padding)")
+    for name, row in analytic.items():
+        print(f"  {name:20s} {row['heads']:>6s}   {row['gpu']:5.2f}  {row['cpu']:5.2f}  {row['method']:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -170,26 +201,40 @@ def main() -> None:
     parser.add_argument("--enforce-eager", action="store_true",
                         help="run both vLLM engines eagerly (default: vLLM's compiled default, as `vllm serve`)")
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--kv-only", action="store_true", help="only the KV-cache capacity rows (no timing)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workloads", default="", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        flags = [name == "images" for name in args.workloads.split(",")]
+        flags = [name == "images" for name in args.workloads.split(",") if name]
         result = vllm_worker(args.worker, flags, args.tokens, args.dtype, args.repeats, args.enforce_eager)
         print(RESULT + json.dumps(result), flush=True)
         return
 
     shape = args.shape or DEFAULT_SHAPE[args.device]
     dtype = "bfloat16" if args.device == "cuda" else "float32"
+    analytic = analytic_kv_rows()
     wings_rates, plain_rates, image_rates = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         wings_dir, llm_dir = build(Path(tmp), shape)
+        if args.kv_only:
+            measured = {name: run_vllm(folder, [], args.tokens, dtype, 0, True)["kv_cache_tokens"]
+                        for name, folder in (("wings", wings_dir), ("plain", llm_dir))}
+            print_kv(measured, analytic)
+            if args.output:
+                report = {"kv_cache_tokens": measured, "kv_channels_ratio": analytic,
+                          "settings": {"shape": shape, "sizes": SHAPES[shape], "dtype": dtype,
+                                       "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE")}}
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(json.dumps(report, indent=2) + "\n")
+            return
         for round_index in range(args.rounds):
             # The image workload once (first round): its row compares with HF generate, not with the plain LLM.
             wings = run_vllm(wings_dir, [False, True] if round_index == 0 else [False], args.tokens, dtype,
                              args.repeats, args.enforce_eager)
             plain = run_vllm(llm_dir, [False], args.tokens, dtype, args.repeats, args.enforce_eager)
+            kv_tokens = {"wings": wings["kv_cache_tokens"], "plain": plain["kv_cache_tokens"]}
             wings_rates.append(max(wings["text"]))
             plain_rates.append(max(plain["text"]))
             image_rates += wings.get("images", [])
@@ -203,6 +248,8 @@ def main() -> None:
         "rows": rows,
         "targets": TARGETS,
         "vllm_wings_over_vllm_plain_per_round": round_ratios,
+        "kv_cache_tokens": kv_tokens,
+        "kv_channels_ratio": analytic,
         "tokens_per_second": {"vllm_wings_text": float(np.median(wings_rates)),
                               "vllm_plain_text": float(np.median(plain_rates)),
                               "vllm_wings_images": float(np.median(image_rates)), "hf_generate_images": hf},
@@ -219,6 +266,7 @@ def main() -> None:
           f"{max(round_ratios):.2f}")
     for name, value in report["tokens_per_second"].items():
         print(f"  {name:30s} {value:9.1f} output tokens/s")
+    print_kv(kv_tokens, analytic)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2) + "\n")

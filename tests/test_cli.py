@@ -145,6 +145,7 @@ def test_every_library_option_is_reachable_with_the_library_default():
 @pytest.fixture
 def calls(monkeypatch):
     """Replace library entry points by recorders: {name: (args, kwargs)}."""
+    import wings.evaluation.checks as checks
     import wings.evaluation.forgetting as forgetting
     import wings.evaluation.iit as iit
     import wings.evaluation.laws as laws
@@ -161,6 +162,9 @@ def calls(monkeypatch):
     class Laws:
         attention_shift, n_samples, n_skipped = 0.5, 2, 0
 
+    # The paths are made up: the checks of the model and data files are recorders too.
+    monkeypatch.setattr(checks, "check_model_reads", record("check_model_reads"))
+    monkeypatch.setattr(checks, "require_image_samples", record("require_image_samples"))
     monkeypatch.setattr(laws, "run_laws", record("run_laws", Laws))
     monkeypatch.setattr(laws, "run_laws_compare", record("run_laws_compare", lambda: {"a": Laws(), "b": Laws()}))
     monkeypatch.setattr(iit, "load_pool", record("load_pool", list))
@@ -418,3 +422,12 @@ def test_lab_study_frontier_reaches_run_study(monkeypatch, tmp_path, capsys):
     assert (options["jobs"], options["threads"], options["llm_layers"]) == (1, 1, 8)
     assert "frontier report" in capsys.readouterr().out
     assert main(["lab", "--study", "frontier", "--models", "llava"]) == 1  # rows belong to the default study
+
+
+def test_the_module_docstring_examples_name_real_commands():
+    examples = re.findall(r'(Command|Passthrough)\("([^"]+)", "([^"]+)"\)', cli.__doc__)
+    assert len(examples) == 3
+    registered = {(c.name, c.target) for c in COMMANDS}
+    for kind, name, target in examples:
+        assert (name, target) in registered, (name, target)
+        assert callable(getattr(cli, kind)(name, target).load())

@@ -6,23 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiny import make_tiny_hub
-from wings import WingsForConditionalGeneration, WingsProcessor
+from tiny import make_tiny_hub, save_hub_wings
+from wings import WingsProcessor
 from wings.cli import main
-from transformers import AutoImageProcessor, AutoTokenizer
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     hub = make_tiny_hub(root / "hub")
-    tokenizer = AutoTokenizer.from_pretrained(hub / "llm")
-    model = WingsForConditionalGeneration.from_llm_and_vision(str(hub / "llm"), str(hub / "vision"),
-                                                              tokenizer=tokenizer, learner_rank=4)
-    processor = WingsProcessor(AutoImageProcessor.from_pretrained(hub / "vision"), tokenizer,
-                               image_seq_length=model.config.image_seq_length)
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
+    save_hub_wings(hub, root / "model")
     (root / "imgs").mkdir()
     colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
     visual, text, llava = [], [], []

@@ -20,9 +20,9 @@ import wings
 
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("wings.errors", "wings.validation", "wings.families", "wings.image_layout", "wings.config"),
+    ("wings.errors", "wings.compat", "wings.validation", "wings.families", "wings.image_layout", "wings.config"),
     ("wings.modeling",),
-    ("wings.processing", "wings.presets"),
+    ("wings.processing", "wings.chat_content", "wings.presets"),
     ("wings.data",),
     ("wings.training",),
     ("wings.evaluation",),

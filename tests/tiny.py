@@ -74,6 +74,8 @@ def randomize_learners(model: WingsForConditionalGeneration, std: float = 0.2, s
             for module in (layer.visual_learner, layer.textual_learner, layer.router):
                 for p in module.parameters():
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
+    if not model.training:
+        model.eval()  # packs the learners' inference weights again (wings.modeling.packing)
 
 
 def image_prompt(text_before: list[int], text_after: list[int], n_images: int = 1, seq: int = 4) -> list[int]:
@@ -111,6 +113,22 @@ def make_tiny_hub(root):
     vision.save_pretrained(root / "vision")
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
     return root
+
+
+def save_hub_wings(hub, folder, learner_rank: int = 4):
+    """Build a WINGS model (untrained learners) from `make_tiny_hub`'s LLM and tower; save it with its processor."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from wings.processing import WingsProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(hub / "llm")
+    model = WingsForConditionalGeneration.from_llm_and_vision(str(hub / "llm"), str(hub / "vision"),
+                                                              tokenizer=tokenizer, learner_rank=learner_rank)
+    processor = WingsProcessor(AutoImageProcessor.from_pretrained(hub / "vision"), tokenizer,
+                               image_seq_length=model.config.image_seq_length)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def tiny_processor(corpus, image_size: int = IMAGE_SIZE, image_seq_length: int = 4, tokenizer=None):

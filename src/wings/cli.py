@@ -5,15 +5,17 @@ docstring (`wings.cli_builder`), so the command line cannot drift from the libra
 subcommand, write the function (next to the code it runs, with library imports inside it) and add
 one line to `COMMANDS`:
 
-    Command("export-llm", "wings.export:export_llm"),      # wings export-llm ...
-    Command("pool convert", "wings.evaluation.pools:convert_command"),   # wings pool convert ...
-    Passthrough("lmms-eval", "wings.evaluation.lmms:main"),    # wings lmms-eval ARGS (argv as is)
+    Command("export-llm", "wings.cli_commands:export_llm"),        # wings export-llm ...
+    Command("pool convert", "wings.cli_commands:pool_convert"),    # wings pool convert ...
+    Passthrough("lmms-eval", "wings.integrations.lmms_eval:lmms_eval_main"),  # wings lmms-eval ARGS (argv as is)
 
 A space in the name makes a group (`wings pool convert`); give the group a line in `GROUPS`.
 
-Errors the user can fix (`wings.errors.WingsError`: bad data, recipe, config, unsupported model;
-and missing files) end as one line `error: <message>` with exit status 1; `--debug` or
-`WINGS_DEBUG=1` shows their traceback. Any other exception is a bug and shows its traceback.
+Errors the user can fix (`wings.errors.WingsError`: bad data, recipe, config, arguments, a missing,
+damaged or wrong-kind model directory, an output directory holding a previous run; and missing files)
+end as one line `error: <message>` with exit status 1; `--debug` or `WINGS_DEBUG=1` shows their
+traceback. Any other exception is a bug and shows its traceback. The commands check their arguments
+at this boundary (`wings.validation`) before any model loads.
 """
 
 from __future__ import annotations

@@ -258,6 +258,8 @@ def laws(
     options = dict(limit=limit, batch_size=batch_size, image_mode=image_mode, device=device)
     if model and compare:
         raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ..., not both")
+    if not (model or compare):
+        raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ...")
     check_positive(limit=limit, batch_size=batch_size)
     check_device(device)
     for option, path in [("--model", model)] if model else [("--compare", path) for path in compare or []]:
@@ -267,12 +269,10 @@ def laws(
         results = run_laws_compare(compare, data, image_folder, output, **options)
         for name, result in results.items():
             print(f"[wings laws] {name}: attention shift {result.attention_shift:.4f} ({result.n_samples} samples)")
-    elif model:
+    else:
         result = run_laws(model, data, image_folder, output, **options)
         print(f"[wings laws] attention shift {result.attention_shift:.4f} over {result.n_samples} samples "
               f"({result.n_skipped} skipped); wrote {output}/laws.json and laws.png")
-    else:
-        raise UsageError("wings laws: pass --model DIR or --compare DIR1 DIR2 ...")
     return 0
 
 

@@ -6,11 +6,7 @@ from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
 
-try:
-    from transformers.configuration_utils import SubConfigSpec
-except ImportError:  # transformers < 5.20 resolves sub-configs in each composite config itself
-    SubConfigSpec = None
-
+from .compat import SubConfigSpec
 from .errors import ConfigError, UnsupportedModelError
 
 from .families import TEXT_FAMILIES, VISION_ENCODERS, text_family

@@ -96,19 +96,45 @@ class VllmParts:
     the config, not from loaded modules, so facts the Hugging Face side reads off the modules are named here.
 
     Args:
-        decoder_layer: vLLM's own decoder layer of the family ("module:Class"), run where a layer has no learners.
+        decoder_layer: vLLM's own decoder layer of the family ("module:Class"), run where a layer has no learners;
+            None where vLLM has none (it serves such families through its Transformers backend): the plugin's
+            own layer then runs without learners.
         layer_args: how that class is constructed: "vllm_config" (`Class(vllm_config, prefix=..., config=text)`,
             Llama style) or "configs" (`Class(text, cache_config, quant_config, prefix=...)`, Qwen style).
         qkv_bias: whether q/k/v projections have biases: a bool, or the config attribute that says so.
         o_bias: the same for the output projection.
         default_rope_theta: the RoPE base vLLM's model assumes when the config names none (Qwen: 1e6), or None.
+        fused_residual: whether vLLM's layer takes and returns (hidden, residual), whose sum is the stream (the
+            Llama convention), rather than the stream itself (Granite).
+        attention_scale: config attribute holding the attention's score scale where it is not head_dim^-0.5
+            (Granite's attention_multiplier), or None.
+        logits_divisor: config attribute by which the LM head's logits are divided (Granite's logits_scaling).
+        rope_layers: config attribute listing, per layer, 1 where it applies RoPE and 0 where not (SmolLM3's
+            `no_rope_layers`), or None (every layer).
+        attention_scale_power: the power to which `attention_scale`'s value is raised (Gemma: its
+            query_pre_attn_scalar ** -0.5).
+        norm: vLLM's RMSNorm class of the family ("module:Class"; Gemma's scales by 1 + w).
+        mlp, mlp_activation: vLLM's gated MLP class of the family and the config attribute naming its activation.
+        embedding_scale: whether the decoder scales its token embeddings by sqrt(d) (Gemma; the image features
+            scattered into them are not scaled, as in the Hugging Face model).
+        logits_softcap: config attribute holding the final logit softcap (Gemma 2), or None.
     """
 
-    decoder_layer: str
+    decoder_layer: str | None
     layer_args: str = "vllm_config"
     qkv_bias: bool | str = "attention_bias"
     o_bias: bool | str = "attention_bias"
     default_rope_theta: float | None = None
+    fused_residual: bool = True
+    attention_scale: str | None = None
+    logits_divisor: str | None = None
+    rope_layers: str | None = None
+    attention_scale_power: float = 1.0
+    norm: str = "vllm.model_executor.layers.layernorm:RMSNorm"
+    mlp: str = "vllm.model_executor.models.llama:LlamaMLP"
+    mlp_activation: str = "hidden_act"
+    embedding_scale: bool = False
+    logits_softcap: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +166,8 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
         _VLLM + "qwen2:Qwen2DecoderLayer", "configs", qkv_bias=True, o_bias=False, default_rope_theta=1e6)),
     "mistral": TextFamily(PRE_NORM, notes="optional sliding window",
                           vllm=VllmParts(_VLLM + "mistral:MistralDecoderLayer")),
-    "ministral": TextFamily(PRE_NORM, notes="sliding window on some layers"),
+    "ministral": TextFamily(PRE_NORM, notes="sliding window on some layers",
+                            vllm=VllmParts(_VLLM + "mistral:MistralDecoderLayer")),
     "qwen3": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms", vllm=VllmParts(
         _VLLM + "qwen3:Qwen3DecoderLayer", "configs", default_rope_theta=1e6)),
     "qwen3_moe": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms, MoE MLP"),
@@ -148,19 +175,31 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
         SANDWICH,
         AttentionLayout(softcap="attn_logit_softcapping"),
         notes="sandwich norms, sqrt(d) embedding scale, query_pre_attn_scalar, logit softcapping, sliding layers",
+        vllm=VllmParts(_VLLM + "gemma2:Gemma2DecoderLayer", "configs", attention_scale="query_pre_attn_scalar",
+                       attention_scale_power=-0.5, norm="vllm.model_executor.layers.layernorm:GemmaRMSNorm",
+                       mlp=_VLLM + "gemma2:Gemma2MLP", mlp_activation="hidden_activation", embedding_scale=True,
+                       logits_softcap="final_logit_softcapping"),
     ),
     "gemma3_text": TextFamily(
         SANDWICH,
         AttentionLayout(qk_norm="head"),
         notes="sandwich norms, sqrt(d) embedding scale, per-head q/k norms, local/global layers with two RoPE bases",
+        vllm=VllmParts(_VLLM + "gemma3:Gemma3DecoderLayer", "configs", attention_scale="query_pre_attn_scalar",
+                       attention_scale_power=-0.5, norm="vllm.model_executor.layers.layernorm:GemmaRMSNorm",
+                       mlp=_VLLM + "gemma3:Gemma3MLP", mlp_activation="hidden_activation", embedding_scale=True),
     ),
-    "phi3": TextFamily(PRE_NORM_DROPOUT, AttentionLayout(qkv="fused"), notes="fused qkv_proj and gate_up_proj"),
-    "olmo2": TextFamily(POST_NORM, AttentionLayout(qk_norm="projection"), notes="post-norm, q/k norms over the projection"),
-    "smollm3": TextFamily(PRE_NORM, AttentionLayout(rope_switch="use_rope"), notes="NoPE layers between RoPE layers"),
+    "phi3": TextFamily(PRE_NORM_DROPOUT, AttentionLayout(qkv="fused"), notes="fused qkv_proj and gate_up_proj",
+                       vllm=VllmParts(_VLLM + "llama:LlamaDecoderLayer")),
+    "olmo2": TextFamily(POST_NORM, AttentionLayout(qk_norm="projection"), notes="post-norm, q/k norms over the projection",
+                        vllm=VllmParts(None)),
+    "smollm3": TextFamily(PRE_NORM, AttentionLayout(rope_switch="use_rope"), notes="NoPE layers between RoPE layers",
+                          vllm=VllmParts(None, rope_layers="no_rope_layers")),
     "granite": TextFamily(
         PRE_NORM_MULTIPLIER,
         embedding_multiplier="embedding_multiplier",
         notes="embedding, attention and residual multipliers, logits scaling",
+        vllm=VllmParts(_VLLM + "granite:GraniteDecoderLayer", "configs", fused_residual=False,
+                       attention_scale="attention_multiplier", logits_divisor="logits_scaling"),
     ),
 }
 

@@ -89,6 +89,7 @@ def make_wings(processor: WingsProcessor, seed: int = 0, randomize: bool = True)
                 for module in (layer.visual_learner, layer.textual_learner, layer.router):
                     for p in module.parameters():
                         p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        model.eval()  # packs the learners' inference weights again (wings.modeling.packing)
     return model
 
 

@@ -8,7 +8,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from tiny import image_prompt, randomize_learners, tiny_wings
 from wings import WingsStaticCache
-from wings.modeling import lorra
+from wings.modeling import decoder_layer, lorra, masked_attention
+from wings.modeling.packing import PackedWeights
 
 # On a tiny model (3 layers, grouped-query attention), where per-forward overhead weighs more than at real sizes:
 # 1.61 measured (the benchmark model: 1.58); the bound leaves room for small changes in transformers' own ops.
@@ -68,20 +69,34 @@ def _decode_logits(model, ids, pixels, tokens=(40, 41, 42)):
     return torch.stack(logits)
 
 
-def test_packed_weights_follow_in_place_updates():
-    """Packed learner weights are kept between decode steps, and rebuilt when a parameter changes in place."""
-    model = tiny_wings("qwen2")
-    randomize_learners(model)
+def _unpacked_copy(model):
+    """A copy in training mode (nothing packed: every step builds its packed tensors from the parameters), whose
+    dropout-free modules compute what the eval-mode model computes."""
+    fresh = copy.deepcopy(model).train()
+    assert not any(m.is_packed() for m in fresh.modules() if isinstance(m, PackedWeights))
+    return fresh
+
+
+def test_packing_is_an_explicit_step():
+    """eval() packs the learners' inference weights, train() drops them, load_state_dict and dtype moves repack;
+    an in-place edit is seen after the next eval()."""
+    model = tiny_wings("qwen2")  # built, then eval()
+    packers = [m for m in model.modules() if isinstance(m, PackedWeights)]
+    assert len(packers) == 4 * len(model.wings_layers) and all(m.is_packed() for m in packers)
+    randomize_learners(model)  # ends with eval(): repacked
     ids = torch.tensor([image_prompt([10, 11, 12], [20, 21, 22])])
     pixels = torch.randn(1, 3, 32, 32)
-    _decode_logits(model, ids, pixels)  # packs the current weights
-    randomize_learners(model, seed=7)  # in-place copy_ under no_grad, as optimizers and load_state_dict write
-    fresh = copy.deepcopy(model)
-    for layer in fresh.wings_layers:
-        for module in (layer.visual_learner, layer.textual_learner, layer.router):
-            module.__dict__.pop("_packed", None)
-            module.__dict__.pop("_packed_pair", None)
-    torch.testing.assert_close(_decode_logits(model, ids, pixels), _decode_logits(fresh, ids, pixels))
+    torch.testing.assert_close(_decode_logits(model, ids, pixels), _decode_logits(_unpacked_copy(model), ids, pixels))
+
+    other = tiny_wings("qwen2")
+    randomize_learners(other, seed=7)
+    model.load_state_dict(other.state_dict())  # repacks what was packed
+    torch.testing.assert_close(_decode_logits(model, ids, pixels), _decode_logits(other, ids, pixels))
+    model.to(torch.float64)
+    assert all(t.dtype == torch.float64 for m in packers for t in m.packed())
+
+    model.train()
+    assert not any(m.is_packed() for m in packers)
 
 
 def test_short_chunk_path_equals_module_path_with_gradients(monkeypatch):
@@ -91,7 +106,7 @@ def test_short_chunk_path_equals_module_path_with_gradients(monkeypatch):
     randomize_learners(model)
     ids = torch.tensor([image_prompt([10, 11], [20])])  # 7 tokens: one short chunk
     pixels = torch.randn(1, 3, 32, 32)
-    assert ids.shape[1] <= lorra.SHORT_QUERIES
+    assert ids.shape[1] <= masked_attention.SHORT_QUERIES
 
     def loss_and_grads(m):
         m.zero_grad()
@@ -102,7 +117,8 @@ def test_short_chunk_path_equals_module_path_with_gradients(monkeypatch):
         return loss.detach(), [p.grad.clone() for p in learners]
 
     short_loss, short_grads = loss_and_grads(model)
-    monkeypatch.setattr(lorra, "SHORT_QUERIES", 0)
+    for module in (decoder_layer, lorra, masked_attention):
+        monkeypatch.setattr(module, "SHORT_QUERIES", 0)
     long_loss, long_grads = loss_and_grads(model)
     torch.testing.assert_close(short_loss, long_loss)
     for short, long in zip(short_grads, long_grads):

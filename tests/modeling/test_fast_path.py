@@ -9,9 +9,11 @@ import torch
 
 from tiny import IMAGE_TOKEN_ID, image_prompt, randomize_learners, tiny_wings
 from wings import WingsCache
-from wings.modeling import lorra
+from wings.modeling import masked_attention
 from wings.modeling.attention import eager_attention, single_query_attention
-from wings.modeling.lorra import LoRRA, CrossAttentionMask, apply_rope, rotate_half
+from wings.modeling.lorra import LoRRA
+from wings.modeling.masked_attention import CrossAttentionMask
+from wings.modeling.rope import apply_rope, rope_tables, rotate_half
 
 
 def _padded_batch():
@@ -34,7 +36,7 @@ def _capture_router_io(model):
 @pytest.mark.parametrize("block", [4, 10_000])
 def test_fast_path_equals_eager_with_padding_and_several_images(llm_family, block, monkeypatch):
     """block=4 splits every learner's queries into blocks that read only the keys they can see."""
-    monkeypatch.setattr(lorra, "QUERY_BLOCK", block)
+    monkeypatch.setattr(masked_attention, "QUERY_BLOCK", block)
     torch.manual_seed(0)
     fast = tiny_wings(llm_family)
     randomize_learners(fast)
@@ -65,7 +67,7 @@ def _dense_reference(m: LoRRA, hidden, cos, sin, keys, values, visible):
 
 
 def test_query_blocks_equal_dense_attention(monkeypatch):
-    monkeypatch.setattr(lorra, "QUERY_BLOCK", 3)
+    monkeypatch.setattr(masked_attention, "QUERY_BLOCK", 3)
     torch.manual_seed(0)
     m = LoRRA(16, 2, 4)
     for p in m.parameters():
@@ -83,7 +85,7 @@ def test_query_blocks_equal_dense_attention(monkeypatch):
         keys, values = m.keys_values(feats, torch.cat([k_angles.cos()] * 2, -1), torch.cat([k_angles.sin()] * 2, -1))
         prepared = CrossAttentionMask(visible)
         assert len(prepared.query_blocks()) > 1 and prepared.query_blocks()[0][2] < N  # blocks skip keys
-        ours = m(hidden, cos, sin, keys, values, prepared)
+        ours = m(hidden, rope_tables(cos, sin), keys, values, prepared)
         ref = _dense_reference(m, hidden, cos, sin, keys, values, visible)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
     assert ours[1, 0].abs().max() == 0  # row 1's first query (position 2) sees no key

@@ -5,6 +5,7 @@ import math
 import torch
 
 from wings.modeling.lorra import LoRRA
+from wings.modeling.rope import rope_tables as prepare
 
 
 def naive_rope(x, pos, base=10000.0):
@@ -76,7 +77,7 @@ def test_lorra_matches_naive_reference():
     with torch.no_grad():
         k, v = m.keys_values(feats, cos_k, sin_k)
         visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & k_valid[:, None, :]
-        ours = m(h, cos_q, sin_q, k, v, visible)
+        ours = m(h, prepare(cos_q, sin_q), k, v, visible)
         ref = naive_lorra(m, h, q_pos, feats, k_pos, k_valid)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
     assert ours[0, 0].abs().max() == 0  # position 0 sees no key at positions >= 1
@@ -88,7 +89,7 @@ def test_fresh_lorra_outputs_zero():
     h = torch.randn(1, 3, 16)
     cos, sin = rope_tables(torch.arange(3)[None], 8)
     k, v = m.keys_values(h, cos, sin)
-    out = m(h, cos, sin, k, v, torch.ones(1, 3, 3, dtype=torch.bool).tril())
+    out = m(h, prepare(cos, sin), k, v, torch.ones(1, 3, 3, dtype=torch.bool).tril())
     assert out.abs().max() == 0
 
 

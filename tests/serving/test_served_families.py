@@ -10,7 +10,7 @@ pytest.importorskip("vllm")
 from wings.families import TEXT_FAMILIES, VISION_ENCODERS, VLLM_VISION_TOWERS  # noqa: E402
 
 # Families the plugin does not serve yet (issue 19 continues): each must fail below until it is served.
-NOT_SERVED_YET = {"ministral", "qwen3_moe", "gemma2", "gemma3_text", "phi3", "olmo2", "smollm3", "granite"}
+NOT_SERVED_YET = {"qwen3_moe"}
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,8 @@ def test_every_family_in_the_table_is_served(model_type):
 
     family = TEXT_FAMILIES[model_type]
     assert missing_parts(family) == [], f"{model_type}: the vLLM plugin lacks {missing_parts(family)}"
-    load_class(family.vllm.decoder_layer)  # vLLM's own layer of the family exists under that name
+    if family.vllm.decoder_layer is not None:
+        load_class(family.vllm.decoder_layer)  # vLLM's own layer of the family exists under that name
 
 
 def test_every_vision_encoder_has_a_vllm_tower():

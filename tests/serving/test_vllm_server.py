@@ -86,6 +86,10 @@ def test_sixteen_concurrent_requests_are_all_answered(client, hf_generate):
         ),
         pytest.param([image_part(sample_image(i)) for i in range(3)] + [{"type": "text", "text": "hi"}],
                      id="more_images_than_allowed"),
+        pytest.param([{"type": "image_url", "image_url": {"url": "file:///etc/hostname"}},
+                      {"type": "text", "text": "what colour?"}], id="file_url"),
+        pytest.param([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/unreachable.png"}},
+                      {"type": "text", "text": "what colour?"}], id="unfetchable_url"),
     ],
 )
 def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_answering(client, content):

@@ -41,13 +41,29 @@ CORPUS = [
 ] * 5
 
 
-# The LLM families the plugin serves. Qwen3 and Mistral get an explicit head_dim of 64, twice the learners' d/H
-# of 32, so the learners need RoPE tables of their own, as in Qwen3-4B or Mistral Nemo.
+# The LLM families the plugin serves, each with what distinguishes it switched on. Qwen3, Mistral and Ministral
+# get an explicit head_dim (128, 64, 64) other than the learners' d/H of 32, so the learners need RoPE tables of
+# their own, as in Qwen3-4B or Mistral Nemo. Windows of SLIDING_WINDOW tokens are shorter than the test prompts.
+SLIDING_WINDOW = 12
 FAMILY_LLMS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=64)),
-    "mistral": (MistralConfig, MistralForCausalLM, dict(head_dim=64, sliding_window=None)),
+    # Grouped-query attention at 8 / 2 heads of 32 channels; Qwen3's main attention at a head size of 128.
+    "llama": (LlamaConfig, LlamaForCausalLM, dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2)),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=128)),
+    "mistral": (MistralConfig, MistralForCausalLM, dict(head_dim=64, sliding_window=SLIDING_WINDOW)),
+    "ministral": ("MinistralConfig", "MinistralForCausalLM", dict(
+        head_dim=64, sliding_window=SLIDING_WINDOW, layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(no_rope_layers=[1, 0, 0])),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=64, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=20,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=64, sliding_window=SLIDING_WINDOW, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+        query_pre_attn_scalar=20)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", dict(
+        embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
 }
 
 
@@ -78,7 +94,11 @@ def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), 
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     )
     config_class, model_class, extra = FAMILY_LLMS[family]
-    llm = model_class(config_class(**common, **extra))
+    if isinstance(config_class, str):
+        import transformers
+
+        config_class, model_class = getattr(transformers, config_class), getattr(transformers, model_class)
+    llm = model_class(config_class(**{**common, **extra}))
     with torch.no_grad():  # norms start at the identity; random ones make a misplaced norm (q_norm, k_norm) visible
         for name, p in llm.named_parameters():
             if "norm" in name:

@@ -102,7 +102,14 @@ def _load_files(datasets: Any, files: list[Path], split: str, kwargs: dict[str, 
     data_files = {split: [str(f) for f in files]}
     builder = builders.pop()
     import pyarrow
+    import pyarrow.parquet
 
+    if builder == "parquet":  # checked here: `datasets` would also log its own error line for a bad file
+        for file in files:
+            try:
+                pyarrow.parquet.read_schema(file)
+            except pyarrow.ArrowException as err:
+                raise ConversionError(f"{file}: cannot be read as parquet ({type(err).__name__}: {err})") from err
     try:
         return datasets.load_dataset(builder, data_files=data_files, split=split, **kwargs)
     except (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError) as err:

@@ -44,7 +44,8 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ..data.images import ImageMode
-from ..data.llava import IMAGE_MARKER
+from ..data.llava import IMAGE_MARKER, DataError
+from ..errors import UsageError
 from .multiple_choice import (
     AnswerFormat,
     MCQuestion,
@@ -98,11 +99,11 @@ class IITFormatError(PoolFormatError):
 def parse_setting(setting: str) -> tuple[str, ...]:
     """``"T, t,V"`` -> ``("T", "T", "V")``; raise ValueError naming the bad turn."""
     if not isinstance(setting, str) or not setting.strip():
-        raise ValueError(f"setting must be a non-empty string such as 'T,T,V', got {setting!r}")
+        raise UsageError(f"setting must be a non-empty string such as 'T,T,V', got {setting!r}")
     kinds = tuple(part.strip().upper() for part in setting.split(","))
     for position, kind in enumerate(kinds, start=1):
         if kind not in IIT_KINDS:
-            raise ValueError(
+            raise UsageError(
                 f"setting {setting!r}: turn {position} is {kind!r}; each turn must be "
                 "'T' (text) or 'V' (visual), separated by commas"
             )
@@ -195,7 +196,7 @@ def _check_pool(kind: str, pool: Sequence[MCItem]) -> None:
             )
         if item.kind != kind:
             what = "has an image" if kind == "T" else "has no image"
-            raise ValueError(f"{_POOL_NAMES[kind]} pool item {position} (id {item.id!r}) {what}")
+            raise DataError(f"{_POOL_NAMES[kind]} pool item {position} (id {item.id!r}) {what}")
 
 
 def _check_setting_fits(
@@ -204,12 +205,12 @@ def _check_setting_fits(
     for kind in IIT_KINDS:
         needed = kinds.count(kind)
         if needed and not pools[kind]:
-            raise ValueError(
+            raise UsageError(
                 f"setting {setting!r} needs {_POOL_NAMES[kind]} ({kind}) items but the "
                 f"{_POOL_NAMES[kind]} pool is empty"
             )
         if needed > len(pools[kind]):
-            raise ValueError(
+            raise UsageError(
                 f"setting {setting!r} needs {needed} distinct {kind} items per dialogue but the "
                 f"{_POOL_NAMES[kind]} pool has {len(pools[kind])}"
             )
@@ -280,17 +281,17 @@ def build_iit(
             empty or too small for one dialogue, wrong item kind in a pool, bad numbers.
     """
     if not isinstance(per_setting, int) or per_setting < 1:
-        raise ValueError(f"per_setting must be a positive int, got {per_setting!r}")
+        raise UsageError(f"per_setting must be a positive int, got {per_setting!r}")
     if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        raise UsageError(f"top_k must be a positive int, got {top_k!r}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise UsageError(f"seed must be a non-negative int, got {seed!r}")
     if isinstance(settings, str):
         settings = (settings,)  # a lone "T,V" would otherwise be iterated character by character
     canonical = [_canonical(s) for s in settings]
     repeated = sorted({s for s in canonical if canonical.count(s) > 1})
     if repeated:
-        raise ValueError(f"settings repeat {repeated}; dialogue ids would collide")
+        raise UsageError(f"settings repeat {repeated}; dialogue ids would collide")
     pools = {"T": list(text_pool or []), "V": list(visual_pool or [])}
     for kind in IIT_KINDS:
         _check_pool(kind, pools[kind])

@@ -9,9 +9,15 @@ with the attention kernel the LLM is configured for:
 - segment router: one extra value channel holding "is this key an image token" makes the same
   attention kernel (SDPA, flash, ...) return the image mass next to the output: no T x T weights.
 - positional router / explicit request: eager attention with weights.
+
+Each way is a named `Strategy` (eager with weights, SDPA with the mass channel, single-query decode, the
+configured kernel plus a flag call), picked by `select_strategy`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +25,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..families import AttentionLayout
-from .lorra import apply_rope, rotate
+from .rope import apply_rope, rotate
 
 LLAMA_ATTENTION = AttentionLayout()
 
@@ -94,104 +100,156 @@ def uses_rope(self_attn: nn.Module, layout: AttentionLayout) -> bool:
     return bool(getattr(self_attn, layout.rope_switch)) if layout.rope_switch else True
 
 
+@dataclass
+class AttentionNeeds:
+    """What a wrapped layer needs from its main attention, and the prepared RoPE tables it may reuse.
+
+    key_is_image: [B, S] flags of all keys (cached + current, or every slot of a static cache); when given, the
+    attention also returns the per-head image mass [B, T, H] (the segment router's input). key_end: see
+    `key_flags`. need_weights: return the weights [B, H, T, S] (positional router, or asked for). rope: the tables
+    of the layer's `position_embeddings` prepared by `rope.rope_tables` (shared with the learners where their heads
+    have the LLM's width), or None. scaled_rope: for a one-token step, the same with the attention scale folded
+    into the queries' rotation (`rope.scaled_tables`).
+    """
+
+    key_is_image: torch.Tensor | None = None
+    need_weights: bool = False
+    key_end: int | torch.Tensor | None = None
+    rope: tuple[torch.Tensor, ...] | None = None
+    scaled_rope: tuple[torch.Tensor, ...] | None = None
+
+
+Attend = Callable[..., "tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to run the main attention. attend(self_attn, q, k, v, mask, flags, common, implementation, pad)
+    -> (output [B, T, H, d], image mass [B, T, H] or None, weights [B, H, T, S] or None); flags: the keys' image
+    flags [B, S] or None; common: the kernel keywords (scaling, dropout, sliding window, softcap).
+
+    widens: queries and keys carry zero channels up to `mass_channel_width` (pad > 0); folds_scale: the queries
+    come rotated by the scaled tables, so `common["scaling"]` is 1.
+    """
+
+    name: str
+    attend: Attend
+    widens: bool = False
+    folds_scale: bool = False
+
+
+def _eager(self_attn, q, k, v, mask, flags, common, implementation, pad):
+    """Eager attention with explicit weights; the image mass is the weights summed over image keys."""
+    out, weights = eager_attention(self_attn, q, k, v, mask, **common)
+    image_mass = None if flags is None else torch.einsum("bhts,bs->bth", weights, flags.to(weights.dtype))
+    return out, image_mass, weights
+
+
+def _mass_channel(self_attn, q, k, v, mask, flags, common, implementation, pad):
+    """SDPA with one extra value channel holding the image flags: the kernel returns the image mass beside the
+    output, no T x T weights. The fused kernels need equal q/k/v widths, so q and k carry zero channels (their
+    scores do not change; the scale is passed explicitly)."""
+    head_dim = v.shape[-1]
+    if k.shape[-1] == head_dim:  # keys from the cache are stored unpadded
+        k = F.pad(k, (0, pad))
+    flag_channel = flags[:, None, :, None].to(v.dtype).expand(-1, v.shape[1], -1, 1)
+    v = torch.cat([v, flag_channel, v.new_zeros((*v.shape[:3], pad - 1))], dim=-1)
+    out, _ = ALL_ATTENTION_FUNCTIONS[implementation](self_attn, q, k, v, mask, **common)
+    return out[..., :head_dim], out[..., head_dim], None
+
+
+def _single_query(self_attn, q, k, v, mask, flags, common, implementation, pad):
+    """Decoding: the single query's weights are only [B, H, 1, S]; computing them explicitly reads the cached K/V
+    once and copies nothing, where widening them for the kernel would copy them every step."""
+    out, image_mass = single_query_attention(q, k, v, mask, flags, common["scaling"])
+    return out, image_mass, None
+
+
+def _kernel(self_attn, q, k, v, mask, flags, common, implementation, pad):
+    """The configured kernel (SDPA, flash, ...); where the mass is needed, a second call on a value tensor holding
+    the flags (kernels that need equal q/v head dims cannot take the extra channel)."""
+    attend = ALL_ATTENTION_FUNCTIONS[implementation]
+    out, _ = attend(self_attn, q, k, v, mask, **common)
+    image_mass = None
+    if flags is not None:
+        flag_values = torch.zeros_like(v)
+        flag_values[..., 0] = flags[:, None].to(v.dtype)
+        image_mass = attend(self_attn, q, k, flag_values, mask, **common)[0][..., 0]
+    return out, image_mass, None
+
+
+EAGER = Strategy("eager", _eager)
+MASS_CHANNEL = Strategy("mass_channel", _mass_channel, widens=True)
+SINGLE_QUERY = Strategy("single_query", _single_query, folds_scale=True)
+KERNEL = Strategy("kernel", _kernel)
+
+
+def select_strategy(implementation: str, softcap: bool, needs: AttentionNeeds, n_queries: int) -> Strategy:
+    """Eager where weights are wanted or the kernel cannot run the layer (SDPA cannot cap logits: HF's own SDPA
+    path would silently skip the cap); with SDPA and the image mass wanted, the mass channel, or the single-query
+    path for one query; else the configured kernel (plus a flag call where the mass is wanted)."""
+    if needs.need_weights or implementation == "eager" or (softcap and implementation == "sdpa"):
+        return EAGER
+    if needs.key_is_image is not None and implementation == "sdpa":
+        return SINGLE_QUERY if n_queries == 1 else MASS_CHANNEL
+    return KERNEL
+
+
 def main_attention(
     self_attn: nn.Module,
     x: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     attention_mask: torch.Tensor | None,
     cache,
-    key_is_image: torch.Tensor | None,
-    need_weights: bool,
     layout: AttentionLayout = LLAMA_ATTENTION,
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-    key_end: int | torch.Tensor | None = None,
-    scaled_rope: tuple[torch.Tensor, ...] | None = None,
+    needs: AttentionNeeds | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run a decoder layer's `self_attn` on its input x [B, T, d] (normed, where the block norms it).
 
-    layout: how the family's attention builds queries and keys. rope: the RoPE tables of
-    `position_embeddings` already prepared by `lorra.rope_tables` (shared with the learners where their heads
-    have the LLM's width), or None; unused on layers without RoPE. scaled_rope: for a one-token decode step, the
-    same tables with the attention scale folded into the queries' rotation (see `lorra.scaled_tables`).
-
-    key_is_image: [B, S] flags of all keys (cached + current, or every slot of a static cache); when given,
-    also returns the per-head image mass [B, T, H]. key_end: see `key_flags`. need_weights: run eager attention and return weights [B, H, T, S].
-    Returns (output after o_proj [B, T, d], image_mass or None, weights or None).
+    layout: how the family's attention builds queries and keys; needs: what to return besides the output
+    (`AttentionNeeds`; None: the output only). The `Strategy` comes from `select_strategy`.
+    Returns (output after o_proj [B, T, d], image mass [B, T, H] or None, weights [B, H, T, S] or None).
     """
+    needs = needs or AttentionNeeds()
     input_shape = x.shape[:-1]
     q, k, v = project_qkv(self_attn, x, layout)
-    head_dim = v.shape[-1]
     implementation = self_attn.config._attn_implementation or "sdpa"
     softcap = getattr(self_attn, layout.softcap, None) if layout.softcap else None
-    # The SDPA kernel cannot cap logits; HF's own SDPA path would silently skip the cap, so run eager.
-    eager = need_weights or implementation == "eager" or (softcap is not None and implementation == "sdpa")
-    # Segment router through SDPA: one extra value channel holding the image flags makes the kernel return
-    # the attention mass on image keys beside the output. The fused kernels need equal q/k/v widths, so q
-    # and k get zero channels (their scores do not change; the scale is passed explicitly).
-    pad = 0
-    if key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] > 1:
-        pad = mass_channel_width(head_dim, v.device) - head_dim
-    k_pad = pad if cache is None else 0  # the cache keeps keys unpadded
-    folded_scale = False
-    if not uses_rope(self_attn, layout):
-        q = F.pad(q, (0, pad)) if pad else q
-        k = F.pad(k, (0, k_pad)) if k_pad else k
-    elif rope is not None and not pad:
-        # The single-query path below takes queries already scaled, where the rotation can fold the scale in.
-        single = key_is_image is not None and implementation == "sdpa" and not eager and q.shape[2] == 1
-        folded_scale = single and scaled_rope is not None
-        q, k = rotate(q, scaled_rope if folded_scale else rope), rotate(k, rope)
-    else:
-        cos, sin = position_embeddings
-        q = apply_rope(q, cos, sin, pad=pad)
-        k = apply_rope(k, cos, sin, pad=k_pad)
+    strategy = select_strategy(implementation, softcap is not None, needs, q.shape[2])
+    pad = mass_channel_width(v.shape[-1], v.device) - v.shape[-1] if strategy.widens else 0
+    q, k, folded = _rotate(self_attn, layout, q, k, position_embeddings, needs, pad, 0 if cache is not None else pad,
+                           strategy.folds_scale)
     if cache is not None:
         k, v = cache.update(k, v, self_attn.layer_idx)
-
     sliding_window = (
         self_attn.sliding_window if hasattr(self_attn, "sliding_window")
         else getattr(self_attn.config, "sliding_window", None)
     )
     common = dict(
         dropout=0.0 if not self_attn.training else self_attn.attention_dropout,
-        scaling=self_attn.scaling,
+        scaling=1.0 if folded else self_attn.scaling,
         sliding_window=sliding_window,
         **kwargs,
     )
     if softcap is not None:
         common["softcap"] = softcap
-    flags = None if key_is_image is None else key_flags(key_is_image, k.shape[2], key_end)
-    weights = image_mass = None
-    if eager:
-        out, weights = eager_attention(self_attn, q, k, v, attention_mask, **common)
-        if flags is not None:
-            image_mass = torch.einsum("bhts,bs->bth", weights, flags.to(weights.dtype))
-        if not need_weights:
-            weights = None
-    elif flags is not None and implementation == "sdpa" and q.shape[2] == 1:
-        # Decoding: the single query's weights are only [B, H, 1, S]; computing them explicitly reads the
-        # cached K/V once and copies nothing, where widening them for the kernel would copy them every step.
-        scaling = 1.0 if folded_scale else self_attn.scaling
-        out, image_mass = single_query_attention(q, k, v, attention_mask, flags, scaling)
-    else:
-        attend = ALL_ATTENTION_FUNCTIONS[implementation]
-        if pad:
-            if k.shape[-1] == head_dim:
-                k = F.pad(k, (0, pad))
-            flag_channel = flags[:, None, :, None].to(v.dtype).expand(-1, v.shape[1], -1, 1)
-            v = torch.cat([v, flag_channel, v.new_zeros((*v.shape[:3], pad - 1))], dim=-1)
-            out, _ = attend(self_attn, q, k, v, attention_mask, **common)
-            out, image_mass = out[..., :head_dim], out[..., head_dim]
-        else:
-            out, _ = attend(self_attn, q, k, v, attention_mask, **common)
-            if flags is not None:
-                # Kernels that need equal q/v head dims get the flags in a value tensor of their own.
-                flag_values = torch.zeros_like(v)
-                flag_values[..., 0] = flags[:, None].to(v.dtype)
-                image_mass = attend(self_attn, q, k, flag_values, attention_mask, **common)[0][..., 0]
+    flags = None if needs.key_is_image is None else key_flags(needs.key_is_image, k.shape[2], needs.key_end)
+    out, image_mass, weights = strategy.attend(self_attn, q, k, v, attention_mask, flags, common, implementation, pad)
     out = out.reshape(*input_shape, -1)
-    return self_attn.o_proj(out), image_mass, weights
+    return self_attn.o_proj(out), image_mass, weights if needs.need_weights else None
+
+
+def _rotate(self_attn, layout, q, k, position_embeddings, needs: AttentionNeeds, q_pad: int, k_pad: int, fold: bool):
+    """Queries and keys after RoPE (and zero channels, for the mass channel; the cache keeps keys unpadded).
+    Returns (q, k, whether the attention scale is folded into q)."""
+    if not uses_rope(self_attn, layout):
+        return (F.pad(q, (0, q_pad)) if q_pad else q), (F.pad(k, (0, k_pad)) if k_pad else k), False
+    if needs.rope is not None and not q_pad:
+        folded = fold and needs.scaled_rope is not None
+        return rotate(q, needs.scaled_rope if folded else needs.rope), rotate(k, needs.rope), folded
+    cos, sin = position_embeddings
+    return apply_rope(q, cos, sin, pad=q_pad), apply_rope(k, cos, sin, pad=k_pad), False
 
 
 def key_flags(key_is_image: torch.Tensor, n_keys: int, key_end: int | torch.Tensor | None) -> torch.Tensor:

@@ -1,13 +1,10 @@
-"""Learner side state: per-forward inputs (`LearnerInputs`) and the generation caches (`WingsCache`,
-`WingsStaticCache`).
+"""The generation caches (`WingsCache`, `WingsStaticCache`): the main attention's cache plus the learners' state.
 
-The learners' keys/values come from layer-0 inputs, so which tokens are keys (image tokens for the
-visual learner, text tokens for the textual one) and at which positions is the same for every layer:
-it is computed once per forward. Only the projected K/V differ per layer. During generation the cache
-(a `DynamicCache` or `StaticCache` for the main attention) also keeps, per learner, the K/V of every
-layer and the keys' positions/validity, and per cached main-attention key whether it is an image token
-(the segment router's input). Image K/V are stored once, when the image tokens arrive; text K/V grow by
-one key per generated token.
+During generation the cache (a `DynamicCache` or `StaticCache` for the main attention) also keeps, per
+learner, the K/V of every layer and the keys' positions/validity, and per cached main-attention key whether
+it is an image token (the segment router's input). Image K/V are stored once, when the image tokens arrive;
+text K/V grow by one key per generated token. What one forward pass derives from its inputs is in
+`wings.modeling.plan`.
 
 A chunk without image features (every decode step) holds no image tokens, so its textual keys are simply
 its tokens, in order: nothing is selected, counted or synchronised with the host, which is what lets a
@@ -16,155 +13,8 @@ decode step run under `torch.compile(fullgraph=True)` and CUDA graphs with the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from transformers import DynamicCache, StaticCache
-
-from .lorra import CrossAttentionMask, rope_tables, scaled_tables
-
-LEARNER_KINDS = ("visual", "textual")
-
-
-def select_keys(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pack the selected tokens of each row to the front, in order (one host sync: the largest count).
-
-    selected: [B, T] bool. Returns index [B, N] (into T) and valid [B, N] bool, N = max count per row.
-    """
-    counts = selected.sum(dim=1)
-    n = int(counts.max()) if selected.numel() else 0
-    # A stable sort of "not selected" puts selected tokens first, keeping their order.
-    index = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :n]
-    valid = torch.arange(n, device=selected.device).unsqueeze(0) < counts.unsqueeze(1)
-    return index, valid
-
-
-def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x [B, T, ...], index [B, N] -> [B, N, ...]."""
-    shape = (*index.shape, *x.shape[2:])
-    flat = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(shape)
-    return torch.gather(x, 1, flat)
-
-
-def prepared_once(prepared: list, cos: torch.Tensor, sin: torch.Tensor, prepare) -> tuple[torch.Tensor, torch.Tensor]:
-    """`prepare(cos, sin)`, computed once per pair of tables and remembered in `prepared` (a list of
-    (cos, sin, result), matched by identity). Models whose layers use several RoPE tables (Gemma 3's local and
-    global layers, the learners' own tables) keep one entry per table instead of recomputing at every layer."""
-    for known_cos, known_sin, result in prepared:
-        if known_cos is cos and known_sin is sin:
-            return result
-    result = prepare(cos, sin)
-    prepared.append((cos, sin, result))
-    return result
-
-
-@dataclass
-class LearnerKeys:
-    """Which tokens of the current chunk are one learner's new keys, and what every query may see.
-
-    index: [B, n] positions in the chunk of the new keys, or None when the new keys are all T tokens of
-    the chunk in order (a chunk without images, for the textual learner). visible: [B, T, N] bool over all
-    keys (cached + new), True where key position <= query position and the key is real (not padding).
-    Derived tensors that every layer needs (the attention mask, the keys' RoPE tables) are built on first
-    use and shared by all layers of the forward pass.
-    """
-
-    index: torch.Tensor | None
-    visible: torch.Tensor
-    n_new: int
-    # Tables prepared for the chunk's own tokens (the queries'), which keys that are all the chunk's tokens reuse.
-    query_tables: list | None = field(default=None, repr=False)
-    _mask: CrossAttentionMask | None = field(default=None, init=False, repr=False)
-    _rope: list | None = field(default=None, init=False, repr=False)
-    _features: tuple | None = field(default=None, init=False, repr=False)
-
-    @property
-    def mask(self) -> CrossAttentionMask:
-        """`visible` prepared for attention (built on first use, then shared by all layers)."""
-        if self._mask is None:
-            self._mask = CrossAttentionMask(self.visible)
-        return self._mask
-
-    def features(self, source: torch.Tensor) -> torch.Tensor:
-        """The new keys' rows of the chunk's layer-0 inputs source [B, T, d] -> [B, n, d].
-
-        Shared by all layers when no gradient flows to `source`; gathered per layer otherwise, so that
-        recomputation under gradient checkpointing rebuilds the path to the projector.
-        """
-        if self.index is None:
-            return source
-        if torch.is_grad_enabled() and source.requires_grad:
-            return gather_tokens(source, self.index)
-        if self._features is None or self._features[0] is not source:
-            self._features = (source, gather_tokens(source, self.index))
-        return self._features[1]
-
-    def rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The new keys' RoPE tables, prepared by `lorra.rope_tables` from the chunk's cos, sin [B or 1, T, d_h]."""
-        def prepare(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if self.index is None:
-                return rope_tables(cos, sin)
-            batch = self.index.shape[0]
-            return rope_tables(*(gather_tokens(t.expand(batch, -1, -1), self.index) for t in (cos, sin)))
-
-        if self._rope is None:
-            self._rope = self.query_tables if self.index is None and self.query_tables is not None else []
-        return prepared_once(self._rope, cos, sin, prepare)
-
-
-@dataclass
-class LearnerInputs:
-    """What every wrapped decoder layer needs for its learners in one forward pass.
-
-    source: [B, T, d] layer-0 inputs of the chunk (text embeddings and projected image features).
-    keys: per learner kind ("visual", "textual"), its `LearnerKeys`.
-    key_is_image: [B, S] float, 1.0 where a main-attention key (cached + chunk) is an image token.
-    mode: "routed" or "visual_only" (stage 1).
-    cache: the `WingsCache` / `WingsStaticCache` to read/extend, or None.
-    attentions: when the caller asked for attention weights, each wrapped layer stores its main
-        attention's weights [B, H, T, S] here under its layer index (eager attention for that call).
-    key_end: with a `WingsStaticCache`, the number of tokens seen after this chunk (past + T), where the keys a
-        sliding-window layer returns end (see `attention.key_flags`); None otherwise.
-    """
-
-    source: torch.Tensor
-    keys: dict[str, LearnerKeys]
-    key_is_image: torch.Tensor
-    mode: str
-    cache: LearnerCacheMixin | None = None
-    attentions: dict[int, torch.Tensor] | None = None
-    key_end: int | torch.Tensor | None = None
-    _rope: list | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self):
-        self._rope = []
-        self._scaled_rope: dict[float, list] = {}
-        for keys in self.keys.values():  # keys that are the chunk's tokens in order rotate with the same tables
-            keys.query_tables = self._rope
-
-    def scaled_query_rope(self, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...] | None:
-        """`query_rope` with the attention scale folded into a one-token chunk's rotation (`lorra.scaled_tables`),
-        prepared once per forward for each scale; None for longer chunks."""
-        if scale not in self._scaled_rope:
-            self._scaled_rope[scale] = []
-        tables = self.query_rope(cos, sin)
-        return prepared_once(self._scaled_rope[scale], cos, sin, lambda *_: scaled_tables(tables, scale))
-
-    def query_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chunk's RoPE tables prepared once for every layer's learner queries (and the main attention's,
-        where the learners' heads have the LLM's width)."""
-        return prepared_once(self._rope, cos, sin, rope_tables)
-
-    def keys_values(self, kind: str, layer_idx: int, learner, cos: torch.Tensor, sin: torch.Tensor):
-        """One layer's K/V [B, H, N, d_h] for `kind`: the chunk's new keys projected (and cached), after the
-        cached ones. Decode steps project only the new text token; image K/V come from the cache."""
-        keys = self.keys[kind]
-        if keys.n_new or self.cache is None:
-            k, v = learner.project_keys(keys.features(self.source), keys.rope(cos, sin))
-            if self.cache is not None:
-                k, v = self.cache.update_learner(kind, layer_idx, k, v)
-            return k, v
-        return self.cache.cached_learner_kv(kind, layer_idx, learner, self.source)
 
 
 class LearnerCacheMixin:
@@ -183,6 +33,20 @@ class LearnerCacheMixin:
         # while both learners' cached K/V are views of them: both learners attend in one call at decode. Any write
         # that moves either learner's K/V elsewhere drops the entry.
         self._joint: dict[int, tuple] = {}
+
+    def _reset_layout(self) -> None:
+        """Drop what the subclass stores beside `_init_learner_state` (its storage layout)."""
+
+    def reset(self) -> None:
+        super().reset()
+        self._init_learner_state()
+        self._reset_layout()
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be cropped (assisted/speculative decoding is not supported); "
+            "use greedy, sampling or beam search."
+        )
 
     def joint_learner_kv(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """Both learners' K/V of a layer as one [B, H, N_vis + N_text, d_h] pair of views (visual keys first) and
@@ -216,9 +80,7 @@ class WingsCache(LearnerCacheMixin, DynamicCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_learner_state()
-        # Preallocated storage behind learner_kv (grown geometrically, so appending one text key per
-        # decode step is amortised O(1) instead of copying all cached keys every step).
-        self._learner_storage: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._reset_layout()
 
     def append_key_meta(
         self, kind: str, positions: torch.Tensor, valid: torch.Tensor, chunk_length: int
@@ -308,16 +170,10 @@ class WingsCache(LearnerCacheMixin, DynamicCache):
         super().batch_select_indices(indices)
         self._map_batch(lambda t: t[indices])
 
-    def crop(self, max_length: int) -> None:
-        raise NotImplementedError(
-            "WingsCache cannot be cropped (assisted/speculative decoding is not supported); "
-            "use greedy, sampling or beam search."
-        )
-
-    def reset(self) -> None:
-        super().reset()
-        self._init_learner_state()
-        self._learner_storage = {}
+    def _reset_layout(self) -> None:
+        # Preallocated storage behind learner_kv (grown geometrically, so appending one text key per
+        # decode step is amortised O(1) instead of copying all cached keys every step).
+        self._learner_storage: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 class WingsStaticCache(LearnerCacheMixin, StaticCache):
@@ -342,9 +198,9 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
         # our own name: older transformers make StaticCache.max_cache_len a read-only property.
         self.total_cache_len = max_cache_len
         self._init_learner_state()
-        self._static_init()
+        self._reset_layout()
 
-    def _static_init(self) -> None:
+    def _reset_layout(self) -> None:
         # Per kind: the number of key columns written (a tensor, so compiled steps do not specialise on it)
         # and the columns the current chunk writes into, shared by every layer of the forward.
         self._key_length: dict[str, torch.Tensor] = {}
@@ -450,13 +306,4 @@ class WingsStaticCache(LearnerCacheMixin, StaticCache):
         if self.key_is_image is not None:
             self.key_is_image.copy_(self.key_is_image.index_select(0, beam_idx.to(self.key_is_image.device)))
 
-    def crop(self, max_length: int) -> None:
-        raise NotImplementedError(
-            "WingsStaticCache cannot be cropped (assisted/speculative decoding is not supported); "
-            "use greedy, sampling or beam search."
-        )
 
-    def reset(self) -> None:
-        super().reset()
-        self._init_learner_state()
-        self._static_init()

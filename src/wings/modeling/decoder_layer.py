@@ -20,9 +20,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..errors import UnsupportedLayerError
 from ..families import PRE_NORM, TEXT_FAMILIES, TextFamily, text_family
-from .attention import main_attention, uses_rope
-from .cache import LEARNER_KINDS, LearnerInputs
-from .lorra import LoRRA, mix_learners
+from ..compat import layer_cache
+from .attention import AttentionNeeds, main_attention, uses_rope
+from .decode import mix_short, pair_weights
+from .lorra import LoRRA, mix_outputs
+from .masked_attention import SHORT_QUERIES
+from .packing import PackedWeights
+from .plan import LEARNER_KINDS, ForwardPlan
 from .rope import LearnerRope, identity_tables
 from .router import make_router
 
@@ -69,7 +73,7 @@ def check_llama_family_layer(layer: nn.Module, layer_idx: int) -> None:
         )
 
 
-class WingsDecoderLayer(GradientCheckpointingLayer):
+class WingsDecoderLayer(PackedWeights, GradientCheckpointingLayer):
     """A decoder layer with WINGS learners.
 
     Args:
@@ -81,6 +85,9 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         learner_rope: tables for learner heads narrower or wider than the LLM's heads (None: the layer's
             own RoPE tables fit the learners).
         layer_type: the layer's entry of the LLM's `layer_types` (which RoPE a Gemma 3 layer uses).
+
+    Its packed weights (`packing.PackedWeights`) are both learners' query and output projections, for the
+    decode path (`decode.pair_weights`).
     """
 
     def __init__(
@@ -106,6 +113,13 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         self.visual_learner = LoRRA(hidden_size, num_heads, rank)
         self.textual_learner = LoRRA(hidden_size, num_heads, rank)
         self.router = make_router(router, num_heads, router_max_positions)
+        # Which RoPE tables the learners rotate with, as the forward plan names them: the layer's own (shared with
+        # its attention), tables of the learners' head width, or none (a NoPE layer). Layers of one type receive
+        # the same tables from the decoder.
+        if not uses_rope(self.self_attn, family.attention):
+            self.rope_key: tuple = ("none", layer_type)
+        else:
+            self.rope_key = ("layer" if learner_rope is None else "learner", layer_type)
 
     @property
     def layer_idx(self) -> int:
@@ -115,6 +129,13 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         self.visual_learner.reset_parameters(std)
         self.textual_learner.reset_parameters(std)
         self.router.reset_parameters(std)
+        self._repack()
+
+    def weights(self) -> tuple[nn.Parameter, ...]:
+        return self.visual_learner.weights() + self.textual_learner.weights()
+
+    def build_packed(self) -> tuple[torch.Tensor, ...]:
+        return pair_weights(self.visual_learner, self.textual_learner)
 
     def forward(
         self,
@@ -124,48 +145,46 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         cache=None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        learner_inputs: LearnerInputs | None = None,
+        learner_inputs: ForwardPlan | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """hidden_states [B, T, d] -> [B, T, d]. Without `learner_inputs` the layer computes what the LLM computes."""
-        if cache is None:  # transformers < 5.20 passes the cache as `past_key_values`
-            cache = kwargs.pop("past_key_values", None)
-        layout = self.family.layout
-        routed = learner_inputs is not None and learner_inputs.mode == "routed"
-        positional = self.router.needs_attention_weights
-        asked = learner_inputs is not None and learner_inputs.attentions is not None
-        need_weights = (routed and positional) or asked
-        key_is_image = learner_inputs.key_is_image if routed and not positional else None
+        """hidden_states [B, T, d] -> [B, T, d]. `learner_inputs` is the forward pass's `plan.ForwardPlan`; without
+        it the layer computes what the LLM computes."""
+        cache = layer_cache(cache, kwargs)
+        plan, layout = learner_inputs, self.family.layout
         attn_in = self._run(layout.attention_norm, hidden_states)
-        learner_rope = None
-        main_rope = scaled_rope = None
-        if learner_inputs is not None:
-            learner_rope = self._learner_rope(position_embeddings, position_ids, hidden_states.dtype)
-            if self.shares_rope:  # same head width and rotation: one prepared copy for the main attention and learners
-                main_rope = learner_inputs.query_rope(*position_embeddings)
-                if key_is_image is not None and hidden_states.shape[1] == 1:  # single-query decode: scale folded in
-                    scaled_rope = learner_inputs.scaled_query_rope(*position_embeddings, self.self_attn.scaling)
         attn_out, image_mass, weights = main_attention(
-            self.self_attn,
-            attn_in,
-            position_embeddings,
-            attention_mask,
-            cache,
-            key_is_image=key_is_image,
-            need_weights=need_weights,
-            layout=self.family.attention,
-            rope=main_rope,
-            scaled_rope=scaled_rope,
-            key_end=None if learner_inputs is None else learner_inputs.key_end,
-            **kwargs,
+            self.self_attn, attn_in, position_embeddings, attention_mask, cache, layout=self.family.attention,
+            needs=self._attention_needs(plan, position_embeddings, hidden_states.shape[1]), **kwargs,
         )
         hidden = hidden_states + self._branch(attn_out, layout.attention_out_norm, layout.attention_dropout)
-        if asked:
-            learner_inputs.attentions[self.layer_idx] = weights
-        if learner_inputs is not None:
-            hidden = self._learners(hidden, learner_rope, learner_inputs, weights, image_mass, routed, positional)
+        if plan is not None:
+            if plan.attentions is not None:
+                plan.attentions[self.layer_idx] = weights
+            hidden = self._learners(hidden, plan, position_embeddings, weights if self.positional else image_mass)
         mlp_out = self.mlp(self._run(layout.mlp_norm, hidden))
         return hidden + self._branch(mlp_out, layout.mlp_out_norm, layout.mlp_dropout)
+
+    @property
+    def positional(self) -> bool:
+        return self.router.needs_attention_weights
+
+    def _attention_needs(self, plan: ForwardPlan | None, position_embeddings, length: int) -> AttentionNeeds:
+        """What the main attention must return (image mass, weights) and the RoPE tables it may reuse."""
+        if plan is None:
+            return AttentionNeeds()
+        routed = plan.routed
+        mass = routed and not self.positional
+        needs = AttentionNeeds(
+            key_is_image=plan.key_is_image if mass else None,
+            need_weights=(routed and self.positional) or plan.attentions is not None,
+            key_end=plan.key_end,
+        )
+        if self.rope_key[0] == "layer":  # same head width and rotation: one prepared copy for attention and learners
+            needs.rope = plan.query_rope(self.rope_key, *position_embeddings)
+            if mass and length == 1:  # single-query decode: the attention scale folded into the rotation
+                needs.scaled_rope = plan.scaled_query_rope(self.rope_key, *position_embeddings, self.self_attn.scaling)
+        return needs
 
     def _run(self, name: str | None, x: torch.Tensor) -> torch.Tensor:
         return x if name is None else getattr(self, name)(x)
@@ -176,43 +195,41 @@ class WingsDecoderLayer(GradientCheckpointingLayer):
         multiplier = self.family.layout.residual_multiplier
         return out if multiplier is None else out * getattr(self.self_attn.config, multiplier)
 
-    @property
-    def shares_rope(self) -> bool:
-        """True when the learners rotate with the layer's own RoPE tables (a RoPE layer whose heads have the
-        learners' width), so that the main attention and the learners share one prepared copy."""
-        return self.learner_rope is None and uses_rope(self.self_attn, self.family.attention)
-
-    def _learner_rope(
-        self, position_embeddings: tuple[torch.Tensor, torch.Tensor], position_ids: torch.Tensor | None, dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The learners' RoPE tables [B or 1, T, d/H]: the layer's rotation at the learners' head width."""
-        head_dim = self.visual_learner.head_dim
-        if not uses_rope(self.self_attn, self.family.attention):
-            return identity_tables(position_embeddings, head_dim)
-        if self.learner_rope is None:
+    def _learner_rope(self, plan: ForwardPlan, position_embeddings, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learners' RoPE tables cos, sin [B or 1, T, d/H]: the layer's rotation at the learners' head width."""
+        kind = self.rope_key[0]
+        if kind == "layer":
             return position_embeddings
-        return self.learner_rope.tables(position_ids, self.layer_type, dtype)
-
-    def _learners(self, hidden, rope_cos_sin, inputs: LearnerInputs, weights, image_mass, routed, positional):
-        """hidden [B, T, d] plus the learners' outputs: routed (both, mixed by the router) or visual only.
-
-        rope_cos_sin: the learners' RoPE tables cos, sin [B or 1, T, d/H] (from `_learner_rope`)."""
-        cos, sin = rope_cos_sin
-        rope = inputs.query_rope(cos, sin)
-        visual_kv = inputs.keys_values("visual", self.layer_idx, self.visual_learner, cos, sin)
-        if not routed:
-            visual = self.visual_learner(hidden, cos, sin, *visual_kv, inputs.keys["visual"].mask, rope=rope)
-            return hidden + visual
-        textual_kv = inputs.keys_values("textual", self.layer_idx, self.textual_learner, cos, sin)
-        w = self.router(weights if positional else image_mass)
-        w = w if w.dtype == hidden.dtype else w.to(hidden.dtype)
-        masks = (inputs.keys["visual"].mask, inputs.keys["textual"].mask)
-        joint = inputs.cache.joint_learner_kv(self.layer_idx) if inputs.cache is not None else None
-        return mix_learners(
-            self.visual_learner, self.textual_learner, hidden, rope, (visual_kv, textual_kv), masks, w, joint
+        if kind == "none":
+            return plan.derive(("tables", self.rope_key), lambda: identity_tables(position_embeddings, self.visual_learner.head_dim))
+        return plan.derive(
+            ("tables", self.rope_key), lambda: self.learner_rope.tables(plan.position_ids, self.layer_type, dtype)
         )
 
-
+    def _learners(self, hidden: torch.Tensor, plan: ForwardPlan, position_embeddings, router_input) -> torch.Tensor:
+        """hidden [B, T, d] plus the learners' outputs: routed (both, mixed by the router) or visual only."""
+        cos, sin = self._learner_rope(plan, position_embeddings, hidden.dtype)
+        rope = plan.query_rope(self.rope_key, cos, sin)
+        visual_kv = plan.keys_values("visual", self.layer_idx, self.visual_learner, self.rope_key, cos, sin)
+        if not plan.routed:
+            return hidden + self.visual_learner(hidden, rope, *visual_kv, plan.mask("visual"))
+        textual_kv = plan.keys_values("textual", self.layer_idx, self.textual_learner, self.rope_key, cos, sin)
+        route = self.router(router_input)
+        route = route if route.dtype == hidden.dtype else route.to(hidden.dtype)
+        if hidden.shape[1] <= SHORT_QUERIES:
+            joint = plan.cache.joint_learner_kv(self.layer_idx) if plan.cache is not None else None
+            return mix_short(
+                self.visual_learner, self.packed(), hidden, rope, (visual_kv, textual_kv), plan.pair_mask(), route, joint
+            )
+        # Longer chunks run each learner as its module (forward hooks see its output); a learner without keys
+        # (e.g. the visual one on a text-only prompt) outputs zero.
+        visual = self.visual_learner(hidden, rope, *visual_kv, plan.mask("visual")) if visual_kv[0].shape[2] else None
+        textual = self.textual_learner(hidden, rope, *textual_kv, plan.mask("textual")) if textual_kv[0].shape[2] else None
+        if visual is None:
+            return hidden if textual is None else torch.addcmul(hidden, route[..., 1:], textual)
+        if textual is None:
+            return torch.addcmul(hidden, route[..., :1], visual)
+        return mix_outputs(hidden, visual, textual, route)
 
 
 def wrap_decoder_layers(layers: nn.ModuleList, language_model: nn.Module, config) -> None:

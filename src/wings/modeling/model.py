@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 from typing import Any
 
 import torch
@@ -38,11 +37,22 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..compat import (
+    CACHE_KWARGS,
+    cache_kwarg,
+    drop_weight_conversions,
+    generation_max_cache_len,
+    is_activation_checkpointing,
+    layer_cache,
+    set_attn_implementation,
+    set_experts_implementation,
+)
 from ..config import WingsConfig
 from ..errors import UnsupportedLayerError, UnsupportedModelError
 from ..families import text_family
 from ..image_layout import anyres_tile_grid, image_layout_of, image_token_count
-from .cache import LEARNER_KINDS, LearnerCacheMixin, LearnerInputs, LearnerKeys, WingsCache, WingsStaticCache, select_keys
+from .cache import LearnerCacheMixin, WingsCache, WingsStaticCache
+from .plan import LEARNER_KINDS, ForwardPlan, LearnerKeys, select_keys
 from .decoder_layer import WingsDecoderLayer, wrap_decoder_layers
 from .vision import WingsMultiModalProjector, native_patch_features, pack_anyres_features, patch_features
 
@@ -73,7 +83,7 @@ class WingsPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["WingsDecoderLayer"]
-    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _skip_keys_device_placement = list(CACHE_KWARGS)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -105,9 +115,9 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         # one resolved for the whole model so the LLM and tower dispatch to a real kernel.
         for sub in (config.text_config, config.vision_config):
             if sub._attn_implementation is None:
-                sub._attn_implementation_internal = config._attn_implementation
+                set_attn_implementation(sub, config._attn_implementation)
             if getattr(sub, "_experts_implementation", "") is None:  # MoE LLMs (Qwen3-MoE): same for the experts
-                sub._experts_implementation_internal = getattr(config, "_experts_implementation", None) or "eager"
+                set_experts_implementation(sub, getattr(config, "_experts_implementation", None) or "eager")
         self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = WingsMultiModalProjector(
             config.vision_config.hidden_size, text.hidden_size, config.projector_hidden_act
@@ -120,7 +130,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         )
         llm_class = type(language_model) if language_model is not None else AutoModelForCausalLM._model_mapping[type(text)]
         if text._attn_implementation == "sdpa" and not llm_class._supports_sdpa:
-            text._attn_implementation_internal = "eager"  # e.g. Gemma 2: SDPA cannot softcap its logits
+            set_attn_implementation(text, "eager")  # e.g. Gemma 2: SDPA cannot softcap its logits
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(text)
         )
@@ -142,10 +152,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, key_mapping=mapping, **kwargs)
         # transformers re-applies (reversed) the renamings used at load when saving; a model loaded from
         # a legacy checkpoint must still save today's keys.
-        conversions = getattr(model, "_weight_conversions", None)
-        if conversions:
-            legacy = set(LEGACY_KEY_MAPPING)
-            model._weight_conversions = [c for c in conversions if not set(getattr(c, "source_patterns", ())) & legacy]
+        drop_weight_conversions(model, set(LEGACY_KEY_MAPPING))
         return model
 
     @classmethod
@@ -398,8 +405,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         `image_features` ([n_images, image_seq_length, d], or [n_image_tokens, d]) may replace `pixel_values`.
         `labels` [B, T] give the shifted next-token loss (-100 ignored). Returns the LLM's `CausalLMOutputWithPast`.
         """
-        if cache is None:
-            cache = kwargs.pop("past_key_values", None)
+        cache = layer_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -413,7 +419,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
         if use_cache is None:
             use_cache = self.config.text_config.use_cache and not self.training
-        if use_cache and self.training and self.is_gradient_checkpointing:
+        if use_cache and self.training and is_activation_checkpointing(self):
             # The checkpointed layers are re-run in backward, which would append to the cache twice.
             use_cache = False
         if use_cache and cache is None:
@@ -475,7 +481,7 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor,
         cache: LearnerCacheMixin | None,
         has_images: bool = True,
-    ) -> LearnerInputs | None:
+    ) -> ForwardPlan | None:
         """Key selection and visibility for both learners, computed once per forward for all layers.
 
         Without images in the chunk (`has_images` False: every decode step) nothing is selected: the
@@ -514,8 +520,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         key_end = cache.get_seq_length() + length if isinstance(cache, WingsStaticCache) else None
         if cache is not None:
             key_is_image = cache.append_key_is_image(key_is_image)
-        return LearnerInputs(
-            source=source, keys=keys, key_is_image=key_is_image, mode=self.config.learner_mode, cache=cache,
+        return ForwardPlan(
+            source=source, position_ids=position_ids, keys=keys, key_is_image=key_is_image, mode=self.config.learner_mode, cache=cache,
             key_end=key_end,
         )
 
@@ -573,16 +579,14 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        for key in ("cache", "past_key_values"):  # the kwarg is `past_key_values` before transformers 5.20
+        for key in CACHE_KWARGS:
             cache = model_kwargs.get(key)
             if type(cache) is DynamicCache and cache.get_seq_length() == 0:
                 model_kwargs[key] = WingsCache(config=self.config.text_config)
             elif type(cache) is StaticCache and not cache.is_initialized:
                 # cache_implementation="static": the same preallocated main cache, plus the learners' state.
                 # Sliding-window layers hold only their window, so the length comes from what generate sized.
-                max_cache_len = getattr(self, "_previous_max_cache_length", None) or max(
-                    layer.max_cache_len for layer in cache.layers
-                )
+                max_cache_len = generation_max_cache_len(self, cache)
                 model_kwargs[key] = WingsStaticCache(config=self.config.text_config, max_cache_len=max_cache_len)
 
 
@@ -609,7 +613,7 @@ def collect_hidden_states(language_model: nn.Module, inputs_embeds: torch.Tensor
 
 
 @contextlib.contextmanager
-def collect_plain_attentions(layers: nn.ModuleList, learner_inputs: LearnerInputs | None, enabled: bool):
+def collect_plain_attentions(layers: nn.ModuleList, learner_inputs: ForwardPlan | None, enabled: bool):
     """Store the attention weights of decoder layers without learners in `learner_inputs.attentions`."""
     if not enabled:
         yield
@@ -633,11 +637,6 @@ def collect_plain_attentions(layers: nn.ModuleList, learner_inputs: LearnerInput
     finally:
         for handle in handles:
             handle.remove()
-
-
-def cache_kwarg(language_model: nn.Module) -> str:
-    """The LLM's cache keyword: `cache` from transformers 5.20 on, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
 
 def default_position_ids(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lorra import packed_weights
+from .packing import PackedWeights
 
 
 def segment_route(image_mass: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def segment_route(image_mass: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return F.softmax(F.linear(torch.cat((image_mass, 1 - image_mass), dim=-1), weight, bias), dim=-1)
 
 
-class SegmentRouter(nn.Module):
+class SegmentRouter(PackedWeights):
     """Reads, per head, the attention mass each query puts on image tokens and on text tokens.
 
     Length-independent and computable without materialising T x T weights (the main attention returns
@@ -36,27 +36,26 @@ class SegmentRouter(nn.Module):
     def reset_parameters(self, std: float = 0.02) -> None:
         nn.init.normal_(self.linear.weight, std=std)
         nn.init.zeros_(self.linear.bias)
+        self._repack()
 
     def forward(self, image_mass: torch.Tensor) -> torch.Tensor:
         shape = image_mass.shape
         image_mass = image_mass.reshape(-1, shape[-1])
-        weight, bias = self.folded()
+        weight, bias = self.packed()
         if image_mass.dtype != weight.dtype:
             image_mass = image_mass.to(weight.dtype)
         # W [m, 1 - m] + b = (W_img - W_txt) m + (b + W_txt 1): the text mass folded into the weights.
         logits = torch.addmm(bias, image_mass, weight)
         return F.softmax(logits, dim=-1).view(*shape[:-1], 2)
 
-    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The linear map on [image mass, text mass] as one on the image mass: weight [H, 2], bias [2] (packed at
-        run time, see `lorra.packed_weights`)."""
-        def build():
-            heads = self.linear.in_features // 2
-            image, text = self.linear.weight[:, :heads], self.linear.weight[:, heads:]
-            return (image - text).t(), self.linear.bias + text.sum(dim=1)
+    def weights(self) -> tuple[nn.Parameter, ...]:
+        return (self.linear.weight, self.linear.bias)
 
-        # The parameters named directly: `parameters()` walks the module tree on every decode step.
-        return packed_weights(self, "_packed", (self.linear.weight, self.linear.bias), build)
+    def build_packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linear map on [image mass, text mass] as one on the image mass: weight [H, 2], bias [2]."""
+        heads = self.linear.in_features // 2
+        image, text = self.linear.weight[:, :heads], self.linear.weight[:, heads:]
+        return (image - text).t(), self.linear.bias + text.sum(dim=1)
 
 
 class PositionalRouter(nn.Module):

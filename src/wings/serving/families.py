@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 
-from ..families import PRE_NORM, TEXT_FAMILIES, TextFamily
+from ..families import POST_NORM, PRE_NORM, PRE_NORM_DROPOUT, PRE_NORM_MULTIPLIER, SANDWICH, TEXT_FAMILIES, TextFamily
 
-# Features of the table the layers with learners (`wings.serving.layers`) compute.
-SERVED_LAYOUTS = (PRE_NORM,)
-SERVED_QK_NORMS = (None, "head")
+# Features of the table the layers with learners (`wings.serving.layers`) compute. Residual dropout is the
+# identity at inference; vLLM's QKVParallelLinear and MergedColumnParallelLinear load fused q/k/v and gate/up.
+SERVED_LAYOUTS = (PRE_NORM, PRE_NORM_DROPOUT, PRE_NORM_MULTIPLIER, POST_NORM, SANDWICH)
+SERVED_QK_NORMS = (None, "head", "projection")
 
 
 def missing_parts(family: TextFamily) -> list[str]:
@@ -23,16 +24,10 @@ def missing_parts(family: TextFamily) -> list[str]:
         missing.append("no vLLM parts in wings.families (TextFamily.vllm: vLLM's decoder layer, biases)")
     if family.layout not in SERVED_LAYOUTS:
         missing.append(f"the '{family.layout.name}' block layout")
-    if family.attention.qkv != "separate":
-        missing.append(f"'{family.attention.qkv}' q/k/v projections")
     if family.attention.qk_norm not in SERVED_QK_NORMS:
         missing.append(f"q/k norms over the '{family.attention.qk_norm}'")
-    if family.attention.softcap:
-        missing.append("attention-logit softcapping")
-    if family.attention.rope_switch:
-        missing.append("layers without RoPE")
-    if family.embedding_multiplier:
-        missing.append("an embedding multiplier")
+    if family.attention.rope_switch and (family.vllm is None or family.vllm.rope_layers is None):
+        missing.append("which layers apply no RoPE (VllmParts.rope_layers)")
     return missing
 
 

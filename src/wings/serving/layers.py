@@ -19,6 +19,8 @@ Tensor parallelism: the LLM parts are vLLM's; each learner is split by heads lik
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from vllm.distributed import (
@@ -28,15 +30,14 @@ from vllm.distributed import (
     tensor_model_parallel_all_reduce,
 )
 from vllm.model_executor.layers.attention import Attention
-from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.rotary_embedding import get_rope
-from vllm.model_executor.models.llama import LlamaMLP
+from vllm.model_executor.models.utils import extract_layer_index
 
 from ..modeling.lorra import mix_outputs
 from ..modeling.router import segment_route
 from .attention import supported_head_size
-from .families import config_flag, served_family
+from .families import config_flag, load_class, served_family
 
 
 def attention_biases(text_config) -> tuple[bool, bool]:
@@ -51,21 +52,56 @@ def llm_head_dim(text_config) -> int:
     return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
 
 
-def rope_at(text_config, head_size: int):
-    """vLLM's rotary embedding with the LLM's RoPE settings at `head_size` channels: the LLM's head_dim for the
-    main attention, d/H for the learners (vLLM caches rotary embeddings by their arguments, so equal widths share
-    one object)."""
-    return get_rope(
-        head_size,
-        max_position=text_config.max_position_embeddings,
-        rope_parameters=getattr(text_config, "rope_parameters", None),
-        is_neox_style=True,
-    )
+def rope_at(text_config, head_size: int, prefix: str):
+    """vLLM's rotary embedding of the layer named by `prefix` at `head_size` channels (the LLM's head_dim for the
+    main attention, d/H for the learners), or None on a layer without RoPE. Configs that keep RoPE settings per
+    layer type (Gemma 3's local and global layers) give the layer's own; vLLM caches rotary embeddings by their
+    arguments, so equal settings share one object."""
+    if not layer_uses_rope(text_config, prefix):
+        return None
+    parameters = getattr(text_config, "rope_parameters", None)
+    layer_types = getattr(text_config, "layer_types", None)
+    if parameters and layer_types and layer_types[extract_layer_index(prefix)] in parameters:
+        parameters = parameters[layer_types[extract_layer_index(prefix)]]
+    return get_rope(head_size, max_position=text_config.max_position_embeddings, rope_parameters=parameters,
+                    is_neox_style=True)
 
 
-def learner_rope(text_config):
-    """The learners' rotary embedding: `rope_at` their head width d/H."""
-    return rope_at(text_config, text_config.hidden_size // text_config.num_attention_heads)
+def layer_sliding_window(text_config, prefix: str) -> int | None:
+    """The sliding window of the layer named by `prefix` where `layer_types` says it is a sliding layer, else None
+    (vLLM then applies the model-wide window of a model whose every layer slides, such as Mistral's)."""
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types and layer_types[extract_layer_index(prefix)] == "sliding_attention":
+        return text_config.sliding_window
+    return None
+
+
+def layer_uses_rope(text_config, prefix: str) -> bool:
+    """False on the layers (named by `prefix`) that apply no RoPE: SmolLM3's NoPE layers, whose config lists 0
+    for them under the attribute the family table names (`VllmParts.rope_layers`)."""
+    attribute = served_family(text_config).vllm.rope_layers
+    return bool(getattr(text_config, attribute)[extract_layer_index(prefix)]) if attribute else True
+
+
+def learner_rope(text_config, prefix: str):
+    """The learners' rotary embedding in the layer `prefix`: `rope_at` their head width d/H (None without RoPE)."""
+    return rope_at(text_config, text_config.hidden_size // text_config.num_attention_heads, prefix)
+
+
+def norm_class(text_config) -> type[nn.Module]:
+    """The family's RMSNorm (vLLM's `RMSNorm`, or `GemmaRMSNorm`, which scales by 1 + w)."""
+    return load_class(served_family(text_config).vllm.norm)
+
+
+def layer_mlp(text_config, quant_config, prefix: str) -> nn.Module:
+    """The family's gated MLP (gate_up_proj, down_proj) from the class its table entry names."""
+    parts = served_family(text_config).vllm
+    cls = load_class(parts.mlp)
+    kwargs = dict(quant_config=quant_config, prefix=prefix)
+    if "bias" in inspect.signature(cls).parameters:
+        kwargs["bias"] = bool(getattr(text_config, "mlp_bias", False))
+    return cls(text_config.hidden_size, text_config.intermediate_size, getattr(text_config, parts.mlp_activation),
+               **kwargs)
 
 
 class WingsSelfAttention(nn.Module):
@@ -104,14 +140,25 @@ class WingsSelfAttention(nn.Module):
             self.total_num_heads * self.head_dim, hidden, bias=o_bias, quant_config=quant_config,
             prefix=f"{prefix}.o_proj",
         )
-        self.rotary_emb = rope_at(text_config, self.head_dim)
-        self.qk_norm = served_family(text_config).attention.qk_norm == "head"
+        self.rotary_emb = rope_at(text_config, self.head_dim, prefix)  # None on layers without RoPE
+        # q/k RMSNorm over each head's channels ("head": Qwen3) or over the whole projection ("projection": OLMo 2).
+        self.qk_norm = served_family(text_config).attention.qk_norm
+        if self.qk_norm == "projection" and tp_size > 1:
+            raise ValueError(f"{prefix}: q/k norms over the whole projection are not split over tensor-parallel ranks")
         if self.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
+            q_width, k_width = (self.head_dim, self.head_dim) if self.qk_norm == "head" else (self.q_size, self.kv_size)
+            self.q_norm = norm_class(text_config)(q_width, eps=text_config.rms_norm_eps)
+            self.k_norm = norm_class(text_config)(k_width, eps=text_config.rms_norm_eps)
+        family = served_family(text_config)
+        parts = family.vllm
+        scale = self.head_dim**-0.5
+        if parts.attention_scale:  # Granite: attention_multiplier; Gemma: query_pre_attn_scalar ** -0.5
+            scale = getattr(text_config, parts.attention_scale) ** parts.attention_scale_power
+        softcap = getattr(text_config, family.attention.softcap) if family.attention.softcap else None
         self.attn = Attention(
-            self.num_heads, self.padded, self.head_dim**-0.5, num_kv_heads=self.num_kv_heads,
-            cache_config=cache_config, quant_config=quant_config, prefix=f"{prefix}.attn",
+            self.num_heads, self.padded, scale, num_kv_heads=self.num_kv_heads, cache_config=cache_config,
+            quant_config=quant_config, logits_soft_cap=softcap,
+            per_layer_sliding_window=layer_sliding_window(text_config, prefix), prefix=f"{prefix}.attn",
         )
 
     def forward(
@@ -120,10 +167,13 @@ class WingsSelfAttention(nn.Module):
         """x [T, d] (normed), is_image [T] bool -> output after o_proj [T, d] and image mass [T, H] (or None)."""
         qkv, _ = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:
+        if self.qk_norm == "head":
             q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).view(q.shape)
             k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).view(k.shape)
-        q, k = self.rotary_emb(positions, q, k)
+        elif self.qk_norm == "projection":
+            q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
+        if self.rotary_emb is not None:
+            q, k = self.rotary_emb(positions, q, k)
         mass = None
         if self.with_image_mass:
             tokens, hd, heads, kv_heads = x.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
@@ -189,8 +239,14 @@ class LearnerKeysValues(nn.Module):
     matmul all up-projections. The per-layer weights are views into the stacks held here.
     """
 
-    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, rank: int, count: int):
+    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, rank: int, count: int, ropes: list):
+        """ropes: per layer with learners, its learners' rotary embedding (`learner_rope`; None without RoPE)."""
         super().__init__()
+        # One rotation per distinct RoPE (Gemma 3: local and global layers), kept where the layer uses it.
+        self.ropes = list({id(rope): rope for rope in ropes if rope is not None}.values())
+        for i, rope in enumerate(self.ropes):
+            mask = torch.tensor([other is rope for other in ropes])[:, None, None]
+            self.register_buffer(f"rope_layers_{i}", mask, persistent=False)
         tp_size = get_tensor_model_parallel_world_size()
         self.num_layers, self.count, self.rank = num_layers, count, rank
         self.num_heads = num_heads // tp_size
@@ -217,9 +273,7 @@ class LearnerKeysValues(nn.Module):
                 views[f"{j}.{name}"] = self.down[row: row + r], self.up[group, :, j * r: (j + 1) * r]
         return views
 
-    def forward(
-        self, positions: torch.Tensor, source: torch.Tensor, channels: torch.Tensor, rotary_emb
-    ) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, source: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
         """positions [T], source [T, d], channels [2, T, 1, n] (`learner_channels`; the value channels say which
         learner owns each token) -> [2 (k|v), L, T, H, padded]."""
         tokens, layers, n, r, hd = source.shape[0], self.num_layers, self.count, self.rank, self.head_dim
@@ -231,7 +285,10 @@ class LearnerKeysValues(nn.Module):
         own_kv = own_kv.view(2, layers, tokens, self.width)
         # The rotated keys are taken from the return value: vLLM's RoPE is in place only in its custom kernels;
         # the native form (what a compiled model runs) returns new tensors.
-        keys, _ = rotary_emb(positions.repeat(layers), own_kv[0].reshape(layers * tokens, self.width))
+        keys = own_kv[0]
+        for i, rope in enumerate(self.ropes):
+            rotated, _ = rope(positions.repeat(layers), own_kv[0].reshape(layers * tokens, self.width))
+            keys = torch.where(getattr(self, f"rope_layers_{i}"), rotated.view(layers, tokens, self.width), keys)
         out = source.new_zeros(2, layers, tokens, self.num_heads, self.padded)
         out[0, ..., :hd] = keys.view(layers, tokens, self.num_heads, hd)
         out[1, ..., :hd] = own_kv[1].view(layers, tokens, self.num_heads, hd)
@@ -296,10 +353,11 @@ class WingsLearners(nn.Module):
         for j in range(n):
             query_channels[..., j, self.head_dim + j] = 1.0 / self.scale
         self.register_buffer("query_channels", query_channels, persistent=False)
-        self.attn = Attention(
-            n * self.num_heads, self.padded, self.scale, num_kv_heads=self.num_heads,
-            cache_config=cache_config, prefix=f"{prefix}.attn",
-        )
+        # No cache_config: the learners attend over every earlier key of their modality, also where the LLM's
+        # layers attend over a sliding window (as in the Hugging Face model), and their mask channel needs an
+        # unquantised cache (a quantised one would clip -MASK_BIAS).
+        self.attn = Attention(n * self.num_heads, self.padded, self.scale, num_kv_heads=self.num_heads,
+                              prefix=f"{prefix}.attn")
 
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary_emb
@@ -310,7 +368,8 @@ class WingsLearners(nn.Module):
         # Queries of all learners: [T, n*r] -> [n, T, w] -> + h, laid out [T, n, w].
         down = torch.mm(hidden, self.q_down.t()).view(tokens, n, r).transpose(0, 1)
         q = torch.bmm(down, self.q_up.transpose(1, 2)).transpose(0, 1) + hidden[:, None, self.columns]
-        q, _ = rotary_emb(positions, q.reshape(tokens, n * self.width))  # the return value: see LearnerKeysValues
+        if rotary_emb is not None:  # None on layers without RoPE
+            q, _ = rotary_emb(positions, q.reshape(tokens, n * self.width))  # the return value: see LearnerKeysValues
         query = self.query_channels.repeat(tokens, 1, 1, 1)
         query[..., :hd] = q.view(tokens, n, heads, hd).transpose(1, 2)
         out = self.attn(query.view(tokens, n * heads, self.padded), key, value)
@@ -342,27 +401,39 @@ class SegmentRouter(nn.Module):
 
 
 class WingsDecoderLayer(nn.Module):
-    """A Llama-family decoder layer (Qwen2, Qwen3, Llama, Mistral) with WINGS learners, in vLLM's (hidden,
-    residual) calling convention.
+    """A decoder layer of the LLM's family, built from its `wings.families` entry (norm placement, residual
+    multiplier, q/k norms, RoPE or not), with WINGS learners where `kv_weights` is given; in vLLM's (hidden,
+    residual) calling convention. Families without a vLLM decoder layer of their own run it without learners too.
 
-    Parameter names are the LLM's own (`self_attn.*`, `mlp.*`, norms) plus `visual_learner.*`,
-    `textual_learner.*` and `router.*`, as in the saved checkpoints.
+        a = Attn(norm_1(x) or x);  h = x + m * (norm_a(a) or a);  h += learners(h)
+        out = h + m * (norm_b(f) or f),  f = MLP(norm_2(h) or h)
+
+    Parameter names are the LLM's own (`self_attn.*`, `mlp.*`, the norms the layout names) plus
+    `visual_learner.*`, `textual_learner.*` and `router.*`, as in the saved checkpoints.
     """
 
-    def __init__(self, config, kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]], cache_config, quant_config,
-                 prefix: str):
-        """kv_weights: this layer's learner K/V weight views from `LearnerKeysValues.layer_weights`."""
+    def __init__(self, config, kv_weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, cache_config,
+                 quant_config, prefix: str):
+        """kv_weights: this layer's learner K/V weight views from `LearnerKeysValues.layer_weights`; None for a
+        layer without learners."""
         super().__init__()
         text = config.text_config
         hidden, heads = text.hidden_size, text.num_attention_heads
-        self.routed = config.learner_mode == "routed"
+        family = served_family(text)
+        self.has_learners = kv_weights is not None
+        self.routed = self.has_learners and config.learner_mode == "routed"
+        multiplier = family.layout.residual_multiplier  # Granite scales both branches
+        self.residual_multiplier = getattr(text, multiplier) if multiplier else 1.0
         self.self_attn = WingsSelfAttention(text, self.routed, cache_config, quant_config, f"{prefix}.self_attn")
-        self.mlp = LlamaMLP(
-            hidden, text.intermediate_size, text.hidden_act, quant_config=quant_config,
-            bias=bool(getattr(text, "mlp_bias", False)), prefix=f"{prefix}.mlp",
-        )
-        self.input_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(hidden, eps=text.rms_norm_eps)
+        self.mlp = layer_mlp(text, quant_config, f"{prefix}.mlp")
+        layout = family.layout
+        self.norm_names = (layout.attention_norm, layout.attention_out_norm, layout.mlp_norm, layout.mlp_out_norm)
+        for name in self.norm_names:
+            if name is not None:
+                self.add_module(name, norm_class(text)(hidden, eps=text.rms_norm_eps))
+        if not self.has_learners:
+            return
+        self.learner_rotary_emb = learner_rope(text, prefix)  # None on layers without RoPE
         count = 2 if self.routed else 1  # stage-1 models ("visual_only") have no textual learner or router
         self.learners = WingsLearners(
             hidden, heads, config.learner_rank, count, kv_weights, cache_config, f"{prefix}.learners"
@@ -372,28 +443,32 @@ class WingsDecoderLayer(nn.Module):
             self.textual_learner = self.learners.names[1]
             self.router = SegmentRouter(heads)
 
+    def _norm(self, which: int, x: torch.Tensor) -> torch.Tensor:
+        name = self.norm_names[which]
+        return x if name is None else getattr(self, name)(x)
+
     def forward(
         self,
         positions: torch.Tensor,
         hidden_states: torch.Tensor,
         residual: torch.Tensor | None,
-        is_image: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        rotary_emb,
+        is_image: torch.Tensor | None = None,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden_states, residual [T, d] (their sum is the layer input); is_image [T] bool; key, value
-        [T, H, padded] the learners' (this layer's slice of `LearnerKeysValues`); rotary_emb: the learners' RoPE
-        (`learner_rope`). Returns (MLP output, residual stream) whose sum is the layer output."""
+        [T, H, padded] the learners' (this layer's slice of `LearnerKeysValues`). Returns (MLP output, residual
+        stream) whose sum is the layer output."""
         x = hidden_states if residual is None else hidden_states + residual
-        attn_out, mass = self.self_attn(positions, self.input_layernorm(x), is_image if self.routed else None)
-        h = x + attn_out
-        down, sees_any = self.learners(positions, h, key, value, rotary_emb)
-        # A learner whose query sees no key of its modality adds nothing (as in the Hugging Face model).
-        weights = sees_any.to(h.dtype)
-        outputs = self.learners.outputs(down)
-        if self.routed:
-            h = mix_outputs(h, *outputs, weights * self.router(mass).to(h.dtype))
-        else:
-            h = torch.addcmul(h, weights, outputs[0])
-        return self.mlp(self.post_attention_layernorm(h)), h
+        attn_out, mass = self.self_attn(positions, self._norm(0, x), is_image if self.routed else None)
+        h = x + self.residual_multiplier * self._norm(1, attn_out)
+        if self.has_learners:
+            down, sees_any = self.learners(positions, h, key, value, self.learner_rotary_emb)
+            # A learner whose query sees no key of its modality adds nothing (as in the Hugging Face model).
+            weights = sees_any.to(h.dtype)
+            outputs = self.learners.outputs(down)
+            if self.routed:
+                h = mix_outputs(h, *outputs, weights * self.router(mass).to(h.dtype))
+            else:
+                h = torch.addcmul(h, weights, outputs[0])
+        return self.residual_multiplier * self._norm(3, self.mlp(self._norm(2, h))), h

@@ -21,7 +21,6 @@ from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.activation import get_act_fn
-from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -33,7 +32,7 @@ from vllm.transformers_utils.config import set_default_rope_theta
 
 from .attention import learner_channels
 from .families import plain_decoder_layer, served_family
-from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope
+from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope, norm_class
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
 from ..image_layout import anyres_tile_grid, image_layout_of
 from ..modeling.vision import pack_anyres_features
@@ -61,16 +60,6 @@ FUSED_PROJECTIONS = WeightsMapper(
 )
 
 
-def sliding_window_in_use(text_config) -> bool:
-    """True when some layer of the LLM attends over a sliding window (which the learner layers do not model)."""
-    if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
-        return True
-    if not getattr(text_config, "use_sliding_window", True):  # configs that switch their window off (Qwen)
-        return False
-    window = getattr(text_config, "sliding_window", None)
-    return window is not None and window < text_config.max_position_embeddings
-
-
 def check_servable(config) -> None:
     """Raise a `ValueError` for WINGS settings the vLLM model cannot compute."""
     if config.router == "positional" and config.learner_mode == "routed":
@@ -81,12 +70,6 @@ def check_servable(config) -> None:
         )
     served_family(config.text_config)
     vision_tower_class(config.vision_config)
-    if sliding_window_in_use(config.text_config):
-        raise ValueError(
-            f"WINGS in vLLM: this {config.text_config.model_type} LLM attends over a sliding window of "
-            f"{config.text_config.sliding_window} tokens in some layers, which the plugin's layers with learners do "
-            "not reproduce; such models answer through Hugging Face generate (`wings chat`, `model.generate`)."
-        )
 
 
 # vLLM compiles the decoder (its default outside enforce_eager: inductor on CPU, CUDA graphs on GPUs) as it
@@ -99,7 +82,8 @@ class WingsTextModel(nn.Module):
         super().__init__()
         config = vllm_config.model_config.hf_config
         text = config.text_config
-        default_theta = served_family(text).vllm.default_rope_theta
+        family = served_family(text)
+        default_theta = family.vllm.default_rope_theta
         if default_theta is not None:
             set_default_rope_theta(text, default_theta=default_theta)
         cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
@@ -109,7 +93,8 @@ class WingsTextModel(nn.Module):
         with_learners = sorted(set(config.layers_with_learners))
         self.learner_count = 2 if config.learner_mode == "routed" else 1
         self.learner_keys_values = LearnerKeysValues(
-            len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count
+            len(with_learners), text.hidden_size, text.num_attention_heads, config.learner_rank, self.learner_count,
+            [learner_rope(text, f"{prefix}.layers.{i}") for i in with_learners],
         )
         layers = []
         for i in range(text.num_hidden_layers):
@@ -117,36 +102,44 @@ class WingsTextModel(nn.Module):
             if i in with_learners:
                 kv_weights = self.learner_keys_values.layer_weights(with_learners.index(i))
                 layers.append(WingsDecoderLayer(config, kv_weights, cache_config, quant_config, layer_prefix))
+            elif family.vllm.decoder_layer is None:  # vLLM has no layer of this family: WINGS' own, no learners
+                layers.append(WingsDecoderLayer(config, None, cache_config, quant_config, layer_prefix))
             else:
                 layers.append(plain_decoder_layer(vllm_config, text, layer_prefix))
         self.layers = nn.ModuleList(layers)
-        self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer)]
-        # The learners' heads are d/H wide, which differs from the LLM's where its config sets `head_dim`.
-        self.learner_rotary_emb = learner_rope(text)
-        self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.learner_layers = [layer for layer in layers if isinstance(layer, WingsDecoderLayer) and layer.has_learners]
+        # Decoders that scale their input embeddings (Granite) scale the image features too, as the learners'
+        # key/value source in the Hugging Face model.
+        self.embedding_multiplier = getattr(text, family.embedding_multiplier) if family.embedding_multiplier else None
+        self.fused_residual = family.vllm.fused_residual
+        self.norm = norm_class(text)(text.hidden_size, eps=text.rms_norm_eps)
+        # Gemma scales its token embeddings by sqrt(d) (not the image features scattered into them, as in HF).
+        self.embedding_scale = text.hidden_size**0.5 if family.vllm.embedding_scale else None
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+        embeds = self.embed_tokens(input_ids)
+        return embeds if self.embedding_scale is None else embeds * torch.tensor(self.embedding_scale).to(embeds.dtype)
 
     def forward(
         self, positions: torch.Tensor, inputs_embeds: torch.Tensor, is_image: torch.Tensor
     ) -> torch.Tensor:
         """positions [T], inputs_embeds [T, d] (the learners' key/value source), is_image [T] -> hidden [T, d]."""
+        if self.embedding_multiplier is not None:
+            inputs_embeds = inputs_embeds * self.embedding_multiplier
         hidden, residual = inputs_embeds, None
         if self.learner_layers:
             channels = learner_channels(is_image, self.learner_count, inputs_embeds.dtype)
-            keys, values = self.learner_keys_values(positions, inputs_embeds, channels, self.learner_rotary_emb)
+            keys, values = self.learner_keys_values(positions, inputs_embeds, channels)
         index = 0
         for layer in self.layers:
-            if isinstance(layer, WingsDecoderLayer):
-                hidden, residual = layer(
-                    positions, hidden, residual, is_image, keys[index], values[index], self.learner_rotary_emb
-                )
+            if isinstance(layer, WingsDecoderLayer) and layer.has_learners:
+                hidden, residual = layer(positions, hidden, residual, is_image, keys[index], values[index])
                 index += 1
-            else:
+            elif isinstance(layer, WingsDecoderLayer) or self.fused_residual:
                 hidden, residual = layer(positions, hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+            else:  # vLLM's layer takes and returns the stream itself
+                hidden, residual = layer(positions, hidden if residual is None else hidden + residual), None
+        return self.norm(hidden) if residual is None else self.norm(hidden, residual)[0]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return AutoWeightsLoader(self).load_weights(weights, mapper=FUSED_PROJECTIONS)
@@ -167,7 +160,10 @@ class WingsLanguageModel(nn.Module):
         )
         if self.tied:
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
-        self.logits_processor = LogitsProcessor(text.vocab_size)
+        parts = served_family(text).vllm
+        divisor = getattr(text, parts.logits_divisor) if parts.logits_divisor else 1.0  # Granite divides its logits
+        softcap = getattr(text, parts.logits_softcap) if parts.logits_softcap else None  # Gemma 2 caps them
+        self.logits_processor = LogitsProcessor(text.vocab_size, scale=1.0 / divisor, soft_cap=softcap)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)

@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import AutoImageProcessor, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..compat import checkpointing_arguments
 from ..data.collate import LlavaCollator
 from ..errors import UsageError
 from ..modeling.model import WingsForConditionalGeneration
@@ -122,7 +123,7 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         weight_decay=o.weight_decay,
         max_grad_norm=o.max_grad_norm,
         bf16=o.bf16,
-        **_checkpointing_arguments(o.gradient_checkpointing),
+        **checkpointing_arguments(TrainingArguments, o.gradient_checkpointing),
         seed=o.seed,
         data_seed=o.seed,
         save_strategy="steps",
@@ -138,15 +139,6 @@ def training_arguments(recipe: Recipe, output: str, max_steps: int | None) -> Tr
         use_cpu=not _has_accelerator(),
         disable_tqdm=False,
     )
-
-
-def _checkpointing_arguments(enabled: bool) -> dict:
-    """Activation checkpointing for `TrainingArguments`, under the name this transformers version uses
-    (`activation_checkpointing` replaced `gradient_checkpointing` after 5.19, the oldest release we support)."""
-    name = "activation_checkpointing"
-    if name not in TrainingArguments.__dataclass_fields__:
-        name = "gradient_checkpointing"
-    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def _has_accelerator() -> bool:

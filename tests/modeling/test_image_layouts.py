@@ -196,3 +196,17 @@ def test_generation_cached_uncached_beams_and_batch(layout):
         assert torch.equal(single, cached[i : i + 1, width:])
         single_beams = model.generate(**alone, num_beams=3, **kwargs)[:, alone["input_ids"].shape[1] :]
         assert torch.equal(single_beams, beams[i : i + 1])
+
+
+def test_fixed_layout_is_todays_model_and_the_overview_is_its_square():
+    model = tiny_wings()
+    assert model.config.image_layout == "fixed" and model.image_newline is None
+    assert "image_newline" not in model.state_dict()
+    base = tiny_processor(SAVED_CORPUS)
+    fixed = WingsProcessor(base.image_processor, base.tokenizer, **processor_image_settings(model.config))
+    tiled = WingsProcessor(base.image_processor, base.tokenizer,
+                           **processor_image_settings(tiny_wings(image_layout="anyres").config))
+    for image in IMAGES:
+        square = base(text="<image>", images=[image])["pixel_values"]  # the processor as it was: no layout settings
+        torch.testing.assert_close(fixed.prepare_images([image])["pixel_values"], square)
+        torch.testing.assert_close(tiled.prepare_images([image])["pixel_values"][:1], square)  # the overview first

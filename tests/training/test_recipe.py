@@ -6,7 +6,8 @@ from tiny import tiny_wings
 from wings.training.groups import parameter_groups, set_trainable
 from wings.training.recipe import RecipeError, load_recipe, recipe_from_dict
 
-SHIPPED = ["wings_stage1", "wings_stage2", "llava_stage1", "llava_stage2", "lora_stage2"]
+SHIPPED = ["wings_stage1", "wings_stage2", "llava_stage1", "llava_stage2", "lora_stage2", "wings_anyres_stage1",
+           "wings_anyres_stage2"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

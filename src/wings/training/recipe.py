@@ -26,6 +26,7 @@ import yaml
 from transformers.trainer_utils import SchedulerType
 
 from ..config import LEARNER_MODES, ROUTERS
+from ..image_layout import IMAGE_LAYOUTS
 from ..errors import ConfigError
 from ..modeling.model import PARAMETER_GROUPS as MODEL_PARAMETER_GROUPS
 
@@ -43,6 +44,11 @@ MODEL_SETTINGS: dict[str, Any] = {
     "learner_init_std": float,
     "vision_feature_layer": int,
     "projector_hidden_act": str,
+    "image_layout": Literal[IMAGE_LAYOUTS],
+    "image_grid_pinpoints": list[list[int]] | None,
+    "image_pooling": int,
+    "image_newline": bool,
+    "max_num_patches": int | None,
 }
 # Lower bounds of numeric settings, (minimum, inclusive): checked when a recipe is built.
 MINIMA: dict[str, tuple[float, bool]] = {
@@ -64,6 +70,9 @@ MINIMA: dict[str, tuple[float, bool]] = {
     "model.learner_rank": (1, True),
     "model.router_max_positions": (1, True),
     "model.learner_init_std": (0, False),
+    "model.image_pooling": (1, True),
+    "model.max_num_patches": (1, True),
+    "data.max_image_tokens": (1, True),
 }
 
 
@@ -95,6 +104,8 @@ class OptimSettings:
 class DataSettings:
     max_length: int = 2048
     image_mode: str = "pad"  # pad to square with the processor's mean colour (released recipe) or resize
+    # The most image tokens per sample (None: no limit); anyres/native images are shrunk to fit it.
+    max_image_tokens: int | None = None
     # Data files, `path` or `path:weight` (a mixture, see wings.data.mixture); `--data` replaces them.
     sources: list[str] = field(default_factory=list)
     group_by_modality_length: bool = False  # batches of one modality and similar lengths (LLaVA's option)

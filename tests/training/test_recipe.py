@@ -53,11 +53,21 @@ def test_overrides_are_parsed_as_yaml():
         ({"name": "x", "train": {"llm": 1e-3}, "model": {"learner_mode": "both"}}, "learner_mode must be one of"),
         ({"name": "x", "method": "lora", "train": {"lora": 1e-3}, "lora": {"dropout": 1.5}}, "lora.dropout"),
         ({"name": "x", "train": {"llm": "fast"}}, "train.llm must be a number"),
+        ({"name": "x", "train": {"llm": 1e-3}, "data": {"packing": "yes"}}, "data.packing must be true or false"),
+        ({"name": "x", "train": {"llm": 1e-3}, "data": {"packing": True, "group_by_modality_length": True}},
+         "data.packing and data.group_by_modality_length exclude each other"),
+        ({"name": "x", "train": {"llm": 1e-3}, "data": {"packing": True}, "model": {"router": "positional"}},
+         "data.packing needs model.router 'segment'"),
     ],
 )
 def test_recipe_mistakes_are_named(raw, message):
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict(raw, "my.yaml")
+
+
+def test_packing_is_off_by_default_and_set_by_an_override():
+    assert load_recipe("wings_stage1").data.packing is False
+    assert load_recipe("wings_stage1", ["data.packing=true"]).data.packing is True
 
 
 def test_recipe_values_keep_their_types():

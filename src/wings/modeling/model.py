@@ -35,6 +35,7 @@ from transformers import (
     SiglipVisionModel,
     StaticCache,
 )
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..compat import (
@@ -52,7 +53,7 @@ from ..errors import UnsupportedLayerError, UnsupportedModelError
 from ..families import text_family
 from ..image_layout import anyres_tile_grid, image_layout_of, image_token_count
 from .cache import LearnerCacheMixin, WingsCache, WingsStaticCache
-from .plan import LEARNER_KINDS, ForwardPlan, LearnerKeys, select_keys
+from .plan import LEARNER_KINDS, ForwardPlan, LearnerKeys, same_sample, select_keys
 from .decoder_layer import WingsDecoderLayer, wrap_decoder_layers
 from .vision import WingsMultiModalProjector, native_patch_features, pack_anyres_features, patch_features
 
@@ -404,6 +405,10 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
         `image_features` ([n_images, image_seq_length, d], or [n_image_tokens, d]) may replace `pixel_values`.
         `labels` [B, T] give the shifted next-token loss (-100 ignored). Returns the LLM's `CausalLMOutputWithPast`.
+
+        Packed rows (several samples per row, as `wings.data.packing` builds them): `position_ids` restarting at 0
+        at each sample, no `attention_mask` and no cache. transformers then confines the main attention to each
+        sample, and the learners' keys are confined likewise; labels at a sample's first token must be -100.
         """
         cache = layer_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
@@ -431,12 +436,15 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             )
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
+        # transformers reads packed samples off restarting position ids under exactly these conditions.
+        packed = position_ids is not None and attention_mask is None and cache is None
+        segments = find_packed_sequence_indices(position_ids.expand(batch, -1)) if packed else None
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, batch, length, past, inputs_embeds.device)
         valid = chunk_validity(attention_mask, batch, length, past, inputs_embeds.device)
         has_images = pixel_values is not None or image_features is not None
         learner_inputs = self._learner_inputs(
-            self._decoder_input(inputs_embeds), is_image, valid, position_ids, cache, has_images
+            self._decoder_input(inputs_embeds), is_image, valid, position_ids, cache, has_images, segments
         )
         # HF records hidden states with hooks on its own decoder-layer class, which a wrapped layer does
         # not run; so the model collects them itself, in HF's layout.
@@ -481,14 +489,22 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor,
         cache: LearnerCacheMixin | None,
         has_images: bool = True,
+        segments: torch.Tensor | None = None,
     ) -> ForwardPlan | None:
         """Key selection and visibility for both learners, computed once per forward for all layers.
 
         Without images in the chunk (`has_images` False: every decode step) nothing is selected: the
         textual keys are the chunk's tokens in order and the visual learner gets none (no host sync).
+        segments: [B, T] each token's sample in packed rows (None: one sample per row); a query sees only
+        its own sample's keys.
         """
         if not self.wings_layers:
             return None
+        if segments is not None and any(layer.positional for layer in self.wings_layers):
+            raise ValueError(
+                "packed rows (restarting position_ids): the positional router reads attention rows by key index, "
+                "which packing shifts; use router='segment' or unpacked batches."
+            )
         batch, length = source.shape[:2]
         positions = position_ids.expand(batch, -1)
         keys = {}
@@ -513,6 +529,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 key_pos, key_valid = cache.append_key_meta(kind, key_pos, key_valid, length)
             # Strictly causal by original position: a token at position i sees keys at positions <= i.
             visible = (key_pos.unsqueeze(1) <= positions.unsqueeze(2)) & key_valid.unsqueeze(1)
+            if segments is not None:
+                visible = visible & same_sample(segments, index)
             keys[kind] = LearnerKeys(index=index, visible=visible, n_new=n_new)
         key_is_image = is_image.to(source.dtype)
         # A static cache's flags span all its slots; its sliding-window layers return keys that end at this chunk's

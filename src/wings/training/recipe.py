@@ -8,7 +8,7 @@ A recipe file looks like::
     model: {learner_mode: visual_only, learner_rank: 64}   # WingsConfig settings
     train: {projector: 2.0e-5, visual_learners: 2.0e-5}    # group -> learning rate; absent = frozen
     optim: {epochs: 1, batch_size: 16, gradient_accumulation_steps: 16, ...}
-    data: {max_length: 2048, image_mode: pad, sources: [llava_mix.json, text_only.jsonl:0.1]}
+    data: {max_length: 2048, image_mode: pad, sources: [llava_mix.json, text_only.jsonl:0.1], packing: false}
 
 `key=value` overrides use dotted paths (`optim.batch_size=4`, `train.llm=1e-5`).
 """
@@ -109,6 +109,8 @@ class DataSettings:
     # Data files, `path` or `path:weight` (a mixture, see wings.data.mixture); `--data` replaces them.
     sources: list[str] = field(default_factory=list)
     group_by_modality_length: bool = False  # batches of one modality and similar lengths (LLaVA's option)
+    # Several samples per row up to max_length, each attending (main attention and learners) only to itself.
+    packing: bool = False
     num_proc: int | None = None  # processes that prepare the data (default: the machine's cores)
     cache_dir: str | None = None  # prepared data (default: $WINGS_DATA_CACHE or ~/.cache/wings/data)
 
@@ -153,6 +155,12 @@ class Recipe:
             raise RecipeError(f"{source}: the 'lora' group trains exactly when method is 'lora'")
         if self.data.image_mode not in ("pad", "resize"):
             raise RecipeError(f"{source}: data.image_mode must be 'pad' or 'resize', got '{self.data.image_mode}'")
+        if self.data.packing and self.data.group_by_modality_length:
+            raise RecipeError(f"{source}: data.packing and data.group_by_modality_length exclude each other (packed "
+                              "rows mix modalities and lengths)")
+        if self.data.packing and self.model.get("router") == "positional":
+            raise RecipeError(f"{source}: data.packing needs model.router 'segment' (the positional router reads "
+                              "attention rows by key index, which packing shifts)")
         if self.optim.lr_scheduler not in LR_SCHEDULERS:
             raise RecipeError(f"{source}: optim.lr_scheduler '{self.optim.lr_scheduler}' is not one of {LR_SCHEDULERS}")
         if self.optim.warmup_ratio >= 1:

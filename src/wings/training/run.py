@@ -15,6 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..compat import checkpointing_arguments
 from ..data.collate import LlavaCollator
+from ..data.packing import PackedCollator, PackedDataset
 from ..errors import UsageError
 from ..modeling.model import WingsForConditionalGeneration
 from ..config import IMAGE_LAYOUT_FIELDS, WingsConfig, with_image_layout
@@ -191,11 +192,16 @@ def train(
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = processor.tokenizer.eos_token_id
+    train_dataset, collator = dataset, LlavaCollator(pad_token_id=pad_id, padding_side="right")
+    if recipe.data.packing:
+        train_dataset, collator = PackedDataset(dataset, recipe.data.max_length), PackedCollator(pad_token_id=pad_id)
+        logger.info("packing: %d samples in %d rows of at most %d tokens", len(dataset), len(train_dataset),
+                    recipe.data.max_length)
     trainer = WingsTrainer(
         model=model,
         args=args,
-        train_dataset=dataset,
-        data_collator=LlavaCollator(pad_token_id=pad_id, padding_side="right"),
+        train_dataset=train_dataset,
+        data_collator=collator,
         group_lrs=recipe.train,
         group_by_modality_length=recipe.data.group_by_modality_length,
         callbacks=callbacks,

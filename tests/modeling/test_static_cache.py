@@ -135,6 +135,18 @@ def test_generate_compiles_the_static_decode_step_fullgraph(family):
     assert torch.equal(compiled, expected)
 
 
+def test_static_equals_dynamic_under_bf16_autocast():
+    """Mixed precision (as training and the CUDA benchmark run): prefill's element-wise RoPE and a decode step's
+    matmul RoPE must hand the preallocated cache the same dtype."""
+    model = _model()
+    ids = torch.tensor([image_prompt([10, 11, 12], [20, 21, 22])])
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        static = _generate(model, ids, pixels, cache_implementation="static")
+        dynamic = _generate(model, ids, pixels)
+    assert torch.equal(static, dynamic)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_image_mass_channel_width_runs_the_flash_kernel_on_cuda(head_dim):

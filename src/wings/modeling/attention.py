@@ -245,11 +245,18 @@ def _rotate(self_attn, layout, q, k, position_embeddings, needs: AttentionNeeds,
     Returns (q, k, whether the attention scale is folded into q)."""
     if not uses_rope(self_attn, layout):
         return (F.pad(q, (0, q_pad)) if q_pad else q), (F.pad(k, (0, k_pad)) if k_pad else k), False
+    dtype = k.dtype
     if needs.rope is not None and not q_pad:
         folded = fold and needs.scaled_rope is not None
-        return rotate(q, needs.scaled_rope if folded else needs.rope), rotate(k, needs.rope), folded
-    cos, sin = position_embeddings
-    return apply_rope(q, cos, sin, pad=q_pad), apply_rope(k, cos, sin, pad=k_pad), False
+        q, k = rotate(q, needs.scaled_rope if folded else needs.rope), rotate(k, needs.rope)
+    else:
+        cos, sin = position_embeddings
+        q, k, folded = apply_rope(q, cos, sin, pad=q_pad), apply_rope(k, cos, sin, pad=k_pad), False
+    if k.dtype != dtype:
+        # Under autocast the projections give bf16 but the element-wise RoPE promotes to the tables' fp32 (a
+        # one-token step's matmul form does not): the cache must get one dtype, the projections'.
+        q, k = q.to(dtype), k.to(dtype)
+    return q, k, folded
 
 
 def key_flags(key_is_image: torch.Tensor, n_keys: int, key_end: int | torch.Tensor | None) -> torch.Tensor:

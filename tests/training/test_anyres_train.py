@@ -124,3 +124,22 @@ def test_prepared_data_counts_each_image_at_its_fed_size(tmp_path):
             assert item["image_sizes"].tolist() == [list(s) for s in sizes]
     assert any(sum(processor.image_token_count(s) for s in zip(r["image_sizes"][::2], r["image_sizes"][1::2])) > 12
                for r in unbounded.good())
+
+
+def test_packed_rows_carry_each_images_size(tmp_path):
+    from wings.data.collate import PreparedDataset
+    from wings.data.packing import PackedCollator, PackedDataset
+    from wings.data.prepared import prepare_data
+
+    data, images = write_shapes_dataset(tmp_path)
+    base = tiny_processor(SAVED_CORPUS)
+    processor = WingsProcessor(base.image_processor, base.tokenizer, image_seq_length=4, image_layout="anyres",
+                               patch_size=16, tile_size=32,
+                               image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
+    prepared = prepare_data(data, processor, 512, images, cache_dir=tmp_path / "cache")
+    packed = PackedDataset(PreparedDataset(prepared.good(), processor), max_length=512)
+    batch = PackedCollator(pad_token_id=0)([packed[i] for i in range(len(packed))])
+    n_images = sum(r["n_images"] for r in prepared.good())
+    assert batch["image_sizes"].shape == (n_images, 2)
+    counts = [processor.image_token_count(tuple(s)) for s in batch["image_sizes"].tolist()]
+    assert int((batch["input_ids"] == processor.image_token_id).sum()) == sum(counts)

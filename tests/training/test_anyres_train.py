@@ -36,6 +36,14 @@ def write_shapes_dataset(folder):
     return folder / "data.json", folder / "images"
 
 
+def anyres_processor() -> WingsProcessor:
+    """A tiled-layout processor for the tiny hub's 32-pixel tower (patches of 16)."""
+    base = tiny_processor(SAVED_CORPUS)
+    return WingsProcessor(base.image_processor, base.tokenizer, image_seq_length=4, image_layout="anyres",
+                          patch_size=16, tile_size=32,
+                          image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
+
+
 def test_anyres_recipes_train_both_stages(tiny_hub, tmp_path):
     data, images = write_shapes_dataset(tmp_path)
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
@@ -81,10 +89,7 @@ def test_budget_shrinks_images_until_they_fit():
 def test_dataset_feeds_anyres_samples_within_the_budget(tmp_path):
     data, images = write_shapes_dataset(tmp_path)
     records = load_llava_records(str(data), str(images))
-    base = tiny_processor(SAVED_CORPUS)
-    settings = dict(image_seq_length=4, image_layout="anyres", patch_size=16, tile_size=32,
-                    image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
-    processor = WingsProcessor(base.image_processor, base.tokenizer, **settings)
+    processor = anyres_processor()
     dataset = LlavaDataset(records, processor, max_length=512, max_image_tokens=12)
     items = [dataset[i] for i in range(len(records))]
     shrunk = 0
@@ -107,10 +112,7 @@ def test_prepared_data_counts_each_image_at_its_fed_size(tmp_path):
     from wings.data.prepared import prepare_data
 
     data, images = write_shapes_dataset(tmp_path)
-    base = tiny_processor(SAVED_CORPUS)
-    processor = WingsProcessor(base.image_processor, base.tokenizer, image_seq_length=4, image_layout="anyres",
-                               patch_size=16, tile_size=32,
-                               image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
+    processor = anyres_processor()
     prepared = prepare_data(data, processor, 512, images, cache_dir=tmp_path / "cache", max_image_tokens=12)
     unbounded = prepare_data(data, processor, 512, images, cache_dir=tmp_path / "cache")
     assert prepared.directory != unbounded.directory  # the budget is part of the cache key
@@ -124,3 +126,19 @@ def test_prepared_data_counts_each_image_at_its_fed_size(tmp_path):
             assert item["image_sizes"].tolist() == [list(s) for s in sizes]
     assert any(sum(processor.image_token_count(s) for s in zip(r["image_sizes"][::2], r["image_sizes"][1::2])) > 12
                for r in unbounded.good())
+
+
+def test_packed_rows_carry_each_images_size(tmp_path):
+    from wings.data.collate import PreparedDataset
+    from wings.data.packing import PackedCollator, PackedDataset
+    from wings.data.prepared import prepare_data
+
+    data, images = write_shapes_dataset(tmp_path)
+    processor = anyres_processor()
+    prepared = prepare_data(data, processor, 512, images, cache_dir=tmp_path / "cache")
+    packed = PackedDataset(PreparedDataset(prepared.good(), processor), max_length=512)
+    batch = PackedCollator(pad_token_id=0)([packed[i] for i in range(len(packed))])
+    n_images = sum(r["n_images"] for r in prepared.good())
+    assert batch["image_sizes"].shape == (n_images, 2)
+    counts = [processor.image_token_count(tuple(s)) for s in batch["image_sizes"].tolist()]
+    assert int((batch["input_ids"] == processor.image_token_id).sum()) == sum(counts)

@@ -24,6 +24,10 @@ from .prepared import labels_from_spans
 
 logger = logging.getLogger(__name__)
 
+# A sample's image inputs, one row per image (or tile): pixel_values, and image_sizes (anyres) or the NaFlex
+# pixel_attention_mask and spatial_shapes (native); a batch's are its samples' concatenated in order.
+IMAGE_INPUT_KEYS = ("pixel_values", "image_sizes", "pixel_attention_mask", "spatial_shapes")
+
 
 class PreparedDataset(Dataset):
     """Prepared rows (`wings.data.prepared`) as training samples: the tokens come from the cache, so an
@@ -207,7 +211,7 @@ class LlavaCollator:
         }
         # Image inputs of every layout (pixel_values; image_sizes for anyres; the NaFlex mask and grid for native)
         # are per image (or tile), so the batch's are the samples' in order.
-        for key in ("pixel_values", "image_sizes", "pixel_attention_mask", "spatial_shapes"):
+        for key in IMAGE_INPUT_KEYS:
             values = [f[key] for f in features if f.get(key) is not None]
             if values:
                 batch[key] = torch.cat(values, dim=0)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .collate import LlavaCollator
+from .collate import IMAGE_INPUT_KEYS, LlavaCollator
 from .conversation import IGNORE_INDEX
 
 
@@ -79,13 +79,17 @@ class PackedDataset(Dataset):
         labels = [torch.as_tensor(item["labels"], dtype=torch.long).clone() for item in items]
         for row_labels in labels:
             row_labels[0] = IGNORE_INDEX
-        images = [item["pixel_values"] for item in items if item.get("pixel_values") is not None]
-        return {
+        row = {
             "input_ids": torch.cat([torch.as_tensor(item["input_ids"], dtype=torch.long) for item in items]),
             "labels": torch.cat(labels),
             "position_ids": torch.cat([torch.arange(len(row_labels)) for row_labels in labels]),
-            "pixel_values": torch.cat(images) if images else None,
+            "pixel_values": None,
         }
+        for key in IMAGE_INPUT_KEYS:  # image layouts other than "fixed" bring image_sizes or spatial_shapes
+            values = [item[key] for item in items if item.get(key) is not None]
+            if values:
+                row[key] = torch.cat(values)
+        return row
 
     @property
     def num_samples(self) -> int:

@@ -84,11 +84,13 @@ def test_learners_matter_for_these_prompts(hf_generate):
                     up = getattr(layer, kind).o_up.weight
                     saved[i, kind] = up.clone()
                     up.zero_()
+            model.eval()  # repacks the inference weights after the in-place edit (wings.modeling.packing)
             try:
                 plain = model.generate(**inputs, max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False)
             finally:
                 for (i, kind), weight in saved.items():
                     getattr(model.wings_layers[i], kind).o_up.weight.copy_(weight)
+                model.eval()
         plain = plain[0, inputs["input_ids"].shape[1]:].tolist()
         changed += plain != hf_generate(prompt, images, n_tokens=N_TOKENS)[0]
     assert changed >= 2

@@ -1,6 +1,7 @@
 """WINGS decoder-layer parts built from vLLM layers (parallel linears, RMSNorm, RoPE, paged `Attention`).
 
-A WINGS decoder layer computes, per token (as `wings.modeling.decoder_layer` does):
+A WINGS decoder layer computes, per token (as `wings.modeling.decoder_layer` does; norms and multipliers where
+the family's block layout in `wings.families` puts them, see `WingsDecoderLayer`):
 
     h = x + SelfAttn(LN_1(x))                           (also: per-head attention mass on image keys)
     h = h + w_v * visual_learner(h) + w_t * textual_learner(h)

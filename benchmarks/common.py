@@ -205,7 +205,7 @@ def wrap(llm, vision, shape: Shape, learners: bool, router: str = "segment", see
             for module in (layer.visual_learner, layer.textual_learner):
                 for p in module.parameters():
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    return model
+    return model.eval()  # packs the learners' inference weights from the new values (wings.modeling.packing)
 
 
 def build_models(shape: Shape, device: str, wrapper: bool = True) -> dict:

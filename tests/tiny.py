@@ -209,25 +209,45 @@ SAVED_CORPUS = [
 ] * 10
 
 
-def save_tiny_wings(path, seed: int = 0):
-    """A saved WINGS directory (model with non-zero learners + processor), as `wings train` writes it."""
-    processor = tiny_processor(SAVED_CORPUS)
-    tok = processor.tokenizer
+def tiny_saved_llm(tokenizer, seed: int = 0) -> Qwen2ForCausalLM:
+    """The LLM of the saved tiny models: a 2-layer Qwen2 over `tokenizer`'s vocabulary, eval mode."""
     torch.manual_seed(seed)
-    llm = Qwen2ForCausalLM(Qwen2Config(
+    return Qwen2ForCausalLM(Qwen2Config(
         hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=64,
-        vocab_size=len(tok), max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer), max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )).eval()
+
+
+def wings_for_processor(processor, seed: int = 0, randomize: bool = True, **settings) -> WingsForConditionalGeneration:
+    """A tiny WINGS model over `processor`'s tokenizer and image token (`tiny_saved_llm`, a one-layer SigLIP,
+    learner rank 4), with non-zero learners unless randomize=False (so that the learner paths matter)."""
+    llm = tiny_saved_llm(processor.tokenizer, seed)
     torch.manual_seed(seed + 1)
     vision = SiglipVisionModel(SiglipVisionConfig(
         hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         image_size=IMAGE_SIZE, patch_size=PATCH,
     )).eval()
     model = WingsForConditionalGeneration.from_llm_and_vision(
-        llm, vision, image_token_id=processor.image_token_id, learner_rank=4
+        llm, vision, image_token_id=processor.image_token_id, learner_rank=4, **settings
     ).eval()
-    randomize_learners(model, seed=seed + 2)
+    if randomize:
+        randomize_learners(model, seed=seed + 2)
+    return model
+
+
+def save_tiny_wings(path, seed: int = 0, processor=None, **settings):
+    """A saved WINGS directory (model with non-zero learners + processor), as `wings train` writes it.
+
+    processor: the one to save with the model (default: `tiny_processor(SAVED_CORPUS)`); `settings`: further
+    `WingsConfig` fields (e.g. image_layout="anyres"), which the saved processor follows."""
+    from wings.processing import WingsProcessor, processor_image_settings
+
+    processor = processor if processor is not None else tiny_processor(SAVED_CORPUS)
+    model = wings_for_processor(processor, seed, **settings)
+    if settings:
+        processor = WingsProcessor(processor.image_processor, processor.tokenizer,
+                                   **processor_image_settings(model.config))
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

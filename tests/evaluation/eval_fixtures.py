@@ -23,15 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from wings import WingsForConditionalGeneration
 from wings.data.tokenizer import train_chat_tokenizer
-from tiny import tiny_processor
+from tiny import IMAGE_SIZE, PATCH, save_tiny_wings, tiny_processor
+from tiny import tiny_saved_llm as make_llm  # noqa: F401 (the evaluation tests' names)
+from tiny import wings_for_processor as make_wings  # noqa: F401
 from wings.processing import WingsProcessor
 
-IMAGE_SIZE, PATCH = 32, 16  # 4 image tokens per image
-IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH) ** 2
+IMAGE_SEQ_LENGTH = (IMAGE_SIZE // PATCH) ** 2  # 4 image tokens per image
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
 WORDS = (
     "planet orbit telescope galaxy comet recipe oven flour butter garlic goalkeeper referee penalty "
@@ -52,54 +51,9 @@ def make_processor(tokenizer=None) -> WingsProcessor:
     return tiny_processor(CORPUS, IMAGE_SIZE, IMAGE_SEQ_LENGTH, tokenizer if tokenizer is not None else make_tokenizer())
 
 
-def make_llm(tokenizer, seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    return Qwen2ForCausalLM(config).eval()
-
-
-def make_wings(processor: WingsProcessor, seed: int = 0, randomize: bool = True) -> WingsForConditionalGeneration:
-    """A tiny random WINGS model whose learners are non-zero (so the learner paths matter)."""
-    llm = make_llm(processor.tokenizer, seed)
-    torch.manual_seed(seed + 1)
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            image_size=IMAGE_SIZE, patch_size=PATCH,
-        )
-    ).eval()
-    model = WingsForConditionalGeneration.from_llm_and_vision(
-        llm, vision, image_token_id=processor.image_token_id, learner_rank=4
-    ).eval()
-    if randomize:
-        gen = torch.Generator().manual_seed(seed + 2)
-        with torch.no_grad():
-            for layer in model.wings_layers:
-                for module in (layer.visual_learner, layer.textual_learner, layer.router):
-                    for p in module.parameters():
-                        p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-        model.eval()  # packs the learners' inference weights again (wings.modeling.packing)
-    return model
-
-
 def save_wings_dir(path, seed: int = 0):
-    """A saved WINGS directory (model + processor + tokenizer together), as `wings train` writes it."""
-    processor = make_processor()
-    model = make_wings(processor, seed)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    """A saved WINGS directory (model + processor + tokenizer together) over this module's corpus."""
+    return save_tiny_wings(path, seed, processor=make_processor())
 
 
 def color_image(name: str, size: tuple[int, int] = (40, 24)) -> Image.Image:

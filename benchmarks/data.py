@@ -96,20 +96,23 @@ def make_tiny_hub(root: Path) -> None:
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vision")
 
 
-# Runs a command and prints its wall time and the largest resident set among its processes (KiB on Linux).
-_MEASURE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "sys.stderr.write(r.stdout + r.stderr); "
+# Runs a command (its output to a log file) and prints its wall time and the largest resident set among
+# its processes (KiB on Linux).
+_MEASURE = ("import resource, subprocess, sys, time; t = time.perf_counter(); log = open(sys.argv[1], 'w'); "
+            "r = subprocess.run(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT); "
             "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
 
 
-def measured(command: list[str], env: dict) -> tuple[float, float, str]:
-    """(seconds, peak RSS in GB, output) of `command` in a fresh process; raises when it fails."""
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, capture_output=True, text=True)
+def measured(command: list[str], env: dict, log: Path) -> tuple[float, float, str]:
+    """(seconds, peak RSS in GB, output) of `command` in a fresh process (output also left in `log`, to
+    follow a long run); raises when it fails."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, str(log), *command], env=env, capture_output=True,
+                          text=True)
     seconds, rss_kib, code = done.stdout.split()
+    output = log.read_text()
     if int(code) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return float(seconds), int(rss_kib) / 2**20, done.stderr
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    return float(seconds), int(rss_kib) / 2**20, output
 
 
 def loader_throughput(cache_env: dict, data: Path, hub: Path, images: Path, workers: int, batches: int) -> float:
@@ -156,17 +159,18 @@ def main() -> None:
     if not (hub / "vision").exists():
         make_tiny_hub(hub)
     cache = work / f"cache_{args.samples}_{time.time_ns()}"
+    cache.mkdir(parents=True)
     env = {**os.environ, "WINGS_DATA_CACHE": str(cache), "PYTHONPATH": str(REPO / "src")}
     train = [sys.executable, "-m", "wings.cli", "-v", "train", "wings_stage1", "--llm", str(hub / "llm"),
              "--vision", str(hub / "vision"), "--data", str(data), "--image-folder", str(images), "--max-steps", "1",
-             "optim.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.bf16=false", "optim.save_steps=1000", "optim.logging_steps=1",
-             "model.learner_rank=4"]
+             "optim.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.bf16=false", "optim.save_steps=1000",
+             "optim.logging_steps=1", "model.learner_rank=4"]
 
-    first_s, first_rss, log = measured([*train, "--output", str(work / "out_first")], env)
+    first_s, first_rss, log = measured([*train, "--output", str(cache / "out_first")], env, cache / "first.log")
     match = re.search(r"prepared (\d+) samples in ([\d.]+) s", log)
     prepare_s = float(match.group(2)) if match else float("nan")
     print(f"first launch: {first_s:.1f}s (preparation {prepare_s:.1f}s), peak RSS {first_rss:.2f} GB")
-    second_s, second_rss, _ = measured([*train, "--output", str(work / "out_second")], env)
+    second_s, second_rss, _ = measured([*train, "--output", str(cache / "out_second")], env, cache / "second.log")
     print(f"second launch: {second_s:.1f}s, peak RSS {second_rss:.2f} GB")
     loader = {f"workers_{w}": loader_throughput({"WINGS_DATA_CACHE": str(cache)}, data, hub, images, w,
                                                 args.loader_batches) for w in (0, 2)}
@@ -184,7 +188,8 @@ def main() -> None:
         "targets": {"prepare_665k_s": 300, "second_launch_665k_s": 30, "peak_rss_gb": 3,
                     "first_launch_100k_s": 120, "second_launch_100k_s": 45},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg(), "python": platform.python_version()},
+                    "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                    "python": platform.python_version()},
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,5 +34,5 @@ def test_content_as_each_kind_of_template_receives_it():
 def test_training_strings_reach_a_looping_template_as_parts():
     assert template_content("<image>\nWhat?", "parts") == [{"type": "image"}, {"type": "text", "text": "What?"}]
     assert split_markers("Compare <image>\nand\n<image>\n") == [
-        {"type": "text", "text": "Compare "}, {"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]
+        {"type": "text", "text": "Compare "}, {"type": "image"}, {"type": "text", "text": "and\n"}, {"type": "image"}]
     assert split_markers("<image>") == [{"type": "image"}]

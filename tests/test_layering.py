@@ -20,7 +20,7 @@ import wings
 
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("wings.errors", "wings.compat", "wings.validation", "wings.families", "wings.config"),
+    ("wings.errors", "wings.compat", "wings.validation", "wings.families", "wings.image_layout", "wings.config"),
     ("wings.modeling",),
     ("wings.processing", "wings.chat_content", "wings.presets"),
     ("wings.data",),

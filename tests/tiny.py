@@ -219,7 +219,7 @@ def tiny_saved_llm(tokenizer, seed: int = 0) -> Qwen2ForCausalLM:
     )).eval()
 
 
-def wings_for_processor(processor, seed: int = 0, randomize: bool = True) -> WingsForConditionalGeneration:
+def wings_for_processor(processor, seed: int = 0, randomize: bool = True, **settings) -> WingsForConditionalGeneration:
     """A tiny WINGS model over `processor`'s tokenizer and image token (`tiny_saved_llm`, a one-layer SigLIP,
     learner rank 4), with non-zero learners unless randomize=False (so that the learner paths matter)."""
     llm = tiny_saved_llm(processor.tokenizer, seed)
@@ -229,19 +229,25 @@ def wings_for_processor(processor, seed: int = 0, randomize: bool = True) -> Win
         image_size=IMAGE_SIZE, patch_size=PATCH,
     )).eval()
     model = WingsForConditionalGeneration.from_llm_and_vision(
-        llm, vision, image_token_id=processor.image_token_id, learner_rank=4
+        llm, vision, image_token_id=processor.image_token_id, learner_rank=4, **settings
     ).eval()
     if randomize:
         randomize_learners(model, seed=seed + 2)
     return model
 
 
-def save_tiny_wings(path, seed: int = 0, processor=None):
+def save_tiny_wings(path, seed: int = 0, processor=None, **settings):
     """A saved WINGS directory (model with non-zero learners + processor), as `wings train` writes it.
 
-    processor: the one to save with the model (default: `tiny_processor(SAVED_CORPUS)`)."""
+    processor: the one to save with the model (default: `tiny_processor(SAVED_CORPUS)`); `settings`: further
+    `WingsConfig` fields (e.g. image_layout="anyres"), which the saved processor follows."""
+    from wings.processing import WingsProcessor, processor_image_settings
+
     processor = processor if processor is not None else tiny_processor(SAVED_CORPUS)
-    model = wings_for_processor(processor, seed)
+    model = wings_for_processor(processor, seed, **settings)
+    if settings:
+        processor = WingsProcessor(processor.image_processor, processor.tokenizer,
+                                   **processor_image_settings(model.config))
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

@@ -4,7 +4,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 
 from .config import WingsConfig
 from .modeling import WingsCache, WingsForConditionalGeneration, WingsStaticCache
-from .processing import WingsProcessor
+from .image_layout import ImageLayout, image_layout_of, image_token_count
+from .processing import WingsProcessor, processor_image_settings
 
 
 def register_auto_classes() -> None:
@@ -18,6 +19,10 @@ def register_auto_classes() -> None:
 register_auto_classes()
 
 __all__ = [
+    "ImageLayout",
+    "image_layout_of",
+    "image_token_count",
+    "processor_image_settings",
     "WingsCache",
     "WingsStaticCache",
     "WingsConfig",

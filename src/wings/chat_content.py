@@ -69,12 +69,12 @@ def template_content(content: str | list[dict], fmt: ContentFormat) -> str | lis
 
 def split_markers(text: str) -> list[dict]:
     """A string with `<image>` markers as content parts in order: each marker an image part, the text between
-    them a text part without the line breaks that separate it from a marker ("<image>\nWhat?" -> image, "What?")."""
+    them a text part without the line break that follows a marker ("<image>\nWhat?" -> image, "What?")."""
     parts: list[dict] = []
     for i, piece in enumerate(text.split(IMAGE_MARKER)):
         if i:
             parts.append({"type": "image"})
-        piece = piece.strip("\n")
+            piece = piece.removeprefix("\n")  # the separator the template writes after an image itself
         if piece:
             parts.append({"type": "text", "text": piece})
     return parts

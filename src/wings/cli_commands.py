@@ -361,7 +361,8 @@ def iit_eval(
     if output and Path(output).exists() and not Path(output).is_dir():
         raise UsageError(f"--output '{output}' is a file; give a folder")
     dialogues = load_iit(data)
-    check_model_reads(model, "--model", images=dialogues_have_images(dialogues), why=f"dialogues in '{data}' show images")
+    check_model_reads(model, "--model", images=dialogues_have_images(dialogues),
+                      why=f"dialogues in '{data}' show images")
     loaded, processor = load_model_and_processor(model, **_given(device=device))
     result = evaluate_iit(
         loaded, processor, dialogues, image_folder=image_folder, batch_size=batch_size, method=method,

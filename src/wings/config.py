@@ -10,6 +10,7 @@ from .compat import SubConfigSpec
 from .errors import ConfigError, UnsupportedModelError
 
 from .families import TEXT_FAMILIES, VISION_ENCODERS, text_family
+from .image_layout import IMAGE_LAYOUTS, default_grid_pinpoints, image_layout_of
 
 # Decoder families whose blocks the WINGS layer runs (described in `wings.families`), and vision encoders.
 SUPPORTED_TEXT_MODEL_TYPES = tuple(TEXT_FAMILIES)
@@ -38,6 +39,16 @@ class WingsConfig(PreTrainedConfig):
         learner_mode: "routed" (both learners mixed by the router, stage 2 and inference) or
             "visual_only" (stage 1: h <- h + visual_out, no router, textual learner unused).
         learner_init_std: std of the truncated-normal init of the LoRRA down-projections A.
+        image_layout: how an image becomes tokens (see `wings.image_layout`): "fixed" (one square of the
+            encoder's size, `image_seq_length` tokens), "anyres" (LLaVA-NeXT tiling: overview + a grid of
+            tiles fitted to the aspect ratio) or "native" (SigLIP 2 NaFlex at the image's aspect ratio, up to
+            `max_num_patches` patches).
+        image_grid_pinpoints: anyres: candidate tiled resolutions [height, width] in pixels, multiples of the
+            encoder's image size; `None` gives LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1 and 1x3 tile grids.
+        image_pooling: anyres: average-pool tile features over `image_pooling` x `image_pooling` patches
+            (2 cuts the tiles' tokens by 4); 1 keeps them all.
+        image_newline: anyres: a learned row-separator embedding after each row of tile features.
+        max_num_patches: native: the most patches (= tokens) per image; `None`: the tower's `num_patches`.
     """
 
     model_type = "wings"
@@ -63,6 +74,11 @@ class WingsConfig(PreTrainedConfig):
     learner_mode: Literal["routed", "visual_only"] = "routed"
     learner_init_std: float = 0.02
     tie_word_embeddings: bool = False
+    image_layout: Literal["fixed", "anyres", "native"] = "fixed"
+    image_grid_pinpoints: list[list[int]] | None = None
+    image_pooling: int = 1
+    image_newline: bool = True
+    max_num_patches: int | None = None
 
     def __post_init__(self, **kwargs):
         if SubConfigSpec is None:
@@ -73,6 +89,10 @@ class WingsConfig(PreTrainedConfig):
             self.tie_word_embeddings = True
         if self.image_seq_length is None:
             self.image_seq_length = default_image_seq_length(self.vision_config)
+        if self.image_layout == "anyres" and self.image_grid_pinpoints is None:
+            self.image_grid_pinpoints = default_grid_pinpoints(image_layout_of(self).tile_size)
+        if self.image_layout == "native" and self.max_num_patches is None:
+            self.max_num_patches = getattr(self.vision_config, "num_patches", None)
         self.check()
 
     def check(self) -> None:
@@ -116,13 +136,52 @@ class WingsConfig(PreTrainedConfig):
                 f"WingsConfig: image_seq_length={self.image_seq_length}, but the vision encoder yields "
                 f"{default_image_seq_length(vision)} patch tokens per image."
             )
+        self._check_image_layout()
         if not 0 <= self.image_token_id:
             raise ConfigError(f"WingsConfig: image_token_id must be a token id, got {self.image_token_id}.")
+
+    def _check_image_layout(self) -> None:
+        if self.image_layout not in IMAGE_LAYOUTS:
+            raise ConfigError(f"WingsConfig: image_layout must be one of {IMAGE_LAYOUTS}, got '{self.image_layout}'.")
+        if self.image_layout == "native" and self.vision_config.model_type != "siglip2_vision_model":
+            raise ConfigError(
+                f"WingsConfig: image_layout='native' needs a SigLIP 2 NaFlex tower (siglip2_vision_model), not "
+                f"'{self.vision_config.model_type}'; use 'anyres' (tiling) for fixed-resolution encoders."
+            )
+        if self.image_layout == "native" and not (self.max_num_patches or 0) >= 1:
+            raise ConfigError(f"WingsConfig: max_num_patches must be >= 1, got {self.max_num_patches}.")
+        if self.image_pooling < 1:
+            raise ConfigError(f"WingsConfig: image_pooling must be >= 1, got {self.image_pooling}.")
+        if self.image_layout == "anyres":
+            tile = image_layout_of(self).tile_size
+            for pinpoint in self.image_grid_pinpoints:
+                if len(pinpoint) != 2 or any(side < tile or side % tile for side in pinpoint):
+                    raise ConfigError(
+                        f"WingsConfig: image_grid_pinpoints entry {pinpoint} is not [height, width] in whole tiles of "
+                        f"{tile} pixels (the vision encoder's image size)."
+                    )
 
     @property
     def layers_with_learners(self) -> list[int]:
         n = self.text_config.num_hidden_layers
         return sorted(set(range(n) if self.learner_layers is None else self.learner_layers))
+
+
+# The fields that say how images become tokens: they may change from one training stage to the next.
+IMAGE_LAYOUT_FIELDS = ("image_layout", "image_grid_pinpoints", "image_pooling", "image_newline", "max_num_patches")
+
+
+def with_image_layout(config: WingsConfig, **settings) -> WingsConfig:
+    """A new `WingsConfig`: `config` with the `IMAGE_LAYOUT_FIELDS` in `settings` (checked; `config` unchanged).
+
+    A new `image_layout` without `image_grid_pinpoints` gets that layout's default pinpoints.
+    """
+    unknown = sorted(set(settings) - set(IMAGE_LAYOUT_FIELDS))
+    if unknown:
+        raise ConfigError(f"with_image_layout: {unknown} are not image-layout fields {IMAGE_LAYOUT_FIELDS}")
+    if "image_layout" in settings and "image_grid_pinpoints" not in settings:
+        settings["image_grid_pinpoints"] = None
+    return WingsConfig(**{**config.to_dict(), **settings})
 
 
 def _sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:

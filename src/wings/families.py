@@ -100,7 +100,8 @@ class VllmParts:
             None where vLLM has none (it serves such families through its Transformers backend): the plugin's
             own layer then runs without learners.
         layer_args: how that class is constructed: "vllm_config" (`Class(vllm_config, prefix=..., config=text)`,
-            Llama style) or "configs" (`Class(text, cache_config, quant_config, prefix=...)`, Qwen style).
+            Llama style), "vllm_config_only" (`Class(vllm_config, prefix=...)`, reading the text config from it) or
+            "configs" (`Class(text, cache_config, quant_config, prefix=...)`, Qwen style).
         qkv_bias: whether q/k/v projections have biases: a bool, or the config attribute that says so.
         o_bias: the same for the output projection.
         default_rope_theta: the RoPE base vLLM's model assumes when the config names none (Qwen: 1e6), or None.
@@ -118,6 +119,8 @@ class VllmParts:
         embedding_scale: whether the decoder scales its token embeddings by sqrt(d) (Gemma; the image features
             scattered into them are not scaled, as in the Hugging Face model).
         logits_softcap: config attribute holding the final logit softcap (Gemma 2), or None.
+        sparse_mlp: vLLM's mixture-of-experts block of the family ("module:Class", built from the vLLM config and
+            its prefix), used on the layers the config makes sparse (`wings.serving.layers.sparse_layer`), or None.
     """
 
     decoder_layer: str | None
@@ -135,6 +138,7 @@ class VllmParts:
     mlp_activation: str = "hidden_act"
     embedding_scale: bool = False
     logits_softcap: str | None = None
+    sparse_mlp: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,10 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
                             vllm=VllmParts(_VLLM + "mistral:MistralDecoderLayer")),
     "qwen3": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms", vllm=VllmParts(
         _VLLM + "qwen3:Qwen3DecoderLayer", "configs", default_rope_theta=1e6)),
-    "qwen3_moe": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms, MoE MLP"),
+    "qwen3_moe": TextFamily(PRE_NORM, AttentionLayout(qk_norm="head"), notes="per-head q/k norms, MoE MLP",
+                            vllm=VllmParts(_VLLM + "qwen3_moe:Qwen3MoeDecoderLayer", "vllm_config_only",
+                                           default_rope_theta=1e6,
+                                           sparse_mlp=_VLLM + "qwen3_moe:Qwen3MoeSparseMoeBlock")),
     "gemma2": TextFamily(
         SANDWICH,
         AttentionLayout(softcap="attn_logit_softcapping"),

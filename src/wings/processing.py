@@ -1,16 +1,28 @@
-"""`WingsProcessor`: tokenizer + image processor; expands each `<image>` into `image_seq_length` image tokens."""
+"""`WingsProcessor`: tokenizer + image processor; expands each `<image>` into that image's tokens.
+
+How many tokens an image has follows the model's `image_layout` (`image_token_count`, re-exported here for
+data pipelines): `image_seq_length` for "fixed"; for "anyres" and "native" it depends on the image's size.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.parse
 from typing import Any
 
+import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
+from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+from transformers.image_transforms import divide_to_patches, to_pil_image
+from transformers.image_utils import ChannelDimension, to_numpy_array
 
 from .chat_content import content_format, template_content
+from .image_layout import IMAGE_LAYOUTS, ImageLayout, image_layout_of, image_token_count
 from .modeling.model import ensure_image_token
+
+__all__ = ["WingsProcessor", "image_token_count", "image_layout_of", "processor_image_settings"]
 
 
 # Options of the tokenizer call that `apply_chat_template(..., tokenize=True)` hands to the processor.
@@ -113,17 +125,50 @@ def mean_color(image_processor) -> tuple[int, int, int]:
     return tuple(int(x * 255) for x in image_processor.image_mean)
 
 
+def processor_image_settings(config) -> dict[str, Any]:
+    """The `WingsProcessor` arguments that make it expand and prepare images as the model `config` expects."""
+    return {
+        "image_seq_length": config.image_seq_length,
+        "image_layout": config.image_layout,
+        "image_grid_pinpoints": config.image_grid_pinpoints,
+        "image_pooling": config.image_pooling,
+        "image_newline": config.image_newline,
+        "max_num_patches": config.max_num_patches,
+        "patch_size": config.vision_config.patch_size,
+        "tile_size": image_layout_of(config).tile_size,
+    }
+
+
+def tile_image(image: Image.Image, layout: ImageLayout, background_rgb: tuple[int, int, int]) -> list[Image.Image]:
+    """LLaVA-NeXT's tiling: resize to fit the best pinpoint (aspect ratio kept), centre on a canvas of the
+    pinpoint's size filled with `background_rgb`, cut into tiles of `layout.tile_size`, row by row."""
+    width, height = image.size
+    best = select_best_resolution((height, width), [list(p) for p in layout.grid_pinpoints])
+    new_height, new_width = get_patch_output_size(to_numpy_array(image), best, ChannelDimension.LAST)
+    canvas = Image.new("RGB", (best[1], best[0]), background_rgb)
+    canvas.paste(image.resize((new_width, new_height), Image.BICUBIC),
+                 ((best[1] - new_width) // 2, (best[0] - new_height) // 2))
+    tiles = divide_to_patches(to_numpy_array(canvas).transpose(2, 0, 1), layout.tile_size)  # channels first
+    return [to_pil_image(tile, input_data_format=ChannelDimension.FIRST) for tile in tiles]
+
+
 class WingsProcessor(ProcessorMixin):
     """Prepare text (with `<image>` markers) and images for `WingsForConditionalGeneration`.
 
     Args:
         image_processor: a SigLIP/CLIP image processor.
         tokenizer: the LLM tokenizer; it must know `image_token` (added if missing).
-        image_seq_length: image tokens per image (the model config's value).
+        image_seq_length: image tokens of one square image at the encoder's size (the model config's value).
         image_token: the marker users write in text, one per image.
         image_mode: "pad" (to a square in the mean colour first, as the released recipe trains) or
-            "resize" (the image processor's own resizing); training records the mode it used here.
+            "resize" (the image processor's own resizing); training records the mode it used here. With
+            "anyres" it prepares the overview image.
         chat_template: optional template; by default the tokenizer's own is used.
+        image_layout, image_grid_pinpoints, image_pooling, image_newline, max_num_patches: the model config's
+            values (`WingsConfig`; pass `**processor_image_settings(config)`).
+        patch_size: the vision encoder's patch side in pixels (needed by "anyres" and "native").
+        tile_size: the side in pixels of the encoder's square input (anyres tiles); default
+            patch_size * sqrt(image_seq_length).
     """
 
     def __init__(
@@ -134,22 +179,107 @@ class WingsProcessor(ProcessorMixin):
         image_token: str = "<image>",
         image_mode: str = "pad",
         chat_template: str | None = None,
+        image_layout: str = "fixed",
+        image_grid_pinpoints: list[list[int]] | None = None,
+        image_pooling: int = 1,
+        image_newline: bool = True,
+        max_num_patches: int | None = None,
+        patch_size: int | None = None,
+        tile_size: int | None = None,
         **kwargs,
     ):
         if image_mode not in ("pad", "resize"):
             raise ValueError(f"image_mode must be 'pad' or 'resize', got {image_mode!r}")
+        if image_layout not in IMAGE_LAYOUTS:
+            raise ValueError(f"image_layout must be one of {IMAGE_LAYOUTS}, got {image_layout!r}")
+        if image_layout != "fixed" and patch_size is None:
+            raise ValueError(f"image_layout={image_layout!r} needs the encoder's patch_size (processor_image_settings)")
         self.image_seq_length = image_seq_length
         self.image_token = image_token
         self.image_mode = image_mode
+        self.image_layout = image_layout
+        self.image_grid_pinpoints = image_grid_pinpoints
+        self.image_pooling = image_pooling
+        self.image_newline = image_newline
+        self.max_num_patches = max_num_patches
+        self.patch_size = patch_size
+        self.tile_size = tile_size
         self.image_token_id = ensure_image_token(tokenizer, image_token)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             # Llama 3 ships no pad token; padded positions are masked anyway, so eos can stand in.
             tokenizer.pad_token = tokenizer.eos_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
-    def expand_image_tokens(self, text: str) -> str:
-        """Replace each `<image>` marker by `image_seq_length` copies of it."""
-        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+    @property
+    def layout(self) -> ImageLayout:
+        """The geometry that decides each image's token count (`image_token_count(h, w, processor.layout)`)."""
+        patch = self.patch_size or 1
+        return ImageLayout(
+            kind=self.image_layout,
+            tile_size=self.tile_size or patch * math.isqrt(self.image_seq_length),
+            patch_size=patch,
+            grid_pinpoints=tuple(tuple(p) for p in self.image_grid_pinpoints or ()),
+            pooling=self.image_pooling,
+            newline=self.image_newline,
+            max_num_patches=self.max_num_patches or 0,
+        )
+
+    def with_image_settings(self, config, image_mode: str | None = None) -> WingsProcessor:
+        """A copy that prepares images as the model `config` expects (tokenizer and image processor shared)."""
+        return WingsProcessor(
+            image_processor=self.image_processor, tokenizer=self.tokenizer, image_token=self.image_token,
+            image_mode=image_mode or self.image_mode, chat_template=self.chat_template,
+            **processor_image_settings(config),
+        )
+
+    def image_token_count(self, image: Image.Image | tuple[int, int]) -> int:
+        """Image tokens `image` (a PIL image or its (height, width)) becomes: its `<image>` marker's expansion."""
+        height, width = (image.height, image.width) if isinstance(image, Image.Image) else image
+        return image_token_count(height, width, self.layout)
+
+    def expand_image_tokens(self, text: str, images: list[Image.Image | tuple[int, int]] | None = None) -> str:
+        """Replace each `<image>` marker by its image's tokens: `image_seq_length` copies for the fixed layout;
+        for the others, `image_token_count` of the matching image of `images` (PIL images or (height, width),
+        in marker order; extra ones, past the text's markers, are ignored)."""
+        if self.image_layout == "fixed":
+            return text.replace(self.image_token, self.image_token * self.image_seq_length)
+        pieces = text.split(self.image_token)
+        if images is None or len(images) < len(pieces) - 1:
+            raise ValueError(
+                f"image_layout={self.image_layout!r}: expanding {len(pieces) - 1} '{self.image_token}' marker(s) needs "
+                f"their images (got {0 if images is None else len(images)}): each image's token count depends on its size"
+            )
+        counts = [self.image_token_count(image) for image in images[: len(pieces) - 1]]
+        return "".join(piece + self.image_token * n for piece, n in zip(pieces, counts + [0]))
+
+    def prepare_images(self, images: list[Image.Image], return_tensors: str | None = "pt") -> dict[str, Any]:
+        """Model image inputs for `images` (in order), per `image_layout`.
+
+        fixed: pixel_values [n, 3, S, S]. anyres: pixel_values [n_tiles, 3, S, S] (each image's overview, then
+        its tiles) and image_sizes [n, 2] (height, width). native: pixel_values [n, max_num_patches, p * p * 3],
+        pixel_attention_mask [n, max_num_patches] and spatial_shapes [n, 2] (SigLIP 2's image processor).
+        """
+        images = [to_pil_image(i) if not isinstance(i, Image.Image) else i for i in images]
+        images = [image.convert("RGB") for image in images]
+        if self.image_layout == "native":
+            from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+            naflex = Siglip2ImageProcessorPil(
+                patch_size=self.patch_size, max_num_patches=self.max_num_patches,
+                image_mean=self.image_processor.image_mean, image_std=self.image_processor.image_std,
+            )
+            return dict(naflex(images, return_tensors=return_tensors))
+        background = mean_color(self.image_processor)
+        squares = [pad_to_square(i, background) for i in images] if self.image_mode == "pad" else images
+        if self.image_layout == "fixed":
+            return {"pixel_values": self.image_processor(squares, return_tensors=return_tensors)["pixel_values"]}
+        layout = self.layout
+        tiles = [tile for image, square in zip(images, squares) for tile in [square, *tile_image(image, layout, background)]]
+        sizes = [[image.height, image.width] for image in images]
+        return {
+            "pixel_values": self.image_processor(tiles, return_tensors=return_tensors)["pixel_values"],
+            "image_sizes": torch.tensor(sizes) if return_tensors == "pt" else sizes,
+        }
 
     def __call__(
         self,
@@ -163,7 +293,7 @@ class WingsProcessor(ProcessorMixin):
         """Tokenize `text` (one string or a batch) whose `<image>` markers match `images` in order.
 
         Batches are left-padded by default, as `generate()` needs. Returns input_ids [B, T],
-        attention_mask [B, T] and, with images, pixel_values [n_images, 3, H, W].
+        attention_mask [B, T] and, with images, what `prepare_images` gives (fixed: pixel_values [n_images, 3, H, W]).
         """
         if text is None:
             raise ValueError("WingsProcessor needs text (use '<image>' markers where images go)")
@@ -175,8 +305,15 @@ class WingsProcessor(ProcessorMixin):
                 f"the text has {n_markers} '{self.image_token}' marker(s) but {len(image_list)} image(s) were given; "
                 "each image needs exactly one marker."
             )
+        if self.image_layout != "fixed":
+            image_list = [to_pil_image(i) if not isinstance(i, Image.Image) else i for i in image_list]
+        per_text, start = [], 0
+        for t in texts:
+            n = t.count(self.image_token)
+            per_text.append(image_list[start : start + n])
+            start += n
         encoded = self.tokenizer(
-            [self.expand_image_tokens(t) for t in texts],
+            [self.expand_image_tokens(t, imgs) for t, imgs in zip(texts, per_text)],
             padding=padding,
             padding_side=padding_side,
             return_tensors=return_tensors,
@@ -185,11 +322,14 @@ class WingsProcessor(ProcessorMixin):
         )
         data = dict(encoded)
         if image_list:
-            if self.image_mode == "pad":
-                background = mean_color(self.image_processor)
-                image_list = [pad_to_square(img.convert("RGB"), background) if isinstance(img, Image.Image) else img
-                              for img in image_list]
-            data["pixel_values"] = self.image_processor(image_list, return_tensors=return_tensors)["pixel_values"]
+            if self.image_layout == "fixed":  # as before: arrays pass straight to the image processor
+                if self.image_mode == "pad":
+                    background = mean_color(self.image_processor)
+                    image_list = [pad_to_square(img.convert("RGB"), background) if isinstance(img, Image.Image) else img
+                                  for img in image_list]
+                data["pixel_values"] = self.image_processor(image_list, return_tensors=return_tensors)["pixel_values"]
+            else:
+                data.update(self.prepare_images(image_list, return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def apply_chat_template(

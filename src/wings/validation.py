@@ -191,7 +191,8 @@ def check_output_dir(output: str | os.PathLike, resume: bool = False, overwrite:
 
     Raises:
         UsageError: `output` is a file, or both `resume` and `overwrite` were given.
-        OutputExistsError: `output` holds a finished run or checkpoints and neither flag was given.
+        OutputExistsError: `output` holds a finished run or checkpoints and neither flag was given, or
+            `resume` was given for a final model without checkpoints (resuming would retrain it).
     """
     path = Path(output)
     if path.exists() and not path.is_dir():
@@ -199,6 +200,11 @@ def check_output_dir(output: str | os.PathLike, resume: bool = False, overwrite:
     if resume and overwrite:
         raise UsageError("--resume continues the run in --output and --overwrite replaces it: pass one of them")
     found = run_contents(path)
+    if resume and found and not any(name.startswith(CHECKPOINT_PREFIX) for name in found):
+        raise OutputExistsError(
+            f"--resume: --output '{output}' holds a final model but no checkpoint to continue from; pass "
+            "--overwrite to train it again from scratch"
+        )
     if found and not (resume or overwrite):
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         raise OutputExistsError(

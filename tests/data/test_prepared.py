@@ -113,7 +113,8 @@ def _image(name, ext="png"):
 BAD = {  # sample id -> (sample, what the message says)
     "missing": (_image("missing"), r"image 'missing\.png' not found under image folder"),
     "not_an_image": (_image("not_an_image"), r"image '.*not_an_image\.png' cannot be decoded"),
-    "truncated_jpeg": (_image("truncated_jpeg", "jpg"), r"image '.*truncated_jpeg\.jpg' cannot be decoded: image file is tr"),
+    "truncated_jpeg": (_image("truncated_jpeg", "jpg"),
+                       r"image '.*truncated_jpeg\.jpg' cannot be decoded: image file is truncated"),
     "corrupt_png": (_image("corrupt_png"), r"image '.*corrupt_png\.png' cannot be decoded"),
     "mismatch": ({"id": "mismatch", "image": ["red.png", "green.png"],
                   "conversations": [turn("human", "<image>\nWhat?"), turn("gpt", "A.")]},

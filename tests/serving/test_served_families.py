@@ -9,15 +9,7 @@ pytest.importorskip("vllm")
 
 from wings.families import TEXT_FAMILIES, VISION_ENCODERS, VLLM_VISION_TOWERS  # noqa: E402
 
-# Families the plugin does not serve yet (issue 19 continues): each must fail below until it is served.
-NOT_SERVED_YET = {"qwen3_moe"}
-
-
-@pytest.mark.parametrize(
-    "model_type",
-    [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason="not served yet")) if t in NOT_SERVED_YET else t
-     for t in TEXT_FAMILIES],
-)
+@pytest.mark.parametrize("model_type", list(TEXT_FAMILIES))
 def test_every_family_in_the_table_is_served(model_type):
     from wings.serving.families import load_class, missing_parts
 

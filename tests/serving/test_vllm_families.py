@@ -7,7 +7,8 @@ different widths); Ministral's sliding and full layers; Phi-3's fused qkv_proj a
 embedding, attention, residual and logits multipliers; OLMo 2's post-norms and q/k norms over the projection;
 SmolLM3's NoPE layers (layer 0 with RoPE, 1 and 2 without); Gemma 3's sandwich norms (Gemma's 1 + w RMSNorm),
 sqrt(d) embedding scale, query_pre_attn_scalar, per-head q/k norms and local/global layers with their own
-windows and RoPE bases (the learners rotate with their layer's); Gemma 2's attention and final logit softcaps. Layer 1 has no learners, so vLLM's own decoder layer
+windows and RoPE bases (the learners rotate with their layer's); Gemma 2's attention and final logit softcaps; Qwen3-MoE's experts through vLLM's fused MoE (layers 0 and 2
+sparse, layer 1 dense). Layer 1 has no learners, so vLLM's own decoder layer
 of the family runs there (WINGS' own layer, without learners, for OLMo 2 and SmolLM3, which vLLM serves only
 through its Transformers backend). Qwen2 is the model of the other tests. The engines run one after the
 other in one subprocess, each on a text-only prompt, one image and two images submitted together (a batch).
@@ -22,7 +23,7 @@ pytest.importorskip("vllm")
 from tiny_serving import ENGINE_PROMPTS, engines_greedy, hf_greedy, save_tiny_wings  # noqa: E402
 
 N_TOKENS = 6
-FAMILIES = ("llama", "qwen3", "mistral", "ministral", "phi3", "granite", "olmo2", "smollm3", "gemma3_text", "gemma2")
+FAMILIES = ("llama", "qwen3", "mistral", "ministral", "phi3", "granite", "olmo2", "smollm3", "gemma3_text", "gemma2", "qwen3_moe")
 
 
 @pytest.mark.slow

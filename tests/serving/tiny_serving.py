@@ -31,7 +31,7 @@ from transformers import (
 from tiny import randomize_learners  # tests/: on the path of pytest and of the engine subprocesses below
 from wings import WingsForConditionalGeneration
 from wings.data.tokenizer import train_chat_tokenizer
-from wings.processing import WingsProcessor
+from wings.processing import WingsProcessor, processor_image_settings
 
 IMAGE_SIZE, PATCH = 32, 8  # 16 image tokens per image
 CORPUS = [
@@ -62,6 +62,8 @@ FAMILY_LLMS = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
         head_dim=64, sliding_window=SLIDING_WINDOW, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
         query_pre_attn_scalar=20)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1])),
     "granite": ("GraniteConfig", "GraniteForCausalLM", dict(
         embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
 }
@@ -112,7 +114,7 @@ def save_tiny_wings(folder: Path, family: str = "qwen2", learner_layers=(0, 2), 
     randomize_learners(model)
     processor = WingsProcessor(
         SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}), tokenizer,
-        image_seq_length=model.config.image_seq_length,
+        **processor_image_settings(model.config),
     )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -289,15 +291,18 @@ from vllm import LLM, SamplingParams
 if __name__ == "__main__":
     folders, prompts, n_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
     enforce_eager, tp_size = sys.argv[4] == "1", int(sys.argv[5])
+    # image (width, height) per prompt and image (default: sample_image's), and further LLM(...) options
+    sizes, options = json.loads(sys.argv[6]), json.loads(sys.argv[7])
     results = []
     for folder in folders:  # one engine after the other: the process starts (imports vLLM) once
         llm = LLM(model=folder, dtype="float32", enforce_eager=enforce_eager, max_model_len=512, block_size=32,
                   max_num_seqs=4, limit_mm_per_prompt={{"image": 2}}, tensor_parallel_size=tp_size,
-                  distributed_executor_backend="mp" if tp_size > 1 else None)
+                  distributed_executor_backend="mp" if tp_size > 1 else None, **options)
         requests = [{{"prompt": p}} for p, _ in prompts]
-        for request, (_, n) in zip(requests, prompts):
+        for k, (request, (_, n)) in enumerate(zip(requests, prompts)):
             if n:
-                request["multi_modal_data"] = {{"image": [sample_image(i) for i in range(n)]}}
+                request["multi_modal_data"] = {{"image": [sample_image(i, *([tuple(sizes[k][i])] if sizes else []))
+                                                          for i in range(n)]}}
         params = SamplingParams(temperature=0, max_tokens=n_tokens, min_tokens=n_tokens, logprobs=0)
         outputs = [o.outputs[0] for o in llm.generate(requests, params, use_tqdm=False)]
         results.append([[list(o.token_ids), [step[t].logprob for step, t in zip(o.logprobs, o.token_ids)]]
@@ -352,9 +357,13 @@ def engine_greedy(folder: Path, prompts: list[tuple[str, int]], n_tokens: int, w
 
 
 def engines_greedy(folders: list[Path], prompts: list[tuple[str, int]], n_tokens: int, workdir: Path,
-                   enforce_eager: bool = True, tensor_parallel_size: int = 1) -> list[list[tuple[list[int], list[float]]]]:
+                   enforce_eager: bool = True, tensor_parallel_size: int = 1, image_sizes=None,
+                   **llm_options) -> list[list[tuple[list[int], list[float]]]]:
     """`engine_greedy` for several saved models, one engine after the other in one subprocess (vLLM is imported
-    once): per folder, per prompt, (greedy ids, their log-probabilities)."""
+    once): per folder, per prompt, (greedy ids, their log-probabilities).
+
+    image_sizes: per prompt, the (width, height) of each of its images (default: `sample_image`'s size);
+    llm_options: further `vllm.LLM` arguments (e.g. max_num_batched_tokens)."""
     import json
     import os
     import subprocess
@@ -370,7 +379,7 @@ def engines_greedy(folders: list[Path], prompts: list[tuple[str, int]], n_tokens
         cpus = sorted(os.sched_getaffinity(0))[:tensor_parallel_size]
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cpus)
     args = [sys.executable, str(script), json.dumps([str(f) for f in folders]), json.dumps(prompts), str(n_tokens),
-            "1" if enforce_eager else "0", str(tensor_parallel_size)]
+            "1" if enforce_eager else "0", str(tensor_parallel_size), json.dumps(image_sizes), json.dumps(llm_options)]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900 * len(folders))
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("engine-result: ")]

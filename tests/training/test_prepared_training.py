@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -92,3 +93,15 @@ def test_data_prepare_fills_the_cache_train_reads_and_stats_counts(tiny_hub, dat
     assert (stats["samples"], stats["image_samples"], stats["text_samples"], stats["images"]) == (16, 12, 4, 12)
     assert stats["length"]["max"] > stats["length"]["min"] >= 4 and 0 < stats["label_tokens"] < stats["tokens"]
     assert (stats_dir / "data_lengths.png").stat().st_size > 0
+
+
+def test_packed_training_runs(tiny_hub, dataset, tmp_path, monkeypatch, caplog):
+    data, images = dataset
+    monkeypatch.setenv("WINGS_DATA_CACHE", str(tmp_path / "cache"))
+    caplog.set_level("INFO", logger="wings.training.run")
+    assert _train(tiny_hub, tmp_path / "packed", "data.packing=true", "data.max_length=256", "model.learner_mode=routed",
+                  "train.textual_learners=1e-4", "train.router=1e-4", data=[data], images=images) == 0
+    [message] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packing:")]
+    samples, rows = (int(n) for n in re.findall(r"(\d+) (?:samples|rows)", message))
+    assert samples == 16 and rows < samples  # several samples per row
+    assert (tmp_path / "packed" / "model.safetensors").is_file()

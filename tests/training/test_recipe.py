@@ -6,7 +6,8 @@ from tiny import tiny_wings
 from wings.training.groups import parameter_groups, set_trainable
 from wings.training.recipe import RecipeError, load_recipe, recipe_from_dict
 
-SHIPPED = ["wings_stage1", "wings_stage2", "llava_stage1", "llava_stage2", "lora_stage2"]
+SHIPPED = ["wings_stage1", "wings_stage2", "llava_stage1", "llava_stage2", "lora_stage2", "wings_anyres_stage1",
+           "wings_anyres_stage2"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -38,11 +39,44 @@ def test_overrides_are_parsed_as_yaml():
         ({"name": "x", "method": "llava", "train": {"router": 1e-3}}, "no learners or router"),
         ({"name": "x", "train": {"llm": 1e-3}, "optim": {"batchsize": 2}}, r"unknown key\(s\) \['batchsize'\] in 'optim'"),
         ({"name": "x", "trian": {}}, "unknown key"),
+        # values are typed and range-checked when the recipe is built
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": {"epochs": "two"}}, "optim.epochs must be a number"),
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": {"epochs": 0}}, r"optim.epochs must be > 0"),
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": {"bf16": "yes"}}, "optim.bf16 must be true or false"),
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": {"save_total_limit": 0}}, "save_total_limit must be >= 1"),
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": {"warmup_ratio": 3}}, "warmup_ratio is a fraction"),
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": {"report_to": [1]}}, r"optim.report_to\[0\] must be a string"),
+        ({"name": "x", "train": {"llm": 1e-3}, "optim": "fast"}, "'optim' must be a mapping"),
+        ({"name": "x", "train": {"llm": 1e-3}, "data": {"num_proc": 0}}, "data.num_proc must be >= 1"),
+        ({"name": "x", "train": {"llm": 1e-3}, "model": {"learner_rank": 0}}, "model.learner_rank must be >= 1"),
+        ({"name": "x", "train": {"llm": 1e-3}, "model": {"learner_layers": [0, "one"]}}, r"learner_layers\[1\]"),
+        ({"name": "x", "train": {"llm": 1e-3}, "model": {"learner_mode": "both"}}, "learner_mode must be one of"),
+        ({"name": "x", "method": "lora", "train": {"lora": 1e-3}, "lora": {"dropout": 1.5}}, "lora.dropout"),
+        ({"name": "x", "train": {"llm": "fast"}}, "train.llm must be a number"),
+        ({"name": "x", "train": {"llm": 1e-3}, "data": {"packing": "yes"}}, "data.packing must be true or false"),
+        ({"name": "x", "train": {"llm": 1e-3}, "data": {"packing": True, "group_by_modality_length": True}},
+         "data.packing and data.group_by_modality_length exclude each other"),
+        ({"name": "x", "train": {"llm": 1e-3}, "data": {"packing": True}, "model": {"router": "positional"}},
+         "data.packing needs model.router 'segment'"),
     ],
 )
 def test_recipe_mistakes_are_named(raw, message):
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict(raw, "my.yaml")
+
+
+def test_packing_is_off_by_default_and_set_by_an_override():
+    assert load_recipe("wings_stage1").data.packing is False
+    assert load_recipe("wings_stage1", ["data.packing=true"]).data.packing is True
+
+
+def test_recipe_values_keep_their_types():
+    recipe = recipe_from_dict({"name": "x", "train": {"llm": "2e-5"}, "optim": {"epochs": 2, "report_to": "wandb",
+                                                                               "save_total_limit": None},
+                               "model": {"learner_layers": None, "learner_init_std": 1}})
+    assert recipe.train == {"llm": 2e-5} and isinstance(recipe.optim.epochs, float) and recipe.optim.epochs == 2.0
+    assert recipe.optim.report_to == ["wandb"] and recipe.optim.save_total_limit is None
+    assert recipe.model == {"learner_layers": None, "learner_init_std": 1.0}
 
 
 def test_bad_override_and_missing_recipe():

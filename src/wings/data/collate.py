@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..processing import WingsProcessor
 from .conversation import IGNORE_INDEX, tokenize_conversation
-from .images import ImageMode, ImageTransform
+from .images import ImageMode, ImageTransform, fed_image_sizes, load_at_sizes
 from .llava import LlavaRecord, SampleTooLongError
 from .prepared import labels_from_spans
 
@@ -34,11 +34,12 @@ class PreparedDataset(Dataset):
         processor: its image processor transforms the images.
         image_mode: "pad" (LLaVA-1.5) or "resize"; see `ImageTransform`.
 
-    Each item: input_ids [T] (long), labels [T] (long), pixel_values [n_images, 3, H, W] or None.
+    Each item: input_ids [T] (long), labels [T] (long), pixel_values [n_images, 3, H, W] or None (other image
+    layouts: what `WingsProcessor.prepare_images` gives).
     """
 
     def __init__(self, rows, processor: WingsProcessor, image_mode: ImageMode = "pad"):
-        self.rows = rows.select_columns(["input_ids", "label_spans", "images", "length", "n_images"])
+        self.rows = rows.select_columns(["input_ids", "label_spans", "images", "image_sizes", "length", "n_images"])
         self.processor = processor
         self.transform = ImageTransform(processor, image_mode)
 
@@ -49,11 +50,17 @@ class PreparedDataset(Dataset):
         row = self.rows[index]
         input_ids = np.asarray(row["input_ids"], dtype=np.int64)
         images = row["images"]
-        return {
+        item = {
             "input_ids": torch.from_numpy(input_ids),
             "labels": torch.from_numpy(labels_from_spans(input_ids, row["label_spans"])),
-            "pixel_values": torch.stack([self.transform(p) for p in images]) if images else None,
+            "pixel_values": None,
         }
+        if images and self.processor.image_layout == "fixed":
+            item["pixel_values"] = torch.stack([self.transform(p) for p in images])
+        elif images:  # at the sizes the tokens were counted for (their own, or shrunk to the sample's budget)
+            sizes = np.asarray(row["image_sizes"]).reshape(-1, 2).tolist()
+            item.update(self.processor.prepare_images(load_at_sizes(images, sizes)))
+        return item
 
     @property
     def lengths(self) -> np.ndarray:
@@ -76,8 +83,13 @@ class LlavaDataset(Dataset):
         image_mode: "pad" (LLaVA-1.5) or "resize"; see `ImageTransform`.
         drop_too_long: tokenise every record now and drop (with a warning each, and a total) those
             that do not fit `max_length`, instead of raising `SampleTooLongError` during training.
+        max_image_tokens: the most image tokens a sample may have (None: no limit). With the "anyres" and
+            "native" layouts a sample over it has its images shrunk (aspect ratios kept) until they fit
+            (`fit_image_token_budget`: fewer tiles or patches); a sample that cannot fit is too long.
 
-    Each item: input_ids [T] (long), labels [T] (long), pixel_values [n_images, 3, H, W] or None.
+    Each item: input_ids [T] (long), labels [T] (long), pixel_values [n_images, 3, H, W] or None; with the
+    "anyres" and "native" layouts, what `WingsProcessor.prepare_images` gives (pixel_values and image_sizes, or
+    pixel_values, pixel_attention_mask and spatial_shapes).
     """
 
     def __init__(
@@ -87,41 +99,66 @@ class LlavaDataset(Dataset):
         max_length: int | None,
         image_mode: ImageMode = "pad",
         drop_too_long: bool = False,
+        max_image_tokens: int | None = None,
     ):
         self.processor = processor
         self.max_length = max_length
+        self.max_image_tokens = max_image_tokens
         self.transform = ImageTransform(processor, image_mode)
         self.records = list(records)
         if drop_too_long:
-            self.records = drop_too_long_records(self.records, processor, max_length)
+            self.records = drop_too_long_records(self.records, processor, max_length, self.image_sizes)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def image_sizes(self, record: LlavaRecord) -> list[tuple[int, int]] | None:
+        """(height, width) each image of `record` is fed at (`fed_image_sizes`)."""
+        return fed_image_sizes(record.images, self.processor, self.max_image_tokens, record.name)
+
+    def tokenize(self, record: LlavaRecord):
+        """`tokenize_conversation` of `record` with its images at the sizes they are fed at."""
+        return tokenize_conversation(record, self.processor, self.max_length, self.image_sizes(record))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        tokens = tokenize_conversation(record, self.processor, self.max_length)
-        pixel_values = torch.stack([self.transform(p) for p in record.images]) if record.images else None
-        return {
+        sizes = self.image_sizes(record)
+        tokens = tokenize_conversation(record, self.processor, self.max_length, sizes)
+        item = {
             "input_ids": torch.tensor(tokens["input_ids"], dtype=torch.long),
             "labels": torch.tensor(tokens["labels"], dtype=torch.long),
-            "pixel_values": pixel_values,
+            "pixel_values": None,
         }
+        if record.images and self.processor.image_layout == "fixed":
+            item["pixel_values"] = torch.stack([self.transform(p) for p in record.images])
+        elif record.images:
+            item.update(self.processor.prepare_images(load_at_sizes(record.images, sizes)))
+        return item
 
     @property
     def lengths(self) -> list[int]:
         """Estimated token counts (no tokenisation) for length-grouped sampling."""
-        return [r.num_tokens_estimate(self.processor.image_seq_length) for r in self.records]
+        if self.processor.image_layout == "fixed":
+            return [r.num_tokens_estimate(self.processor.image_seq_length) for r in self.records]
+        lengths = []
+        for record in self.records:
+            sizes = self.image_sizes(record)
+            text = record.num_tokens_estimate(0)
+            lengths.append(text + sum(self.processor.image_token_count(size) for size in sizes))
+        return lengths
 
 
 def drop_too_long_records(
-    records: Sequence[LlavaRecord], processor: WingsProcessor, max_length: int | None
+    records: Sequence[LlavaRecord], processor: WingsProcessor, max_length: int | None, image_sizes=None,
 ) -> list[LlavaRecord]:
-    """Records that tokenise within `max_length`; each dropped one is logged, then the total."""
+    """Records that tokenise within `max_length`; each dropped one is logged, then the total.
+
+    `image_sizes(record)` gives the sizes its images are fed at (layouts other than "fixed"; see `LlavaDataset`).
+    """
     kept = []
     for record in records:
         try:
-            tokenize_conversation(record, processor, max_length)
+            tokenize_conversation(record, processor, max_length, image_sizes(record) if image_sizes else None)
         except SampleTooLongError as err:
             logger.warning("dropping sample: %s", err)
             continue
@@ -141,7 +178,8 @@ class LlavaCollator:
         pad_to_multiple_of: round the padded length up to a multiple of this (None: no rounding).
 
     Returns from `__call__`: input_ids [B, T], attention_mask [B, T] (1 = real token), labels [B, T]
-    (IGNORE_INDEX on padding) and, when any sample has images, pixel_values [sum n_i, 3, H, W].
+    (IGNORE_INDEX on padding) and, when any sample has images, pixel_values [sum n_i, 3, H, W] (other layouts:
+    each image input of `WingsProcessor.prepare_images`, concatenated).
     """
 
     def __init__(
@@ -167,9 +205,12 @@ class LlavaCollator:
             "attention_mask": self._pad([torch.ones_like(x) for x in ids], length, 0),
             "labels": self._pad(labels, length, IGNORE_INDEX),
         }
-        images = [f["pixel_values"] for f in features if f.get("pixel_values") is not None]
-        if images:
-            batch["pixel_values"] = torch.cat(images, dim=0)
+        # Image inputs of every layout (pixel_values; image_sizes for anyres; the NaFlex mask and grid for native)
+        # are per image (or tile), so the batch's are the samples' in order.
+        for key in ("pixel_values", "image_sizes", "pixel_attention_mask", "spatial_shapes"):
+            values = [f[key] for f in features if f.get(key) is not None]
+            if values:
+                batch[key] = torch.cat(values, dim=0)
         return batch
 
     def _pad(self, rows: list[torch.Tensor], length: int, value: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 from ..processing import WingsProcessor, flatten_content
+from .images import image_size
 from .llava import DataError, LlavaRecord, SampleTooLongError
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def tokenize_conversation(
     record_or_messages: LlavaRecord | Sequence[dict],
     processor: WingsProcessor,
     max_length: int | None,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> TokenizedConversation:
     """Render and tokenise one conversation; label only the assistant turns.
 
@@ -82,9 +84,12 @@ def tokenize_conversation(
         processor: supplies the tokenizer, the chat template and `image_seq_length`.
         max_length: longest allowed sequence (None: no limit). Text may be cut at the end; a cut
             through or before an image, or one that leaves no assistant token, raises instead.
+        image_sizes: (height, width) of each image, in marker order, for image layouts whose token count
+            depends on the size ("anyres", "native"); default: read from a record's image files.
 
     Returns:
-        input_ids [T] with `image_seq_length` image tokens per `<image>` marker, labels [T] (the
+        input_ids [T] with each image's own number of image tokens (`processor.image_token_count`; for
+        the fixed layout `image_seq_length`) per `<image>` marker, labels [T] (the
         assistant content and its end-of-turn token; IGNORE_INDEX elsewhere, always on image tokens)
         and n_images.
 
@@ -102,13 +107,21 @@ def tokenize_conversation(
     if isinstance(record_or_messages, LlavaRecord) and n_images != record_or_messages.num_images:
         raise DataError(f"{name}: {n_images} image marker(s) but {record_or_messages.num_images} image(s)")
 
-    input_ids, labels = _render_and_label(messages, processor, name)
-    _check_image_tokens(input_ids, n_images, processor, name)
+    if processor.image_layout == "fixed":
+        image_sizes = None
+    elif image_sizes is None:
+        if not isinstance(record_or_messages, LlavaRecord):
+            raise DataError(f"{name}: image_layout={processor.image_layout!r} needs the images' sizes (image_sizes)")
+        image_sizes = [image_size(path) for path in record_or_messages.images]
+    input_ids, labels = _render_and_label(messages, processor, name, image_sizes)
+    _check_image_tokens(input_ids, n_images, processor, name, image_sizes)
     input_ids, labels = _truncate(input_ids, labels, max_length, processor.image_token_id, name)
     return TokenizedConversation(input_ids=input_ids, labels=labels, n_images=n_images)
 
 
-def _render_and_label(messages: list[dict], processor: WingsProcessor, name: str) -> tuple[list[int], list[int]]:
+def _render_and_label(
+    messages: list[dict], processor: WingsProcessor, name: str, image_sizes: Sequence[tuple[int, int]] | None = None
+) -> tuple[list[int], list[int]]:
     """Token ids of the whole rendered conversation and their labels (assistant replies located in it)."""
     template = resolve_chat_template(processor)
     tokenizer = processor.tokenizer
@@ -132,13 +145,16 @@ def _render_and_label(messages: list[dict], processor: WingsProcessor, name: str
     }
 
     # Expanding after rendering equals expanding the contents first: the template copies them verbatim.
-    encoding = tokenizer(processor.expand_image_tokens(full), add_special_tokens=False, return_offsets_mapping=True)
+    def expand(text: str) -> str:
+        return processor.expand_image_tokens(text, image_sizes)
+
+    encoding = tokenizer(expand(full), add_special_tokens=False, return_offsets_mapping=True)
     input_ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
     token_starts = [start for start, _ in offsets]
 
     def token_index(char: int) -> tuple[int, int]:
         """(tokens that start before `char` of `full`, `char`'s position in the expanded text)."""
-        expanded = len(processor.expand_image_tokens(full[:char]))
+        expanded = len(expand(full[:char]))
         return bisect.bisect_left(token_starts, expanded), expanded
 
     labels = [IGNORE_INDEX] * len(input_ids)
@@ -203,12 +219,20 @@ def _special_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def _check_image_tokens(input_ids: list[int], n_images: int, processor: WingsProcessor, name: str) -> None:
+def _check_image_tokens(
+    input_ids: list[int], n_images: int, processor: WingsProcessor, name: str,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+) -> None:
     found = sum(1 for t in input_ids if t == processor.image_token_id)
-    expected = n_images * processor.image_seq_length
+    if image_sizes is None:
+        expected = n_images * processor.image_seq_length
+        counted = f"{n_images} image(s) x {processor.image_seq_length}"
+    else:
+        expected = sum(processor.image_token_count(size) for size in image_sizes[:n_images])
+        counted = f"{n_images} image(s) at their own sizes, {processor.image_layout} layout"
     if found != expected:
         raise DataError(
-            f"{name}: expected {expected} image tokens ({n_images} image(s) x {processor.image_seq_length}) "
+            f"{name}: expected {expected} image tokens ({counted}) "
             f"after tokenisation, found {found}; the chat template or tokenizer altered '{processor.image_token}'"
         )
 

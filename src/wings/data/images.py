@@ -8,8 +8,9 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from ..image_layout import fit_image_token_budget
 from ..processing import mean_color, pad_to_square
-from .llava import DataError
+from .llava import DataError, SampleTooLongError
 
 ImageMode = Literal["pad", "resize"]
 
@@ -21,6 +22,39 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")  # convert() loads the pixels, so the file can be closed
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read image '{os.fspath(path)}': {err}") from err
+
+
+def image_size(path: str | os.PathLike | Image.Image) -> tuple[int, int]:
+    """(height, width) of an image file, from its header (the pixels are not decoded)."""
+    if isinstance(path, Image.Image):
+        return path.height, path.width
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image '{os.fspath(path)}': {err}") from err
+
+
+def fed_image_sizes(
+    images, processor, max_image_tokens: int | None = None, name: str = "sample"
+) -> list[tuple[int, int]] | None:
+    """(height, width) at which each of `images` (paths or PIL images) is fed: its own size, or all shrunk alike
+    to fit `max_image_tokens` (`fit_image_token_budget`); None for the fixed layout without a budget, where
+    every image is `image_seq_length` tokens whatever its size. Raises `SampleTooLongError` naming `name`
+    when the images cannot fit the budget."""
+    if processor.image_layout == "fixed" and max_image_tokens is None:
+        return None
+    try:
+        return fit_image_token_budget([image_size(i) for i in images], processor.layout, max_image_tokens)
+    except ValueError as err:
+        raise SampleTooLongError(f"{name}: {err}") from None
+
+
+def load_at_sizes(images, sizes: list[tuple[int, int]]) -> list[Image.Image]:
+    """`images` (paths or PIL images) decoded, each resized to its (height, width) in `sizes` where it differs."""
+    loaded = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
+    return [image if (image.height, image.width) == tuple(size) else image.resize((size[1], size[0]), Image.BICUBIC)
+            for image, size in zip(loaded, sizes)]
 
 
 class ImageTransform:

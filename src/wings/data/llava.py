@@ -15,9 +15,10 @@ ms-swift and Hugging Face chat data sets write is read too:
                   {"role": "assistant", "content": "An advertisement."}],
      "images": ["coco/train2017/000000033471.jpg"]}
 
-(`content` may also be a list of HF content parts, `{"type": "image"}` standing for a marker). `load_llava_records` checks every sample
-up front and raises a `DataError` that names the file, the sample and the problem, or, with
-`skip_bad_samples=True`, logs each bad sample and keeps the good ones.
+(`content` may also be a list of HF content parts, `{"type": "image"}` standing for a marker).
+`load_llava_records` checks every sample up front and raises a `DataError` that names the file, the
+sample and the problem, or, with `skip_bad_samples=True`, logs each bad sample and keeps the good ones.
+Training prepares its data with `wings.data.prepared` instead (the same checks, in parallel, cached).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ launch reports or skips the same samples without decoding or tokenising anything
 
 The cache directory's name is a key over everything the prepared rows depend on: the data file
 (size, modification time and a hash of its bytes), the image folder, the tokenizer, the chat
-template, `max_length`, the image token and `image_seq_length`, and `FORMAT_VERSION` (bumped when
+template, `max_length`, the image token and `image_seq_length` (and the image layout with the
+`max_image_tokens` budget, which decide each image's token count), and `FORMAT_VERSION` (bumped when
 this module changes what it writes). Changing any of them prepares again into a new directory. A
 directory is complete or absent: it is written under a temporary name and renamed into place.
 """
@@ -38,12 +39,13 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from ..processing import WingsProcessor
 from .conversation import IGNORE_INDEX, resolve_chat_template, tokenize_conversation
+from .images import fed_image_sizes
 from .json_records import iter_json_texts
 from .llava import DataError, image_problem, parse_sample, sample_name
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CACHE_VARIABLE = "WINGS_DATA_CACHE"
 MANIFEST = "manifest.json"
 # Below this many samples per worker, starting worker processes costs more than it saves.
@@ -56,6 +58,9 @@ FEATURES = Features({
     "input_ids": List(Value("int32")),
     "label_spans": List(Value("int32")),  # [start0, end0, start1, end1, ...]: labelled token ranges
     "images": List(Value("string")),  # resolved image paths, in marker order
+    # (height, width) of each image as its tokens were counted, flat [h0, w0, h1, w1, ...]: its own size, or
+    # shrunk to fit `max_image_tokens`; empty for the fixed layout without a budget (the size does not matter).
+    "image_sizes": List(Value("int32")),
     "length": Value("int32"),  # len(input_ids)
     "n_images": Value("int32"),
     "error": Value("string"),  # None for a good sample, else the message naming file, sample and problem
@@ -119,6 +124,7 @@ def cache_key(
     processor: WingsProcessor,
     max_length: int | None,
     image_folder: str | os.PathLike | None,
+    max_image_tokens: int | None = None,
 ) -> str:
     """A hex digest over everything the prepared rows of `path` depend on (see the module docstring)."""
     path = Path(path)
@@ -139,6 +145,8 @@ def cache_key(
         "max_length": max_length,
         "image_token": [processor.image_token, processor.image_token_id],
         "image_seq_length": processor.image_seq_length,
+        "image_layout": None if processor.image_layout == "fixed" else repr(processor.layout),
+        "max_image_tokens": max_image_tokens,
     }
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
 
@@ -150,6 +158,7 @@ def prepare_data(
     image_folder: str | os.PathLike | None = None,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    max_image_tokens: int | None = None,
 ) -> PreparedSource:
     """Prepare a LLaVA or messages-format JSON/JSONL file, or reuse its cache.
 
@@ -160,6 +169,7 @@ def prepare_data(
         image_folder: folder the samples' image paths are relative to.
         num_proc: worker processes (default: this machine's cores; small files use fewer).
         cache_dir: where prepared files live (default: `default_cache_dir()`).
+        max_image_tokens: the most image tokens per sample (see `wings.data.images.fed_image_sizes`).
 
     Raises:
         DataError: the file cannot be read, or is not a JSON list / JSONL as a whole (bad samples do
@@ -168,7 +178,7 @@ def prepare_data(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path.name}: data file '{path}' not found")
-    key = cache_key(path, processor, max_length, image_folder)
+    key = cache_key(path, processor, max_length, image_folder, max_image_tokens)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     directory = root / f"{path.stem}-{key}"
     if (directory / MANIFEST).is_file():
@@ -189,7 +199,7 @@ def prepare_data(
             remove_columns=raw.column_names,
             features=FEATURES,
             fn_kwargs={"source": path.name, "image_folder": image_folder, "processor": processor,
-                       "max_length": max_length},
+                       "max_length": max_length, "max_image_tokens": max_image_tokens},
             cache_file_name=str(work / "prepared.arrow"),
             new_fingerprint=key,  # the key already covers the inputs; hashing the processor is slow
             desc=f"preparing {path.name}",
@@ -253,12 +263,13 @@ _IMAGE_VERDICTS: dict[str, str | None] = {}
 
 
 def _prepare_batch(
-    batch: dict[str, list], source: str, image_folder: str | None, processor: WingsProcessor, max_length: int | None
+    batch: dict[str, list], source: str, image_folder: str | None, processor: WingsProcessor, max_length: int | None,
+    max_image_tokens: int | None = None,
 ) -> dict[str, list]:
     out: dict[str, list] = {name: [] for name in FEATURES}
     for index, line, raw, problem in zip(batch["index"], batch["line"], batch["raw"], batch["problem"]):
         row: dict[str, Any] = {"index": index, "id": None, "input_ids": [], "label_spans": [], "images": [],
-                               "length": 0, "n_images": 0, "error": None}
+                               "image_sizes": [], "length": 0, "n_images": 0, "error": None}
         try:
             if problem is not None:
                 raise DataError(f"{sample_name(source, index, None)}: {problem}")
@@ -275,10 +286,11 @@ def _prepare_batch(
                     _IMAGE_VERDICTS[key] = image_problem(path)
                 if _IMAGE_VERDICTS[key] is not None:
                     raise DataError(f"{record.name}: image '{key}' cannot be decoded: {_IMAGE_VERDICTS[key]}")
-            tokens = tokenize_conversation(record, processor, max_length)
+            sizes = fed_image_sizes(record.images, processor, max_image_tokens, record.name)
+            tokens = tokenize_conversation(record, processor, max_length, sizes)
             row.update(input_ids=tokens["input_ids"], label_spans=label_spans(tokens["labels"]),
                        images=[os.fspath(p) for p in record.images], length=len(tokens["input_ids"]),
-                       n_images=record.num_images)
+                       n_images=record.num_images, image_sizes=[side for size in sizes or () for side in size])
         except DataError as err:
             row["error"] = str(err)
         for name, value in row.items():

@@ -20,6 +20,8 @@ from ..data.images import ImageMode, ImageTransform
 __all__ = [
     "ImageInput",
     "chat_prompt",
+    "concat_image_inputs",
+    "image_inputs",
     "image_mode_of",
     "image_token_of",
     "left_pad",
@@ -88,7 +90,10 @@ def prompt_ids(processor, text: str, images: Sequence[ImageInput] = (), image_mo
     """
     expand = getattr(processor, "expand_image_tokens", None)
     if expand is not None or getattr(processor, "image_processor", None) is None:
-        text = expand(text) if expand is not None else text
+        if expand is not None and _sized_layout(processor):  # each image's token count follows its size
+            text = expand(text, [_load(image) for image in images])
+        elif expand is not None:
+            text = expand(text)
         return list(tokenizer_of(processor)(text, add_special_tokens=False)["input_ids"])
     transform = ImageTransform(processor, image_mode_of(processor, image_mode))
     encoded = processor(text=text, images=[transform.prepare(i) for i in images] or None, return_tensors="pt")
@@ -105,6 +110,36 @@ def pixel_values(
         raise ValueError(f"images were given but {type(processor).__name__} has no image_processor")
     transform = ImageTransform(processor, image_mode_of(processor, image_mode))
     return torch.stack([transform(image) for image in images])
+
+
+def image_inputs(
+    processor, images: Sequence[ImageInput], image_mode: ImageMode | None = None
+) -> dict[str, torch.Tensor] | None:
+    """The model's image inputs for ``images``: {"pixel_values": [n_images, 3, H, W]} for the fixed layout; with
+    a `WingsProcessor` of the "anyres" or "native" layout, what its ``prepare_images`` gives (pixel_values
+    with image_sizes, or with spatial_shapes). None without images."""
+    if images and _sized_layout(processor):
+        return dict(processor.prepare_images([_load(image) for image in images]))
+    pixels = pixel_values(processor, images, image_mode)
+    return None if pixels is None else {"pixel_values": pixels}
+
+
+def concat_image_inputs(items: Sequence[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
+    """Several samples' image inputs (of `image_inputs`) as one batch's: each input concatenated in order."""
+    items = [item for item in items if item]
+    if not items:
+        return None
+    return {key: torch.cat([item[key] for item in items]) for key in items[0]}
+
+
+def _sized_layout(processor) -> bool:
+    return getattr(processor, "image_layout", "fixed") != "fixed"
+
+
+def _load(image: ImageInput) -> Image.Image:
+    from ..data.images import load_image
+
+    return image if isinstance(image, Image.Image) else load_image(image)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ from ..families import TextFamily, text_family
 from ..modeling.attention import additive_mask, project_qkv, repeat_kv, uses_rope
 from ..modeling.decoder_layer import check_layer
 from ..modeling.rope import apply_rope
-from .inputs import pixel_values as prepare_pixels
+from .inputs import concat_image_inputs, image_inputs
 from .inputs import prompt_ids
 from .laws_plots import plot_laws_compare, write_laws
 from .laws_stats import SPANS, LawsResult
@@ -337,6 +337,8 @@ class _Prepared:
     input_ids: torch.Tensor  # [T]
     attention_mask: torch.Tensor  # [T]
     pixel_values: torch.Tensor | None  # [n_images, 3, H, W]
+    # Sized image layouts ("anyres", "native"): image_sizes or spatial_shapes [n_images, 2], one row per image.
+    image_extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _as_1d(value: Any, what: str, name: str) -> torch.Tensor:
@@ -362,7 +364,8 @@ def _prepare(sample: Mapping[str, Any], index: int, processor: Any, image_mode: 
         raise ValueError(f"{name}: has 'text'; pass a processor (WingsProcessor / LlavaProcessor) to render it")
     images = sample.get("images") or []
     ids = torch.tensor(prompt_ids(processor, sample["text"], images, image_mode), dtype=torch.long)
-    return _Prepared(name, ids, torch.ones_like(ids), prepare_pixels(processor, images, image_mode))
+    inputs = image_inputs(processor, images, image_mode) or {}
+    return _Prepared(name, ids, torch.ones_like(ids), inputs.pop("pixel_values", None), inputs)
 
 
 def _tokens_per_image(ids: torch.Tensor, n_images: int, image_token_id: int, default: int | None) -> int | None:
@@ -390,6 +393,9 @@ def _run_batch(
         input_ids[row, :n], attention_mask[row, :n] = prepared.input_ids, prepared.attention_mask
     default_per_image = getattr(model.config, "image_seq_length", None)
     per_image = [
+        # Sized layouts: the first image's own token count (the images of a sample may differ).
+        model.image_token_counts(1, **{k: v[:1] for k, v in p.image_extras.items() if k != "pixel_attention_mask"})[0]
+        if p.image_extras else
         _tokens_per_image(
             p.input_ids[p.attention_mask.bool()],
             0 if p.pixel_values is None else int(p.pixel_values.shape[0]),
@@ -406,12 +412,14 @@ def _run_batch(
     spans = find_spans(input_ids, image_token_id, attention_mask, per_image, exclude_special_tokens)
     pixels = [p.pixel_values for p in batch if p.pixel_values is not None]
     pixel_values = torch.cat(pixels).to(device=device, dtype=dtype) if pixels else None
+    extras = {k: v.to(device) for k, v in (concat_image_inputs([p.image_extras for p in batch]) or {}).items()}
     recorder.prepare(spans.to(device), attention_mask.to(device))
     with torch.no_grad():
         model(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             pixel_values=pixel_values,
+            **extras,
             use_cache=False,
             logits_to_keep=1,
         )

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from ..modeling.model import WingsForConditionalGeneration
+from ..image_layout import image_layout_of
 from ..processing import WingsProcessor
 
 __all__ = ["default_device", "load_model_and_processor", "model_type_of"]
@@ -82,6 +83,12 @@ def load_model_and_processor(
             raise ValueError(
                 f"'{path}': the processor expands <image> into {processor.image_seq_length} tokens but the "
                 f"model expects image_seq_length={model.config.image_seq_length}"
+            )
+        layout = image_layout_of(model.config)
+        if processor.image_layout != layout.kind or (layout.kind != "fixed" and processor.layout != layout):
+            raise ValueError(
+                f"'{path}': the processor prepares images as {processor.layout} but the model config says "
+                f"{layout}; save the processor built with processor_image_settings(config)"
             )
     elif model_type == "llava":
         model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)

@@ -35,11 +35,12 @@ from ..data.images import ImageMode
 from .inputs import (
     ImageInput,
     chat_prompt,
+    concat_image_inputs,
+    image_inputs,
     image_token_of,
     left_pad,
     model_device,
     pad_id_of,
-    pixel_values,
     prompt_ids,
     tokenizer_of,
 )
@@ -71,17 +72,17 @@ class _Pixels:
         self.processor = processor
         self.images = images
         self.image_mode = image_mode
-        self._cache: dict[int, torch.Tensor | None] = {}
+        self._cache: dict[int, dict[str, torch.Tensor] | None] = {}
 
-    def batch(self, items: Sequence[int]) -> torch.Tensor | None:
-        """pixel_values [n_images, 3, H, W] of the items' images, in order, or None without images."""
+    def batch(self, items: Sequence[int]) -> dict[str, torch.Tensor] | None:
+        """The items' image inputs (`image_inputs`: pixel_values [n_images, 3, H, W], and image_sizes or
+        spatial_shapes for sized layouts), in order, or None without images."""
         if self.images is None:
             return None
         for item in items:
             if item not in self._cache:
-                self._cache[item] = pixel_values(self.processor, self.images[item], self.image_mode)
-        tensors = [self._cache[item] for item in items if self._cache[item] is not None]
-        return torch.cat(tensors) if tensors else None
+                self._cache[item] = image_inputs(self.processor, self.images[item], self.image_mode)
+        return concat_image_inputs([self._cache[item] for item in items])
 
 
 def _encode_prompts(
@@ -119,8 +120,8 @@ def _forward_kwargs(input_ids, attention_mask, pixels, device) -> dict[str, Any]
         "input_ids": input_ids.to(device),
         "attention_mask": attention_mask.to(device),
     }
-    if pixels is not None:
-        kwargs["pixel_values"] = pixels.to(device)
+    for key, value in (pixels or {}).items():
+        kwargs[key] = value.to(device)
     return kwargs
 
 

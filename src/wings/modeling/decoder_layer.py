@@ -155,7 +155,9 @@ class WingsDecoderLayer(PackedWeights, GradientCheckpointingLayer):
         attn_in = self._run(layout.attention_norm, hidden_states)
         attn_out, image_mass, weights = main_attention(
             self.self_attn, attn_in, position_embeddings, attention_mask, cache, layout=self.family.attention,
-            needs=self._attention_needs(plan, position_embeddings, hidden_states.shape[1]), **kwargs,
+            needs=self._attention_needs(plan, position_embeddings, hidden_states.shape[1]),
+            position_ids=position_ids,  # as the HF layer passes them: flash kernels read packed rows off them
+            **kwargs,
         )
         hidden = hidden_states + self._branch(attn_out, layout.attention_out_norm, layout.attention_dropout)
         if plan is not None:

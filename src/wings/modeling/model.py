@@ -7,8 +7,11 @@ Module tree (print the model to see it):
     language_model          the HF *ForCausalLM; chosen decoder layers are replaced by
                             WingsDecoderLayer(decoder_layer, visual_learner, textual_learner, router)
 
-Inputs follow the HF LLaVA contract: `input_ids` hold `image_seq_length` consecutive `image_token_id`
-tokens per image, images in the order of `pixel_values`, any number per sample, anywhere.
+Inputs follow the HF LLaVA contract: `input_ids` hold consecutive `image_token_id` tokens per image, images in
+the order of `pixel_values`, any number per sample, anywhere. How many tokens an image has follows
+`config.image_layout` (`wings.image_layout.image_token_count`): `image_seq_length` for "fixed"; for "anyres"
+(LLaVA-NeXT tiling) and "native" (SigLIP 2 NaFlex) it depends on the image's size, given by `image_sizes`
+(anyres) or `spatial_shapes` (native), as the processor returns them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from transformers import (
     SiglipVisionModel,
     StaticCache,
 )
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..compat import (
@@ -47,16 +51,18 @@ from ..compat import (
 from ..config import WingsConfig
 from ..errors import UnsupportedLayerError, UnsupportedModelError
 from ..families import text_family
+from ..image_layout import anyres_tile_grid, image_layout_of, image_token_count
 from .cache import LearnerCacheMixin, WingsCache, WingsStaticCache
-from .plan import LEARNER_KINDS, ForwardPlan, LearnerKeys, select_keys
+from .plan import LEARNER_KINDS, ForwardPlan, LearnerKeys, same_sample, select_keys
 from .decoder_layer import WingsDecoderLayer, wrap_decoder_layers
-from .vision import WingsMultiModalProjector, patch_features
+from .vision import WingsMultiModalProjector, native_patch_features, pack_anyres_features, patch_features
 
 # Checkpoints written before the decoder layer kept the LLM's own keys stored a wrapped layer's LLM
 # weights under `layers.N.decoder_layer.`; loading renames them to today's `layers.N.`.
 LEGACY_KEY_MAPPING = {r"(layers\.\d+)\.decoder_layer\.": r"\1."}
 
 # Which component each parameter belongs to (what recipes train, what presets count), in one place.
+# The projector group also holds the anyres row separator (`image_newline`): both map vision into the LLM.
 PARAMETER_GROUPS = ("projector", "vision_tower", "visual_learners", "textual_learners", "router", "llm")
 
 VISION_MODEL_CLASSES = {
@@ -79,6 +85,14 @@ class WingsPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["WingsDecoderLayer"]
     _skip_keys_device_placement = list(CACHE_KWARGS)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(getattr(module, "image_newline", None), nn.Parameter):
+            # As LLaVA-NeXT: a random embedding of the LLM's scale (also when a fixed-layout stage-1 model
+            # is loaded for an anyres stage 2, where the separator is new).
+            with torch.no_grad():
+                module.image_newline.normal_(std=module.image_newline.shape[0] ** -0.5)
 
 
 class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
@@ -108,6 +122,12 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = WingsMultiModalProjector(
             config.vision_config.hidden_size, text.hidden_size, config.projector_hidden_act
+        )
+        # The learned row separator of tiled images (LLaVA-NeXT's `image_newline`), in the LLM's embedding space.
+        self.image_newline = (
+            nn.Parameter(torch.randn(text.hidden_size) * text.hidden_size**-0.5)
+            if config.image_layout == "anyres" and config.image_newline
+            else None
         )
         llm_class = type(language_model) if language_model is not None else AutoModelForCausalLM._model_mapping[type(text)]
         if text._attn_implementation == "sdpa" and not llm_class._supports_sdpa:
@@ -199,14 +219,15 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         """
         owner: dict[int, str] = {}
         for group, modules in (
-            ("projector", [self.multi_modal_projector]),
+            ("projector", [self.multi_modal_projector, *([self.image_newline] if self.image_newline is not None else [])]),
             ("vision_tower", [self.vision_tower]),
             ("visual_learners", [layer.visual_learner for layer in self.wings_layers]),
             ("textual_learners", [layer.textual_learner for layer in self.wings_layers]),
             ("router", [layer.router for layer in self.wings_layers]),
         ):
             for module in modules:
-                owner.update((id(p), group) for p in module.parameters())
+                params = [module] if isinstance(module, nn.Parameter) else module.parameters()
+                owner.update((id(p), group) for p in params)
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARAMETER_GROUPS}
         for name, param in self.named_parameters():
             groups[owner.get(id(param), "llm")].append((name, param))
@@ -263,19 +284,72 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------------------------------------
     # forward
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [n_images, 3, H, W] -> projected patch features [n_images, image_seq_length, hidden]."""
-        features = patch_features(self.vision_tower, pixel_values, self.config.vision_feature_layer)
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Projected image features, per `config.image_layout`.
+
+        fixed: pixel_values [n_images, 3, H, W] -> [n_images, image_seq_length, hidden].
+        anyres: pixel_values [n_tiles, 3, H, W] (each image's overview, then its tiles row by row) and
+            image_sizes [n_images, 2] (height, width in pixels) -> [n_image_tokens, hidden], images concatenated.
+        native: pixel_values [n_images, max_num_patches, p * p * 3], spatial_shapes [n_images, 2] (patch rows,
+            columns) -> [n_image_tokens, hidden]. (`pixel_attention_mask` is accepted and follows from
+            spatial_shapes.)
+        """
+        layout = self.config.image_layout
+        feature_layer = self.config.vision_feature_layer
+        if layout == "native":
+            if spatial_shapes is None:
+                raise ValueError("image_layout='native': pass spatial_shapes [n_images, 2] with pixel_values")
+            per_image = native_patch_features(self.vision_tower, pixel_values, spatial_shapes, feature_layer)
+            return self._project(torch.cat(per_image))
+        if layout == "fixed":
+            return self._project(patch_features(self.vision_tower, pixel_values, feature_layer))
+        if image_sizes is None:
+            raise ValueError("image_layout='anyres': pass image_sizes [n_images, 2] (height, width) with pixel_values")
+        sizes = [tuple(size) for size in image_sizes.tolist()]
+        geometry = image_layout_of(self.config)
+        tiles = [1 + rows * cols for rows, cols in (anyres_tile_grid(h, w, geometry) for h, w in sizes)]
+        if sum(tiles) != pixel_values.shape[0]:
+            raise ValueError(
+                f"image_layout='anyres': image_sizes {sizes} need {sum(tiles)} tiles (overview + grid each), but "
+                f"pixel_values hold {pixel_values.shape[0]}"
+            )
+        features = self._project(patch_features(self.vision_tower, pixel_values, feature_layer))
+        return torch.cat([
+            pack_anyres_features(block, size, geometry, self.image_newline)
+            for block, size in zip(torch.split(features, tiles), sizes)
+        ])
+
+    def _project(self, features: torch.Tensor) -> torch.Tensor:
         return self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
+
+    def image_token_counts(
+        self, n_images: int, image_sizes: torch.Tensor | None = None, spatial_shapes: torch.Tensor | None = None
+    ) -> list[int]:
+        """Image tokens of each of `n_images` images (from image_sizes [n, 2] or spatial_shapes [n, 2])."""
+        if self.config.image_layout == "native" and spatial_shapes is not None:
+            return spatial_shapes.prod(-1).tolist()
+        if self.config.image_layout == "anyres" and image_sizes is not None:
+            geometry = image_layout_of(self.config)
+            return [image_token_count(h, w, geometry) for h, w in image_sizes.tolist()]
+        return [self.config.image_seq_length] * n_images
 
     def embed_inputs(
         self,
         input_ids: torch.LongTensor,
         pixel_values: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        **image_inputs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings with image features scattered into the image-token slots.
 
+        `image_inputs`: image_sizes (anyres) or spatial_shapes (native); see `get_image_features`.
+        `image_features`: [n_images, image_seq_length, d] or [n_image_tokens, d] (any layout).
         Returns inputs_embeds [B, T, d] and is_image [B, T] bool.
         """
         is_image = input_ids == self.config.image_token_id
@@ -287,22 +361,24 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
         n_slots = int(is_image.sum())
         if image_features is None and pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
-        n_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+            image_features = self.get_image_features(pixel_values, **image_inputs)
+        n_features = 0 if image_features is None else image_features.shape[:-1].numel()
         if n_slots != n_features:
-            n_images = 0 if image_features is None else image_features.shape[0]
+            sized = [v for v in (image_inputs.get("image_sizes"), image_inputs.get("spatial_shapes"), pixel_values) if v is not None]
+            n_images = len(sized[0]) if sized else (0 if image_features is None or image_features.dim() == 2 else len(image_features))
             raise ValueError(
-                f"input_ids hold {n_slots} image tokens (id {self.config.image_token_id}) but {n_images} image(s) "
-                f"give {n_features} features ({self.config.image_seq_length} tokens per image): every image needs "
-                "exactly image_seq_length consecutive image tokens."
+                f"input_ids hold {n_slots} image tokens (id {self.config.image_token_id}) but {n_images} image(s) give "
+                f"{n_features} features (image_layout='{self.config.image_layout}'): every image needs exactly its "
+                "own number of consecutive image tokens (wings.image_token_count; the processor expands them)."
             )
-        if n_features:
+        if n_features and self.config.image_layout == "fixed":
             partial = (is_image.sum(1) % self.config.image_seq_length).nonzero().flatten().tolist()
             if partial:
                 raise ValueError(
                     f"input_ids row(s) {partial} hold a number of image tokens that is not a multiple of "
                     f"image_seq_length={self.config.image_seq_length}: an image's tokens were cut or duplicated."
                 )
+        if n_features:
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_features.to(embeds.dtype))
         return embeds, is_image
 
@@ -318,18 +394,29 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         image_features: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """input_ids [B, T]; attention_mask [B, past + T] (1 = real token); pixel_values [n_images, 3, H, W].
+        """input_ids [B, T]; attention_mask [B, past + T] (1 = real token); pixel_values [n_images, 3, H, W]
+        (anyres: [n_tiles, 3, H, W] with image_sizes [n_images, 2]; native: [n_images, max_num_patches, p * p * 3]
+        with spatial_shapes [n_images, 2]; see `get_image_features`).
 
-        `image_features` [n_images, image_seq_length, d] may replace `pixel_values`. `labels` [B, T] give
-        the shifted next-token loss (-100 ignored). Returns the LLM's `CausalLMOutputWithPast`.
+        `image_features` ([n_images, image_seq_length, d], or [n_image_tokens, d]) may replace `pixel_values`.
+        `labels` [B, T] give the shifted next-token loss (-100 ignored). Returns the LLM's `CausalLMOutputWithPast`.
+
+        Packed rows (several samples per row, as `wings.data.packing` builds them): `position_ids` restarting at 0
+        at each sample, no `attention_mask` and no cache. transformers then confines the main attention to each
+        sample, and the learners' keys are confined likewise; labels at a sample's first token must be -100.
         """
         cache = layer_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds, is_image = self.embed_inputs(input_ids, pixel_values, image_features)
+            inputs_embeds, is_image = self.embed_inputs(
+                input_ids, pixel_values, image_features, image_sizes=image_sizes, spatial_shapes=spatial_shapes
+            )
         else:
             if pixel_values is not None or image_features is not None:
                 raise ValueError("with inputs_embeds, merge image features yourself; pass input_ids to give images")
@@ -349,12 +436,15 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
             )
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
+        # transformers reads packed samples off restarting position ids under exactly these conditions.
+        packed = position_ids is not None and attention_mask is None and cache is None
+        segments = find_packed_sequence_indices(position_ids.expand(batch, -1)) if packed else None
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, batch, length, past, inputs_embeds.device)
         valid = chunk_validity(attention_mask, batch, length, past, inputs_embeds.device)
         has_images = pixel_values is not None or image_features is not None
         learner_inputs = self._learner_inputs(
-            self._decoder_input(inputs_embeds), is_image, valid, position_ids, cache, has_images
+            self._decoder_input(inputs_embeds), is_image, valid, position_ids, cache, has_images, segments
         )
         # HF records hidden states with hooks on its own decoder-layer class, which a wrapped layer does
         # not run; so the model collects them itself, in HF's layout.
@@ -399,14 +489,22 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor,
         cache: LearnerCacheMixin | None,
         has_images: bool = True,
+        segments: torch.Tensor | None = None,
     ) -> ForwardPlan | None:
         """Key selection and visibility for both learners, computed once per forward for all layers.
 
         Without images in the chunk (`has_images` False: every decode step) nothing is selected: the
         textual keys are the chunk's tokens in order and the visual learner gets none (no host sync).
+        segments: [B, T] each token's sample in packed rows (None: one sample per row); a query sees only
+        its own sample's keys.
         """
         if not self.wings_layers:
             return None
+        if segments is not None and any(layer.positional for layer in self.wings_layers):
+            raise ValueError(
+                "packed rows (restarting position_ids): the positional router reads attention rows by key index, "
+                "which packing shifts; use router='segment' or unpacked batches."
+            )
         batch, length = source.shape[:2]
         positions = position_ids.expand(batch, -1)
         keys = {}
@@ -431,6 +529,8 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
                 key_pos, key_valid = cache.append_key_meta(kind, key_pos, key_valid, length)
             # Strictly causal by original position: a token at position i sees keys at positions <= i.
             visible = (key_pos.unsqueeze(1) <= positions.unsqueeze(2)) & key_valid.unsqueeze(1)
+            if segments is not None:
+                visible = visible & same_sample(segments, index)
             keys[kind] = LearnerKeys(index=index, visible=visible, n_new=n_new)
         key_is_image = is_image.to(source.dtype)
         # A static cache's flags span all its slots; its sliding-window layers return keys that end at this chunk's
@@ -449,20 +549,51 @@ class WingsForConditionalGeneration(WingsPreTrainedModel, GenerationMixin):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and inputs.get("use_cache", True):
             # Image K/V are in the cache after prefill; decode steps carry no images.
-            inputs.pop("image_features", None)
+            for key in ("image_features", "spatial_shapes"):
+                inputs.pop(key, None)
         return inputs
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **kwargs):
         # The default repeats every tensor row-wise, which would mis-assign images when a sample has
-        # several: repeat each sample's block of images instead.
-        images = {key: kwargs.pop(key) for key in ("pixel_values", "image_features") if kwargs.get(key) is not None}
+        # several (or an image has several tiles): repeat each sample's block of images instead.
+        keys = ("pixel_values", "image_features", "image_sizes", "spatial_shapes", "pixel_attention_mask")
+        images = {key: kwargs.pop(key) for key in keys if kwargs.get(key) is not None}
         if images and expand_size > 1 and input_ids is not None:
-            per_row = ((input_ids == self.config.image_token_id).sum(1) // self.config.image_seq_length).tolist()
-            for key, value in images.items():
-                blocks = torch.split(value, per_row)
+            for key, blocks in self._image_blocks_per_row(input_ids, images).items():
                 images[key] = torch.cat([block for block in blocks for _ in range(expand_size)])
         input_ids, kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **kwargs)
         return input_ids, {**kwargs, **images}
+
+    def _image_blocks_per_row(self, input_ids: torch.LongTensor, images: dict[str, torch.Tensor]) -> dict:
+        """Split each image input into one block per row of input_ids [B, T] (the row's images, tiles or tokens)."""
+        tokens_per_row = (input_ids == self.config.image_token_id).sum(1).tolist()
+        sized = [k for k in ("image_sizes", "spatial_shapes", "pixel_values") if k in images]
+        if sized:
+            n_images = len(images[sized[0]])
+        else:
+            n_images = len(images["image_features"]) if images["image_features"].dim() == 3 else 0
+        counts = self.image_token_counts(n_images, images.get("image_sizes"), images.get("spatial_shapes"))
+        images_per_row, start = [], 0
+        for tokens in tokens_per_row:  # a row's images are the next ones whose tokens add up to the row's
+            end, total = start, 0
+            while total < tokens and end < len(counts):
+                total, end = total + counts[end], end + 1
+            images_per_row.append(end - start)
+            start = end
+        tiles = [1] * n_images
+        if self.config.image_layout == "anyres" and "image_sizes" in images:
+            geometry = image_layout_of(self.config)
+            tiles = [1 + r * c for r, c in (anyres_tile_grid(h, w, geometry) for h, w in images["image_sizes"].tolist())]
+        bounds = [0, *torch.tensor(images_per_row).cumsum(0).tolist()]
+        tiles_per_row = [sum(tiles[a:b]) for a, b in zip(bounds, bounds[1:])]
+        blocks = {}
+        for key, value in images.items():
+            if key == "image_features":
+                per_row = tokens_per_row if value.dim() == 2 else images_per_row
+            else:
+                per_row = tiles_per_row if key == "pixel_values" else images_per_row
+            blocks[key] = torch.split(value, per_row)
+        return blocks
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

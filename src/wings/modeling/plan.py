@@ -36,6 +36,17 @@ def select_keys(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index, valid
 
 
+def same_sample(segments: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """[B, T, N] bool: whether key n lies in the same packed sample as query t.
+
+    segments: [B, T] the sample each token of a packed row belongs to (transformers'
+    `find_packed_sequence_indices`); index: [B, N] the keys' positions in the row, or None when the keys are
+    all T tokens in order.
+    """
+    keys = segments if index is None else torch.gather(segments, 1, index)
+    return keys.unsqueeze(1) == segments.unsqueeze(2)
+
+
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x [B, T, ...], index [B, N] -> [B, N, ...]."""
     shape = (*index.shape, *x.shape[2:])
@@ -50,7 +61,7 @@ class LearnerKeys:
     index: [B, n] positions in the chunk of the new keys, or None when the new keys are all T tokens of
     the chunk in order (a chunk without images, for the textual learner), or when the chunk adds none and the
     keys are all cached (n_new = 0). visible: [B, T, N] bool over all keys (cached + new), True where key
-    position <= query position and the key is real (not padding).
+    position <= query position, the key is real (not padding) and, in a packed row, of the query's own sample.
     """
 
     index: torch.Tensor | None

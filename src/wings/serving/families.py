@@ -67,6 +67,8 @@ def plain_decoder_layer(vllm_config, text_config, prefix: str):
     cls = load_class(parts.decoder_layer)
     if parts.layer_args == "configs":
         return cls(text_config, vllm_config.cache_config, vllm_config.quant_config, prefix=prefix)
+    if parts.layer_args == "vllm_config_only":
+        return cls(vllm_config, prefix=prefix)
     if parts.layer_args == "vllm_config":
         return cls(vllm_config, prefix=prefix, config=text_config)
     raise ValueError(f"wings.families: unknown layer_args '{parts.layer_args}' for {text_config.model_type}")

@@ -29,6 +29,7 @@ from vllm.distributed import (
     tensor_model_parallel_all_gather,
     tensor_model_parallel_all_reduce,
 )
+from vllm.config import get_current_vllm_config
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.rotary_embedding import get_rope
@@ -93,9 +94,23 @@ def norm_class(text_config) -> type[nn.Module]:
     return load_class(served_family(text_config).vllm.norm)
 
 
-def layer_mlp(text_config, quant_config, prefix: str) -> nn.Module:
-    """The family's gated MLP (gate_up_proj, down_proj) from the class its table entry names."""
+def sparse_layer(text_config, prefix: str) -> bool:
+    """Whether the layer `prefix` has a mixture-of-experts MLP: families with a sparse block, on the layers their
+    config does not keep dense (`mlp_only_layers`) and that fall on its `decoder_sparse_step` (Qwen-MoE's rule)."""
+    if served_family(text_config).vllm.sparse_mlp is None or not getattr(text_config, "num_experts", 0):
+        return False
+    index = extract_layer_index(prefix)
+    step = getattr(text_config, "decoder_sparse_step", 1) or 1
+    return index not in (getattr(text_config, "mlp_only_layers", None) or ()) and (index + 1) % step == 0
+
+
+def layer_mlp(text_config, vllm_config, prefix: str) -> nn.Module:
+    """The family's MLP: its mixture-of-experts block on sparse layers (vLLM's fused MoE), else its gated MLP
+    (gate_up_proj, down_proj), from the classes its table entry names."""
     parts = served_family(text_config).vllm
+    if sparse_layer(text_config, prefix):
+        return load_class(parts.sparse_mlp)(vllm_config=vllm_config, prefix=prefix)
+    quant_config = vllm_config.quant_config
     cls = load_class(parts.mlp)
     kwargs = dict(quant_config=quant_config, prefix=prefix)
     if "bias" in inspect.signature(cls).parameters:
@@ -425,7 +440,7 @@ class WingsDecoderLayer(nn.Module):
         multiplier = family.layout.residual_multiplier  # Granite scales both branches
         self.residual_multiplier = getattr(text, multiplier) if multiplier else 1.0
         self.self_attn = WingsSelfAttention(text, self.routed, cache_config, quant_config, f"{prefix}.self_attn")
-        self.mlp = layer_mlp(text, quant_config, f"{prefix}.mlp")
+        self.mlp = layer_mlp(text, get_current_vllm_config(), f"{prefix}.mlp")
         layout = family.layout
         self.norm_names = (layout.attention_norm, layout.attention_out_norm, layout.mlp_norm, layout.mlp_out_norm)
         for name in self.norm_names:

@@ -34,7 +34,9 @@ from .attention import learner_channels
 from .families import plain_decoder_layer, served_family
 from .layers import LearnerKeysValues, WingsDecoderLayer, learner_rope, norm_class
 from .processing import WingsDummyInputsBuilder, WingsMultiModalProcessor, WingsProcessingInfo
-from .vision import build_vision_tower, tower_features, vision_tower_class
+from ..image_layout import anyres_tile_grid, image_layout_of
+from ..modeling.vision import pack_anyres_features
+from .vision import build_vision_tower, native_tower_features, tower_features, vision_tower_class
 
 # Checkpoints saved before the decoder-layer wrapper kept the LLM's own names store the LLM weights
 # of a layer with learners as `layers.N.decoder_layer.<key>`; both layouts load. Some transformers
@@ -47,13 +49,14 @@ CHECKPOINT_NAMES = WeightsMapper(
     },
     orig_to_new_substr={".decoder_layer.": "."},
 )
+# Experts' projections (`mlp.experts.N.gate_proj`) are not fused here: vLLM's fused-MoE layer loads them itself.
 FUSED_PROJECTIONS = WeightsMapper(
     orig_to_new_stacked={
         ".q_proj": (".qkv_proj", "q"),
         ".k_proj": (".qkv_proj", "k"),
         ".v_proj": (".qkv_proj", "v"),
-        ".gate_proj": (".gate_up_proj", 0),
-        ".up_proj": (".gate_up_proj", 1),
+        ".mlp.gate_proj": (".mlp.gate_up_proj", 0),
+        ".mlp.up_proj": (".mlp.gate_up_proj", 1),
     }
 )
 
@@ -228,18 +231,38 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
                 config.vision_config.hidden_size, config.text_config.hidden_size, config.projector_hidden_act,
                 quant_config, maybe_prefix(prefix, "multi_modal_projector"),
             )
+            # The anyres row separator (`image_newline`), loaded from the checkpoint.
+            self.image_newline = (
+                nn.Parameter(torch.empty(config.text_config.hidden_size))
+                if config.image_layout == "anyres" and config.image_newline else None
+            )
         with self._mark_language_model(vllm_config):
             self.language_model = WingsLanguageModel(
                 vllm_config=vllm_config, prefix=maybe_prefix(prefix, "language_model")
             )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        """pixel_values [n_images, 3, H, W] -> projected patch features [n_images, image_seq_length, d]."""
+        """pixel_values [n_images, 3, H, W] -> projected patch features [n_images, image_seq_length, d]; for the
+        "anyres" and "native" layouts one [image_token_count, d] per image (see `wings.image_layout`)."""
         pixel_values = kwargs.get("pixel_values")
         if pixel_values is None:
             return []
-        if isinstance(pixel_values, (list, tuple)):
-            pixel_values = torch.stack(list(pixel_values))
+        layout = self.config.image_layout
+        if layout == "native":
+            shapes = _stacked(kwargs["spatial_shapes"])
+            features = native_tower_features(self.vision_tower, _stacked(pixel_values), shapes, self.vllm_config)
+            return [self.multi_modal_projector(f) for f in features]
+        if layout == "anyres":  # each image's overview and tiles through the tower, then packed as in HF
+            blocks = list(pixel_values) if isinstance(pixel_values, (list, tuple)) else [pixel_values]
+            sizes = _stacked(kwargs["image_sizes"]).tolist()
+            tiles = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+            features = self.multi_modal_projector(
+                tower_features(self.vision_tower, self.config.vision_config, tiles, self.vllm_config))
+            geometry = image_layout_of(self.config)
+            counts = [1 + r * c for r, c in (anyres_tile_grid(h, w, geometry) for h, w in sizes)]
+            return [pack_anyres_features(block, tuple(size), geometry, self.image_newline)
+                    for block, size in zip(torch.split(features, counts), sizes)]
+        pixel_values = _stacked(pixel_values)
         features = tower_features(self.vision_tower, self.config.vision_config, pixel_values, self.vllm_config)
         return self.multi_modal_projector(features)
 
@@ -268,3 +291,8 @@ class WingsForConditionalGeneration(nn.Module, SupportsMultiModal):
             # Stage-1 checkpoints also hold the (untrained) textual learners and routers, which never run.
             weights = ((name, w) for name, w in weights if ".textual_learner." not in name and ".router." not in name)
         return AutoWeightsLoader(self).load_weights(weights, mapper=CHECKPOINT_NAMES)
+
+
+def _stacked(value) -> torch.Tensor:
+    """A per-image list of tensors (as vLLM batches items) as one tensor [n, ...]."""
+    return torch.stack(list(value)) if isinstance(value, (list, tuple)) else value

@@ -60,3 +60,21 @@ def _siglip2_features(tower, vision_config, pixel_values, vllm_config) -> torch.
             max_seqlen=torch.tensor([length], dtype=torch.int32),
         )
     return packed.reshape(n, length, -1)
+
+
+def native_tower_features(tower: nn.Module, pixel_values: torch.Tensor, spatial_shapes: torch.Tensor,
+                          vllm_config) -> list[torch.Tensor]:
+    """SigLIP 2 NaFlex at each image's own grid (image_layout "native"): pixel_values [n, max_num_patches, p*p*C]
+    (SigLIP 2's processor layout, padding patches last), spatial_shapes [n, 2] -> one [rows_i * cols_i, d_vis]
+    per image. Only each image's own patches are packed, so no attention mask is needed."""
+    counts = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).tolist()
+    packed = torch.cat([pixel_values[i, :n] for i, n in enumerate(counts)]).to(next(tower.parameters()).dtype)
+    bounds = torch.tensor([0, *counts], dtype=torch.int32, device=pixel_values.device).cumsum(0, dtype=torch.int32)
+    with set_forward_context(None, vllm_config):
+        features = tower(
+            pixel_values_packed=packed.unsqueeze(0),
+            spatial_shapes=spatial_shapes.cpu(),
+            cu_seqlens=bounds,
+            max_seqlen=torch.tensor([max(counts)], dtype=torch.int32),
+        )
+    return list(torch.split(features.reshape(sum(counts), -1), counts))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, TrainingArguments
 
-from ..config import default_image_seq_length
+from ..config import IMAGE_LAYOUT_FIELDS, WingsConfig, default_image_seq_length, with_image_layout
 from ..data.collate import PreparedDataset
 from ..data.llava import DataError
 from ..data.mixture import DataSource, mix_sources
@@ -61,7 +61,8 @@ def prepare_sources(
 ) -> list[PreparedSource]:
     """Prepare each source with the recipe's `max_length`, `num_proc` and `cache_dir` (or reuse its cache)."""
     d = recipe.data
-    return [prepare_data(s.path, processor, d.max_length, image_folder, num_proc=d.num_proc, cache_dir=d.cache_dir)
+    return [prepare_data(s.path, processor, d.max_length, image_folder, num_proc=d.num_proc, cache_dir=d.cache_dir,
+                         max_image_tokens=d.max_image_tokens)
             for s in sources]
 
 
@@ -69,17 +70,26 @@ def stage_processor(recipe: Recipe, llm: str | None, vision: str | None, init: s
     """The processor `wings train` uses for this stage, without loading any weights: --init's saved
     processor, or --llm's tokenizer (with the image token added, as building the model adds it) and
     --vision's image processor with its patch count as `image_seq_length`."""
+    layout = {key: recipe.model[key] for key in IMAGE_LAYOUT_FIELDS if key in recipe.model}
     if init is not None:
-        return WingsProcessor.from_pretrained(init)
+        processor = WingsProcessor.from_pretrained(init)
+        if layout:  # the layout this stage switches to (configs only, no weights)
+            processor = processor.with_image_settings(with_image_layout(WingsConfig.from_pretrained(init), **layout))
+        return processor
     if llm is None or vision is None:
         raise RecipeError(f"recipe '{recipe.name}': pass --llm and --vision, or --init with a previous stage's output")
     tokenizer = AutoTokenizer.from_pretrained(llm)
-    ensure_image_token(tokenizer)
+    image_token_id = ensure_image_token(tokenizer)
     config = AutoConfig.from_pretrained(vision)
-    seq_length = recipe.model.get("image_seq_length") or default_image_seq_length(
-        getattr(config, "vision_config", None) or config)
-    return WingsProcessor(image_processor=AutoImageProcessor.from_pretrained(vision), tokenizer=tokenizer,
-                          image_seq_length=seq_length, image_mode=recipe.data.image_mode)
+    vision_config = getattr(config, "vision_config", None) or config
+    seq_length = recipe.model.get("image_seq_length") or default_image_seq_length(vision_config)
+    processor = WingsProcessor(image_processor=AutoImageProcessor.from_pretrained(vision), tokenizer=tokenizer,
+                               image_seq_length=seq_length, image_mode=recipe.data.image_mode)
+    if layout.get("image_layout", "fixed") != "fixed":
+        config = WingsConfig(text_config=AutoConfig.from_pretrained(llm), vision_config=vision_config,
+                             image_token_id=image_token_id, **layout)
+        processor = processor.with_image_settings(config)
+    return processor
 
 
 def prepare_stage_data(

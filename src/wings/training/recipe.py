@@ -8,7 +8,7 @@ A recipe file looks like::
     model: {learner_mode: visual_only, learner_rank: 64}   # WingsConfig settings
     train: {projector: 2.0e-5, visual_learners: 2.0e-5}    # group -> learning rate; absent = frozen
     optim: {epochs: 1, batch_size: 16, gradient_accumulation_steps: 16, ...}
-    data: {max_length: 2048, image_mode: pad, sources: [llava_mix.json, text_only.jsonl:0.1]}
+    data: {max_length: 2048, image_mode: pad, sources: [llava_mix.json, text_only.jsonl:0.1], packing: false}
 
 `key=value` overrides use dotted paths (`optim.batch_size=4`, `train.llm=1e-5`).
 """
@@ -26,6 +26,7 @@ import yaml
 from transformers.trainer_utils import SchedulerType
 
 from ..config import LEARNER_MODES, ROUTERS
+from ..image_layout import IMAGE_LAYOUTS
 from ..errors import ConfigError
 from ..modeling.model import PARAMETER_GROUPS as MODEL_PARAMETER_GROUPS
 
@@ -43,6 +44,11 @@ MODEL_SETTINGS: dict[str, Any] = {
     "learner_init_std": float,
     "vision_feature_layer": int,
     "projector_hidden_act": str,
+    "image_layout": Literal[IMAGE_LAYOUTS],
+    "image_grid_pinpoints": list[list[int]] | None,
+    "image_pooling": int,
+    "image_newline": bool,
+    "max_num_patches": int | None,
 }
 # Lower bounds of numeric settings, (minimum, inclusive): checked when a recipe is built.
 MINIMA: dict[str, tuple[float, bool]] = {
@@ -57,12 +63,16 @@ MINIMA: dict[str, tuple[float, bool]] = {
     "optim.logging_steps": (1, True),
     "optim.dataloader_num_workers": (0, True),
     "data.max_length": (1, True),
+    "data.num_proc": (1, True),
     "lora.r": (1, True),
     "lora.alpha": (0, False),
     "lora.dropout": (0, True),
     "model.learner_rank": (1, True),
     "model.router_max_positions": (1, True),
     "model.learner_init_std": (0, False),
+    "model.image_pooling": (1, True),
+    "model.max_num_patches": (1, True),
+    "data.max_image_tokens": (1, True),
 }
 
 
@@ -94,9 +104,13 @@ class OptimSettings:
 class DataSettings:
     max_length: int = 2048
     image_mode: str = "pad"  # pad to square with the processor's mean colour (released recipe) or resize
+    # The most image tokens per sample (None: no limit); anyres/native images are shrunk to fit it.
+    max_image_tokens: int | None = None
     # Data files, `path` or `path:weight` (a mixture, see wings.data.mixture); `--data` replaces them.
     sources: list[str] = field(default_factory=list)
     group_by_modality_length: bool = False  # batches of one modality and similar lengths (LLaVA's option)
+    # Several samples per row up to max_length, each attending (main attention and learners) only to itself.
+    packing: bool = False
     num_proc: int | None = None  # processes that prepare the data (default: the machine's cores)
     cache_dir: str | None = None  # prepared data (default: $WINGS_DATA_CACHE or ~/.cache/wings/data)
 
@@ -141,6 +155,12 @@ class Recipe:
             raise RecipeError(f"{source}: the 'lora' group trains exactly when method is 'lora'")
         if self.data.image_mode not in ("pad", "resize"):
             raise RecipeError(f"{source}: data.image_mode must be 'pad' or 'resize', got '{self.data.image_mode}'")
+        if self.data.packing and self.data.group_by_modality_length:
+            raise RecipeError(f"{source}: data.packing and data.group_by_modality_length exclude each other (packed "
+                              "rows mix modalities and lengths)")
+        if self.data.packing and self.model.get("router") == "positional":
+            raise RecipeError(f"{source}: data.packing needs model.router 'segment' (the positional router reads "
+                              "attention rows by key index, which packing shifts)")
         if self.optim.lr_scheduler not in LR_SCHEDULERS:
             raise RecipeError(f"{source}: optim.lr_scheduler '{self.optim.lr_scheduler}' is not one of {LR_SCHEDULERS}")
         if self.optim.warmup_ratio >= 1:

@@ -15,9 +15,11 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..compat import checkpointing_arguments
 from ..data.collate import LlavaCollator
+from ..data.packing import PackedCollator, PackedDataset
 from ..errors import UsageError
 from ..modeling.model import WingsForConditionalGeneration
-from ..processing import WingsProcessor
+from ..config import IMAGE_LAYOUT_FIELDS, WingsConfig, with_image_layout
+from ..processing import WingsProcessor, processor_image_settings
 from ..validation import CHECKPOINT_PREFIX, check_model, check_output_dir
 from .data import data_sources, load_training_data
 from .groups import set_trainable
@@ -47,8 +49,15 @@ def build_model_and_processor(
     """Load a previous stage's output (`init`) or build a new model from an LLM and a vision encoder."""
     settings = dict(recipe.model)
     if init is not None:
-        model = WingsForConditionalGeneration.from_pretrained(init)
+        # Image-layout settings may change between stages (LLaVA-NeXT: stage 1 at the base resolution, stage 2
+        # tiled); they are given to the config before the model is built, so that the row separator of a
+        # newly tiled model exists (and is initialised, being absent from the stage-1 checkpoint).
+        layout = {key: settings.pop(key) for key in IMAGE_LAYOUT_FIELDS if key in settings}
+        config = with_image_layout(WingsConfig.from_pretrained(init), **layout) if layout else None
+        model = WingsForConditionalGeneration.from_pretrained(init, config=config)
         processor = WingsProcessor.from_pretrained(init)
+        if layout:
+            processor = processor.with_image_settings(model.config)
         for key in STRUCTURAL_SETTINGS:
             if key in settings and settings[key] != getattr(model.config, key):
                 raise RecipeError(
@@ -67,8 +76,8 @@ def build_model_and_processor(
     processor = WingsProcessor(
         image_processor=AutoImageProcessor.from_pretrained(vision),
         tokenizer=tokenizer,
-        image_seq_length=model.config.image_seq_length,
         image_mode=recipe.data.image_mode,
+        **processor_image_settings(model.config),
     )
     return model, processor
 
@@ -183,11 +192,16 @@ def train(
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = processor.tokenizer.eos_token_id
+    train_dataset, collator = dataset, LlavaCollator(pad_token_id=pad_id, padding_side="right")
+    if recipe.data.packing:
+        train_dataset, collator = PackedDataset(dataset, recipe.data.max_length), PackedCollator(pad_token_id=pad_id)
+        logger.info("packing: %d samples in %d rows of at most %d tokens", len(dataset), len(train_dataset),
+                    recipe.data.max_length)
     trainer = WingsTrainer(
         model=model,
         args=args,
-        train_dataset=dataset,
-        data_collator=LlavaCollator(pad_token_id=pad_id, padding_side="right"),
+        train_dataset=train_dataset,
+        data_collator=collator,
         group_lrs=recipe.train,
         group_by_modality_length=recipe.data.group_by_modality_length,
         callbacks=callbacks,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .collate import LlavaCollator
+from .collate import LlavaCollator, concat_image_inputs
 from .conversation import IGNORE_INDEX
 
 
@@ -63,7 +63,8 @@ class PackedDataset(Dataset):
         max_length: the longest row.
 
     Each item: input_ids [L], labels [L] (-100 at each sample's first token), position_ids [L] (restarting at 0
-    per sample), pixel_values [sum n_images, 3, H, W] in sample order or None; L <= max_length.
+    per sample), pixel_values [sum n_images, 3, H, W] in sample order or None (other image layouts: their image
+    inputs, `collate.IMAGE_INPUT_KEYS`, concatenated likewise); L <= max_length.
     """
 
     def __init__(self, samples: Dataset, max_length: int):
@@ -79,12 +80,12 @@ class PackedDataset(Dataset):
         labels = [torch.as_tensor(item["labels"], dtype=torch.long).clone() for item in items]
         for row_labels in labels:
             row_labels[0] = IGNORE_INDEX
-        images = [item["pixel_values"] for item in items if item.get("pixel_values") is not None]
         return {
             "input_ids": torch.cat([torch.as_tensor(item["input_ids"], dtype=torch.long) for item in items]),
             "labels": torch.cat(labels),
             "position_ids": torch.cat([torch.arange(len(row_labels)) for row_labels in labels]),
-            "pixel_values": torch.cat(images) if images else None,
+            "pixel_values": None,
+            **concat_image_inputs(items),
         }
 
     @property

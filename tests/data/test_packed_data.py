@@ -75,3 +75,30 @@ def test_packed_collator_pads_with_a_sample_of_its_own():
     assert batch["labels"].tolist() == [[-100, 4, -100, 6], [-100, 8, -100, -100]]
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 0, 1]]
     assert batch["pixel_values"].shape == (1, 3, 2, 2)
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items, self.lengths = items, [len(item["input_ids"]) for item in items]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_packed_rows_keep_every_image_input_in_sample_order():
+    """Any-resolution samples carry image_sizes beside their tiles; a packed row concatenates both in order."""
+    items = [
+        {"input_ids": torch.arange(4), "labels": torch.arange(4), "pixel_values": torch.zeros(2, 3, 2, 2),
+         "image_sizes": torch.tensor([[10, 20]])},
+        {"input_ids": torch.arange(3), "labels": torch.arange(3), "pixel_values": None},
+        {"input_ids": torch.arange(5), "labels": torch.arange(5), "pixel_values": torch.ones(3, 3, 2, 2),
+         "image_sizes": torch.tensor([[30, 40]])},
+    ]
+    row = PackedDataset(_Items(items), max_length=12)[0]
+    assert row["image_sizes"].tolist() == [[10, 20], [30, 40]]
+    assert row["pixel_values"][:, 0, 0, 0].tolist() == [0, 0, 1, 1, 1]
+    batch = PackedCollator(pad_token_id=0)([row])
+    assert batch["image_sizes"].tolist() == [[10, 20], [30, 40]] and batch["pixel_values"].shape[0] == 5

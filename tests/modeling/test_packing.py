@@ -6,11 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from tests.tiny import IMAGE_SIZE, IMAGE_TOKEN_ID, image_prompt, randomize_learners, tiny_wings
+from tests.tiny import (
+    IMAGE_SIZE, IMAGE_TOKEN_ID, SAVED_CORPUS, image_prompt, randomize_learners, tiny_processor, tiny_wings,
+)
 from wings.data.collate import LlavaCollator
 from wings.data.packing import PackedCollator, PackedDataset
 from wings.modeling.plan import same_sample
+from wings.processing import WingsProcessor, processor_image_settings
 
 TOL = 1e-5
 
@@ -77,14 +81,10 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_rows_give_each_sample_its_unpacked_loss_and_gradients(attention):
-    model = tiny_wings(learner_mode="routed")
-    model.set_attn_implementation(attention)
-    randomize_learners(model)
+def _packed_vs_unpacked(model, samples, max_length) -> tuple[float, float]:
+    """Max differences (per-sample summed loss, every gradient) between the samples unpacked (right-padded with
+    an attention mask) and packed; checks that something was packed and that the learners and router learn."""
     model.train()  # no dropout in the tiny configs; learners use their training path
-    samples = _samples()
-
     unpacked = LlavaCollator(pad_token_id=0)(samples)
     model.zero_grad()
     losses, _ = _token_losses(model, unpacked)
@@ -92,7 +92,7 @@ def test_packed_rows_give_each_sample_its_unpacked_loss_and_gradients(attention)
     sum(reference.values()).backward()
     reference_grads = _grads(model)
 
-    packed_set = PackedDataset(_Samples(samples), max_length=40)
+    packed_set = PackedDataset(_Samples(samples), max_length=max_length)
     assert len(packed_set) < len(samples)  # something is packed
     packed = PackedCollator(pad_token_id=0)([packed_set[i] for i in range(len(packed_set))])
     model.zero_grad()
@@ -103,16 +103,45 @@ def test_packed_rows_give_each_sample_its_unpacked_loss_and_gradients(attention)
     packed_grads = _grads(model)
 
     assert sorted(per_sample) == list(range(len(samples)))
-    loss_diff = max(abs(per_sample[i] - reference[i]).item() for i in reference)
-    assert loss_diff < TOL, loss_diff
     assert set(packed_grads) == set(reference_grads)
-    # The learners and router get gradients (they matter), and every gradient matches.
     assert any("visual_learner" in n for n in packed_grads) and any("router" in n for n in packed_grads)
-    grad_diff = max((packed_grads[n] - reference_grads[n]).abs().max().item() for n in reference_grads)
-    assert grad_diff < TOL, grad_diff
     # The model's own loss (mean over the same labelled tokens) agrees too.
     with torch.no_grad():
         assert torch.allclose(model(**packed, use_cache=False).loss, model(**unpacked, use_cache=False).loss, atol=TOL)
+    loss_diff = max(abs(per_sample[i] - reference[i]).item() for i in reference)
+    grad_diff = max((packed_grads[n] - reference_grads[n]).abs().max().item() for n in reference_grads)
+    return loss_diff, grad_diff
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_give_each_sample_its_unpacked_loss_and_gradients(attention):
+    model = tiny_wings(learner_mode="routed")
+    model.set_attn_implementation(attention)
+    randomize_learners(model)
+    loss_diff, grad_diff = _packed_vs_unpacked(model, _samples(), max_length=40)
+    assert loss_diff < TOL and grad_diff < TOL, (loss_diff, grad_diff)
+
+
+def test_packed_any_resolution_images():
+    """Any-resolution images (tiles of different counts, image_sizes) packed as the fixed layout is."""
+    model = tiny_wings(learner_mode="routed", image_layout="anyres")
+    randomize_learners(model)
+    base = tiny_processor(SAVED_CORPUS)
+    processor = WingsProcessor(base.image_processor, base.tokenizer, **processor_image_settings(model.config))
+    colours = [(200, 30, 30), (20, 200, 40), (20, 40, 220)]
+    images = [Image.new("RGB", size, colour) for size, colour in zip([(64, 32), (30, 90), (50, 50)], colours)]
+    samples = []
+    for k, sample_images in enumerate([[images[0]], [], [images[1], images[2]], [], [images[2]]]):
+        ids = [10 + k, 11]
+        for image in sample_images:
+            ids += [IMAGE_TOKEN_ID] * processor.image_token_count(image) + [12 + k]
+        ids = torch.tensor(ids + [20, 21 + k, 30 + k, 40 + k])
+        sample = {"input_ids": ids, "labels": ids.masked_fill(ids == IMAGE_TOKEN_ID, -100), "pixel_values": None}
+        if sample_images:
+            sample.update(processor.prepare_images(sample_images))
+        samples.append(sample)
+    loss_diff, grad_diff = _packed_vs_unpacked(model, samples, max_length=64)
+    assert loss_diff < TOL and grad_diff < TOL, (loss_diff, grad_diff)
 
 
 def test_packed_learners_do_not_see_other_samples():

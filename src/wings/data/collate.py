@@ -24,10 +24,6 @@ from .prepared import labels_from_spans
 
 logger = logging.getLogger(__name__)
 
-# A sample's image inputs, one row per image (or tile): pixel_values, and image_sizes (anyres) or the NaFlex
-# pixel_attention_mask and spatial_shapes (native); a batch's are its samples' concatenated in order.
-IMAGE_INPUT_KEYS = ("pixel_values", "image_sizes", "pixel_attention_mask", "spatial_shapes")
-
 
 class PreparedDataset(Dataset):
     """Prepared rows (`wings.data.prepared`) as training samples: the tokens come from the cache, so an
@@ -173,6 +169,20 @@ def drop_too_long_records(
     return kept
 
 
+# Image inputs of every layout (pixel_values; image_sizes for anyres; the NaFlex mask and grid for native).
+IMAGE_INPUT_KEYS = ("pixel_values", "image_sizes", "pixel_attention_mask", "spatial_shapes")
+
+
+def concat_image_inputs(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The image inputs of several samples, in sample order: they are per image (or tile), so concatenated."""
+    out = {}
+    for key in IMAGE_INPUT_KEYS:
+        values = [f[key] for f in features if f.get(key) is not None]
+        if values:
+            out[key] = torch.cat(values, dim=0)
+    return out
+
+
 class LlavaCollator:
     """Pad a list of `LlavaDataset` items into a batch.
 
@@ -209,12 +219,7 @@ class LlavaCollator:
             "attention_mask": self._pad([torch.ones_like(x) for x in ids], length, 0),
             "labels": self._pad(labels, length, IGNORE_INDEX),
         }
-        # Image inputs of every layout (pixel_values; image_sizes for anyres; the NaFlex mask and grid for native)
-        # are per image (or tile), so the batch's are the samples' in order.
-        for key in IMAGE_INPUT_KEYS:
-            values = [f[key] for f in features if f.get(key) is not None]
-            if values:
-                batch[key] = torch.cat(values, dim=0)
+        batch.update(concat_image_inputs(features))
         return batch
 
     def _pad(self, rows: list[torch.Tensor], length: int, value: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .collate import IMAGE_INPUT_KEYS, LlavaCollator
+from .collate import LlavaCollator, concat_image_inputs
 from .conversation import IGNORE_INDEX
 
 
@@ -63,7 +63,8 @@ class PackedDataset(Dataset):
         max_length: the longest row.
 
     Each item: input_ids [L], labels [L] (-100 at each sample's first token), position_ids [L] (restarting at 0
-    per sample), pixel_values [sum n_images, 3, H, W] in sample order or None; L <= max_length.
+    per sample), pixel_values [sum n_images, 3, H, W] in sample order or None (other image layouts: their image
+    inputs, `collate.IMAGE_INPUT_KEYS`, concatenated likewise); L <= max_length.
     """
 
     def __init__(self, samples: Dataset, max_length: int):
@@ -79,17 +80,13 @@ class PackedDataset(Dataset):
         labels = [torch.as_tensor(item["labels"], dtype=torch.long).clone() for item in items]
         for row_labels in labels:
             row_labels[0] = IGNORE_INDEX
-        row = {
+        return {
             "input_ids": torch.cat([torch.as_tensor(item["input_ids"], dtype=torch.long) for item in items]),
             "labels": torch.cat(labels),
             "position_ids": torch.cat([torch.arange(len(row_labels)) for row_labels in labels]),
             "pixel_values": None,
+            **concat_image_inputs(items),
         }
-        for key in IMAGE_INPUT_KEYS:  # image layouts other than "fixed" bring image_sizes or spatial_shapes
-            values = [item[key] for item in items if item.get(key) is not None]
-            if values:
-                row[key] = torch.cat(values)
-        return row
 
     @property
     def num_samples(self) -> int:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.tiny import (
+from tiny import (
     IMAGE_SIZE, IMAGE_TOKEN_ID, SAVED_CORPUS, image_prompt, randomize_learners, tiny_processor, tiny_wings,
 )
 from wings.data.collate import LlavaCollator

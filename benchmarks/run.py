@@ -88,9 +88,13 @@ GROUPS = ("memory", "forward", "decode", "decode-mha", "static", "batch", "gener
 
 
 def run(
-    settings: Settings, device: str = "cpu", preset: str = "custom", log=print, only: Sequence[str] | None = None
+    settings: Settings, device: str = "cpu", preset: str = "custom", log=print, only: Sequence[str] | None = None,
+    on_rows=None,
 ) -> dict:
-    """Run every row (or the groups in `only`, see GROUPS); returns {"rows": [...], "flops_7b": ..., "settings": ...}."""
+    """Run every row (or the groups in `only`, see GROUPS); returns {"rows": [...], "flops_7b": ..., "settings": ...}.
+
+    on_rows(rows), if given, is called with the rows measured so far after each group (so that a run that
+    fails later, as the first CUDA run did, still keeps what it measured)."""
     s = settings
     unknown = set(only or ()) - set(GROUPS)
     if unknown:
@@ -99,47 +103,53 @@ def run(
     if "router" in want:
         want.add("memory")
     rows, peaks, models = [], {}, {}
+
+    def add(new_rows: list[dict]) -> None:
+        rows.extend(new_rows)
+        if on_rows is not None:
+            on_rows(rows)
+
     if "memory" in want:
         log("memory (fresh processes) ...")
         memory_rows, peaks = bench_memory(s, preset, device)
-        rows += memory_rows
+        add(memory_rows)
     if want & {"forward", "generate", "router", "train"}:
         log("building models ...")
         models = build_models(s.shape, device)
     if "forward" in want:
         log("forward ...")
-        rows += bench_forward(models, s, device)
+        add(bench_forward(models, s, device))
     if "decode" in want:
         for vocab in s.decode_vocabs:
             log(f"decode, vocab {vocab} ...")
-            rows += bench_decode(s, device, vocab)
+            add(bench_decode(s, device, vocab))
     if "decode-mha" in want:
         log(f"decode, {s.mha_shape.heads} heads and {s.mha_shape.kv_heads} KV heads, vocab {s.mha_shape.vocab} ...")
-        rows += bench_decode_mha(s, device)
+        add(bench_decode_mha(s, device))
     if "static" in want:
         log("decode, static cache (eager and compiled) ...")
-        rows += bench_decode_static(s, device, min(s.decode_vocabs))
+        add(bench_decode_static(s, device, min(s.decode_vocabs)))
     if "batch" in want:
         for batch in s.batch_sizes:
             log(f"decode, batch {batch} ...")
-            rows += bench_decode_batch(s, device, batch)
+            add(bench_decode_batch(s, device, batch))
     if "generate" in want:
         log("generate ...")
-        rows += bench_generate(models, s, device)
+        add(bench_generate(models, s, device))
     if "router" in want:
         log("router ...")
         llm, vision = build_base(s.shape)
         models["positional"] = wrap(llm, vision, s.shape, learners=True, router="positional").to(device)
         del llm, vision
-        rows += bench_router(models, s, peaks, device)
+        add(bench_router(models, s, peaks, device))
         del models["positional"]
     if "train" in want:
         models.pop("wrapper", None)
         log("train ...")
-        rows += bench_train(models, s, device)
+        add(bench_train(models, s, device))
         if device == "cuda":
             log("train MFU ...")
-            rows += bench_mfu(models, s, device)
+            add(bench_mfu(models, s, device))
     seven_b = {f"qwen1.5-7b@{t}": flop_ratio(QWEN15_7B, t) for t in (1024, 2048, 4096)}
     reads = {f"benchmark, vocab {v}, context {s.prompt_length}": decode_read_ratio(replace(s.shape, vocab=v), s.prompt_length)
              for v in s.decode_vocabs}
@@ -208,7 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     start = time.perf_counter()
-    result = run(settings, args.device, preset, log=lambda msg: print(msg, file=sys.stderr, flush=True), only=args.only)
+
+    def write_partial(rows: list[dict]) -> None:
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps({"rows": rows, "partial": True, "preset": preset}, indent=2) + "\n")
+
+    result = run(settings, args.device, preset, log=lambda msg: print(msg, file=sys.stderr, flush=True), only=args.only,
+                 on_rows=write_partial)
     result["machine"] = machine_info(args.device)
     result["preset"] = preset
     if args.only:

@@ -76,8 +76,11 @@ def test_decode_read_accounting_matches_the_models_parameters(bench):
 
 
 def test_only_runs_the_groups_asked_for(bench):
-    result = bench.run(bench.MICRO_SETTINGS, device="cpu", preset="micro", log=lambda msg: None, only=["decode-mha"])
+    seen = []
+    result = bench.run(bench.MICRO_SETTINGS, device="cpu", preset="micro", log=lambda msg: None, only=["decode-mha"],
+                       on_rows=lambda rows: seen.append([row["name"] for row in rows]))
     assert [row["name"] for row in result["rows"]] == ["decode per token, 4/4 heads, vocab 96"]
+    assert seen == [["decode per token, 4/4 heads, vocab 96"]]  # each finished group is reported as it ends
     with pytest.raises(ValueError, match="unknown row group"):
         bench.run(bench.MICRO_SETTINGS, device="cpu", only=["decoding"])
 

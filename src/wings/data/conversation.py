@@ -28,9 +28,10 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypedDict
 
+from ..chat_content import content_format, template_content
 from ..processing import WingsProcessor, flatten_content
 from .images import image_size
 from .llava import DataError, LlavaRecord, SampleTooLongError
@@ -123,23 +124,18 @@ def _render_and_label(
     messages: list[dict], processor: WingsProcessor, name: str, image_sizes: Sequence[tuple[int, int]] | None = None
 ) -> tuple[list[int], list[int]]:
     """Token ids of the whole rendered conversation and their labels (assistant replies located in it)."""
-    template = resolve_chat_template(processor)
     tokenizer = processor.tokenizer
-
-    def render(prefix: list[dict], add_generation_prompt: bool) -> str:
-        try:
-            return processor.apply_chat_template(
-                prefix, add_generation_prompt=add_generation_prompt, chat_template=template
-            )
-        except Exception as err:  # jinja raises its own errors (e.g. role-alternation checks)
-            raise DataError(f"{name}: the chat template failed to render {len(prefix)} message(s): {err}") from err
-
+    render = _chat_renderer(processor, resolve_chat_template(processor), name)
     if not tokenizer.is_fast:
         raise DataError(
             f"{name}: assistant labels need a fast tokenizer (character offsets); "
             f"{type(tokenizer).__name__} is a slow one (load it with use_fast=True)"
         )
-    full = render(messages, add_generation_prompt=False)
+    # The content each message is rendered with (parts for templates that loop over them), once per sample
+    # rather than once per render: the renders below differ only in which messages and one reply.
+    fmt = content_format(resolve_chat_template(processor))
+    messages = [{**m, "content": template_content(m["content"], fmt)} for m in messages]
+    full = render(messages, False)
     replies = {
         i: _locate_reply(messages, i, full, render, name) for i, m in enumerate(messages) if m["role"] == "assistant"
     }
@@ -173,6 +169,57 @@ def _render_and_label(
         labels[first:last] = input_ids[first:last]
     image_id = processor.image_token_id
     return input_ids, [IGNORE_INDEX if t == image_id else lab for t, lab in zip(input_ids, labels)]
+
+
+def _chat_renderer(processor: WingsProcessor, template: str, name: str) -> Callable[[list[dict], bool], str]:
+    """render(messages, add_generation_prompt) -> the prompt string `processor.apply_chat_template` gives.
+
+    Messages must already hold their template content (`template_content`). Locating the replies renders
+    each conversation about three times per assistant turn, and most of a render through
+    `apply_chat_template` is transformers copying and normalising the messages (they may be dataclasses,
+    pydantic models, carry None values or reasoning under other names). Messages of plain `role` and
+    `content` strings or parts need none of that, so those are rendered by transformers' own compiled
+    template (cached per template string) with the arguments `apply_chat_template` gives it: the
+    tokenizer's special tokens, no tools, no documents. Anything else takes `apply_chat_template`.
+    """
+    def slow(messages: list[dict], add_generation_prompt: bool) -> str:
+        return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                             chat_template=template)
+
+    compiled = _compiled_template(processor.tokenizer.get_chat_template(template))
+    special_tokens = dict(processor.tokenizer.special_tokens_map)
+
+    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            if compiled is None or not all(map(_is_plain_message, messages)):
+                return slow(messages, add_generation_prompt)
+            return compiled.render(messages=messages, tools=None, documents=None,
+                                   add_generation_prompt=add_generation_prompt, **special_tokens)
+        except Exception as err:  # jinja raises its own errors (e.g. role-alternation checks)
+            raise DataError(f"{name}: the chat template failed to render {len(messages)} message(s): {err}") from err
+
+    return render
+
+
+def _compiled_template(template: str):
+    """transformers' compiled, sandboxed jinja template (its own cache), or None where this transformers has none."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return None
+    return _compile_jinja_template(template)
+
+
+def _is_plain_message(message: dict) -> bool:
+    """Only `role` and `content`, a string or parts of plain strings: what transformers would pass on unchanged."""
+    if message.keys() != {"role", "content"} or type(message["role"]) is not str:
+        return False
+    content = message["content"]
+    if type(content) is str:
+        return True
+    return type(content) is list and all(
+        type(part) is dict and all(type(k) is str and type(v) is str for k, v in part.items()) for part in content
+    )
 
 
 def _locate_reply(messages: list[dict], i: int, full: str, render, name: str) -> tuple[int, int, int]:

@@ -70,7 +70,6 @@ def test_direct_render_gives_the_ids_and_labels_of_apply_chat_template(family, m
 def test_renderer_matches_apply_chat_template(family):
     processor = _processor(family)
     template = conversation.resolve_chat_template(processor)
-    render = conversation._chat_renderer(processor, template, "test")
     chats = _conversations(seed=7, count=10)
     # Not plain (an extra key): transformers' own path, which hands the reasoning to the template.
     chats.append([{"role": "user", "content": "How many?"},
@@ -78,6 +77,7 @@ def test_renderer_matches_apply_chat_template(family):
     for chat in chats:
         chat = [{**m, "content": conversation.template_content(m["content"], conversation.content_format(template))}
                 for m in chat]
+        render = conversation._chat_renderer(processor, template, "test", chat)
         for end in range(1, len(chat) + 1):
             for prompt in (False, True):
                 try:

@@ -125,7 +125,6 @@ def _render_and_label(
 ) -> tuple[list[int], list[int]]:
     """Token ids of the whole rendered conversation and their labels (assistant replies located in it)."""
     tokenizer = processor.tokenizer
-    render = _chat_renderer(processor, resolve_chat_template(processor), name)
     if not tokenizer.is_fast:
         raise DataError(
             f"{name}: assistant labels need a fast tokenizer (character offsets); "
@@ -135,6 +134,7 @@ def _render_and_label(
     # rather than once per render: the renders below differ only in which messages and one reply.
     fmt = content_format(resolve_chat_template(processor))
     messages = [{**m, "content": template_content(m["content"], fmt)} for m in messages]
+    render = _chat_renderer(processor, resolve_chat_template(processor), name, messages)
     full = render(messages, False)
     replies = {
         i: _locate_reply(messages, i, full, render, name) for i, m in enumerate(messages) if m["role"] == "assistant"
@@ -171,10 +171,13 @@ def _render_and_label(
     return input_ids, [IGNORE_INDEX if t == image_id else lab for t, lab in zip(input_ids, labels)]
 
 
-def _chat_renderer(processor: WingsProcessor, template: str, name: str) -> Callable[[list[dict], bool], str]:
-    """render(messages, add_generation_prompt) -> the prompt string `processor.apply_chat_template` gives.
+def _chat_renderer(
+    processor: WingsProcessor, template: str, name: str, messages: list[dict]
+) -> Callable[[list[dict], bool], str]:
+    """render(prefix, add_generation_prompt) -> the prompt string `processor.apply_chat_template` gives.
 
-    Messages must already hold their template content (`template_content`). Locating the replies renders
+    Renders `messages`' prefixes, with one assistant reply swapped for a string or not; they must
+    already hold their template content (`template_content`). Locating the replies renders
     each conversation about three times per assistant turn, and most of a render through
     `apply_chat_template` is transformers copying and normalising the messages (they may be dataclasses,
     pydantic models, carry None values or reasoning under other names). Messages of plain `role` and
@@ -186,17 +189,19 @@ def _chat_renderer(processor: WingsProcessor, template: str, name: str) -> Calla
         return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                              chat_template=template)
 
-    compiled = _compiled_template(processor.tokenizer.get_chat_template(template))
+    # A reply swapped for a string stays plain: checking the messages once covers every prefix.
+    compiled = _compiled_template(processor.tokenizer.get_chat_template(template)) if all(
+        map(_is_plain_message, messages)) else None
     special_tokens = dict(processor.tokenizer.special_tokens_map)
 
-    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(prefix: list[dict], add_generation_prompt: bool) -> str:
         try:
-            if compiled is None or not all(map(_is_plain_message, messages)):
-                return slow(messages, add_generation_prompt)
-            return compiled.render(messages=messages, tools=None, documents=None,
+            if compiled is None:
+                return slow(prefix, add_generation_prompt)
+            return compiled.render(messages=prefix, tools=None, documents=None,
                                    add_generation_prompt=add_generation_prompt, **special_tokens)
         except Exception as err:  # jinja raises its own errors (e.g. role-alternation checks)
-            raise DataError(f"{name}: the chat template failed to render {len(messages)} message(s): {err}") from err
+            raise DataError(f"{name}: the chat template failed to render {len(prefix)} message(s): {err}") from err
 
     return render
 

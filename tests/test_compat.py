@@ -51,3 +51,12 @@ def test_activation_checkpointing_flag_and_training_arguments():
     arguments = compat.checkpointing_arguments(TrainingArguments, True)
     assert set(arguments) <= set(TrainingArguments.__dataclass_fields__)
     assert list(arguments.values()) == [True, {"use_reentrant": False}]
+
+
+def test_compiled_chat_template_renders_as_the_tokenizer_does():
+    from wings.compat import compiled_chat_template
+
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    compiled = compiled_chat_template(template)
+    assert compiled is not None  # the installed releases (5.19 and 5.25) have the private helper
+    assert compiled.render(messages=[{"role": "user", "content": "hi"}]) == "user: hi\n"

@@ -60,7 +60,7 @@ def test_direct_render_gives_the_ids_and_labels_of_apply_chat_template(family, m
     processor = _processor(family)
     chats = _conversations(seed=len(family), count=40)
     fast = [_tokenized(chat, processor) for chat in chats]
-    monkeypatch.setattr(conversation, "_compiled_template", lambda template: None)  # every render: slow path
+    monkeypatch.setattr(conversation, "compiled_chat_template", lambda template: None)  # every render: slow path
     slow = [_tokenized(chat, processor) for chat in chats]
     assert fast == slow
     assert sum(isinstance(out, dict) for out in fast) >= 20  # most chats tokenise (Gemma refuses a few)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import TypedDict
 
 from ..chat_content import content_format, template_content
+from ..compat import compiled_chat_template
 from ..processing import WingsProcessor, flatten_content
 from .images import image_size
 from .llava import DataError, LlavaRecord, SampleTooLongError
@@ -190,7 +191,7 @@ def _chat_renderer(
                                              chat_template=template)
 
     # A reply swapped for a string stays plain: checking the messages once covers every prefix.
-    compiled = _compiled_template(processor.tokenizer.get_chat_template(template)) if all(
+    compiled = compiled_chat_template(processor.tokenizer.get_chat_template(template)) if all(
         map(_is_plain_message, messages)) else None
     special_tokens = dict(processor.tokenizer.special_tokens_map)
 
@@ -204,15 +205,6 @@ def _chat_renderer(
             raise DataError(f"{name}: the chat template failed to render {len(prefix)} message(s): {err}") from err
 
     return render
-
-
-def _compiled_template(template: str):
-    """transformers' compiled, sandboxed jinja template (its own cache), or None where this transformers has none."""
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-    except ImportError:
-        return None
-    return _compile_jinja_template(template)
 
 
 def _is_plain_message(message: dict) -> bool:
